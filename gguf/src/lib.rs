@@ -1,0 +1,2 @@
+//! GGUF reader and writer.
+#![deny(missing_docs)]

@@ -1,0 +1,2 @@
+//! Raven.
+#![deny(missing_docs)]

@@ -1,0 +1,2 @@
+//! Text: tokenizer, detokenizer, chat template.
+#![deny(missing_docs)]
