@@ -80,7 +80,7 @@ impl GgmlType {
     }
 
     /// Number of values in one block (1 for plain element types).
-    pub fn block_size(self) -> usize {
+    pub const fn block_size(self) -> usize {
         use GgmlType::*;
         match self {
             F32 | F16 | BF16 | I8 | I16 | I32 | I64 | F64 => 1,
@@ -90,7 +90,7 @@ impl GgmlType {
     }
 
     /// Bytes in one block.
-    pub fn type_size(self) -> usize {
+    pub const fn type_size(self) -> usize {
         use GgmlType::*;
         match self {
             F32 | I32 => 4,
