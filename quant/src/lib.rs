@@ -24,3 +24,13 @@ mod types;
 pub use error::QuantError;
 pub use quantize::{can_dequantize, can_quantize, dequantize_row, quantize_row};
 pub use types::GgmlType;
+
+mod arch;
+mod matmul;
+mod packed;
+
+pub use matmul::{
+    activation_type, axpy_f32, can_matmul, dot_f32, isa, matmul, ActivationType, Activations,
+    Matrix, VecDot, Weights,
+};
+pub use packed::{repack, PackedMatrix};

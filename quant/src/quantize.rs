@@ -27,7 +27,7 @@ fn check(
     what: &'static str,
 ) -> Result<(), QuantError> {
     let block = ty.block_size();
-    if n % block != 0 {
+    if !n.is_multiple_of(block) {
         return Err(QuantError::NotBlockMultiple { ty, n, block });
     }
     let expected = n / block * ty.type_size();

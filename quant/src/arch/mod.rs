@@ -1,0 +1,131 @@
+//! Kernel sets, one per instruction set, and the run-time choice between them.
+//!
+//! [`scalar`] is always built and is the reference the others are tested against. A SIMD set
+//! can only be obtained from its module's `kernels()`, which returns `None` unless the CPU has
+//! the features its `#[target_feature]` functions need: holding a [`Kernels`] proves it.
+
+pub(crate) mod scalar;
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86_64;
+
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod aarch64;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::OnceLock;
+
+/// Q8_0 activations, struct-of-arrays: `n` tokens of `nb` blocks.
+#[derive(Clone, Copy)]
+pub(crate) struct Q8View<'a> {
+    /// `n · nb · 32` quantized values, token after token.
+    pub qs: &'a [i8],
+    /// `n · nb` block scales (the f16-rounded scale, as f32).
+    pub d: &'a [f32],
+    /// `n · nb` sums of each block's values.
+    pub s: &'a [i32],
+    /// Tokens.
+    pub n: usize,
+    /// Blocks per token.
+    pub nb: usize,
+}
+
+impl<'a> Q8View<'a> {
+    /// Tokens `t.start..t.end` only.
+    pub fn tokens(self, t: std::ops::Range<usize>) -> Self {
+        let nb = self.nb;
+        Q8View {
+            qs: &self.qs[t.start * nb * 32..t.end * nb * 32],
+            d: &self.d[t.start * nb..t.end * nb],
+            s: &self.s[t.start * nb..t.end * nb],
+            n: t.len(),
+            nb,
+        }
+    }
+}
+
+/// f32 activations: `n` tokens of `cols` values.
+#[derive(Clone, Copy)]
+pub(crate) struct F32View<'a> {
+    /// `n · cols` values.
+    pub x: &'a [f32],
+    /// Tokens.
+    pub n: usize,
+    /// Values per token.
+    pub cols: usize,
+}
+
+impl<'a> F32View<'a> {
+    /// Tokens `t.start..t.end` only.
+    pub fn tokens(self, t: std::ops::Range<usize>) -> Self {
+        F32View {
+            x: &self.x[t.start * self.cols..t.end * self.cols],
+            n: t.len(),
+            cols: self.cols,
+        }
+    }
+}
+
+/// Quantizes whole blocks of `x` to Q8_0 (ggml's reference rounding), writing `x.len() / 32`
+/// blocks into `qs`, `d` and `s`.
+pub(crate) type QuantizeQ8Fn = fn(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [i32]);
+/// `out[t · ldo + r] = dot(row r, token t)` for `rows` consecutive rows of a block-quantized
+/// matrix starting at `w` (each row `act.nb` blocks) and every token of `act`.
+pub(crate) type MatQ8Fn = fn(w: &[u8], rows: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize);
+/// The same for F32/F16/BF16 rows of `act.cols` values.
+pub(crate) type MatF32Fn = fn(w: &[u8], rows: usize, act: F32View<'_>, out: &mut [f32], ldo: usize);
+/// The same for [`crate::PackedMatrix`] groups of 16 interleaved Q4_0 rows: `groups` groups
+/// starting at `w`, writing `16 · groups` rows.
+pub(crate) type PackedFn =
+    fn(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize);
+
+/// One instruction set's kernels.
+pub(crate) struct Kernels {
+    /// Name reported by [`crate::isa`].
+    pub name: &'static str,
+    pub quantize_q8: QuantizeQ8Fn,
+    pub dot_f32: fn(&[f32], &[f32]) -> f32,
+    pub axpy_f32: fn(f32, &[f32], &mut [f32]),
+    pub mm_q8_0: MatQ8Fn,
+    pub mm_q4_0: MatQ8Fn,
+    pub mm_f32: MatF32Fn,
+    pub mm_f16: MatF32Fn,
+    pub mm_bf16: MatF32Fn,
+    pub mm_q4_0x16: PackedFn,
+    /// Whether the packed Q4_0 layout is faster than plain rows with these kernels.
+    pub packed_pays: bool,
+}
+
+static CHOSEN: OnceLock<&'static Kernels> = OnceLock::new();
+
+/// The kernels chosen for this CPU (once; `RAVEN_FORCE_SCALAR=1` forces the scalar ones).
+#[inline]
+pub(crate) fn kernels() -> &'static Kernels {
+    CHOSEN.get_or_init(|| {
+        let force = std::env::var("RAVEN_FORCE_SCALAR").is_ok_and(|v| !v.is_empty() && v != "0");
+        if force {
+            &scalar::KERNELS
+        } else {
+            available()[0]
+        }
+    })
+}
+
+/// Every kernel set this CPU can run, fastest first; the scalar set is always last.
+pub(crate) fn available() -> Vec<&'static Kernels> {
+    let mut v: Vec<&'static Kernels> = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        v.extend(x86_64::avx512::kernels());
+        v.extend(x86_64::avx2::kernels());
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        v.extend(aarch64::dotprod::kernels());
+        v.extend(aarch64::neon::kernels());
+    }
+    v.push(&scalar::KERNELS);
+    v
+}

@@ -1,0 +1,346 @@
+//! Every kernel set against the scalar one, on this CPU.
+
+use super::{available, scalar, Kernels};
+use crate::matmul::{matmul_with, Weights};
+use crate::packed::repack_always;
+use crate::{dequantize_row, quantize_row, Activations, GgmlType, Matrix};
+
+/// xorshift64*: a seeded generator, so failures reproduce.
+pub(crate) struct Rng(u64);
+impl Rng {
+    pub(crate) fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    /// Uniform in [-1, 1).
+    pub(crate) fn f32(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+    pub(crate) fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Values with some structure: mixed magnitudes, exact halves, zeros, and whole zero blocks.
+fn values(rng: &mut Rng, n: usize) -> Vec<f32> {
+    let scale = [0.01f32, 1.0, 30.0][rng.below(3)];
+    (0..n)
+        .map(|i| match rng.below(16) {
+            0 => 0.0,
+            1 => (rng.below(255) as f32 - 127.0) * 0.5,
+            _ if (i / 32) % 7 == 5 => 0.0,
+            _ => rng.f32() * scale,
+        })
+        .collect()
+}
+
+fn names(ks: &[&Kernels]) -> Vec<&'static str> {
+    ks.iter().map(|k| k.name).collect()
+}
+
+#[test]
+fn sets_on_this_cpu() {
+    let ks = available();
+    eprintln!(
+        "kernel sets on this CPU: {:?}; chosen: {}",
+        names(&ks),
+        crate::isa()
+    );
+    assert_eq!(ks.last().unwrap().name, "scalar");
+    #[cfg(target_arch = "aarch64")]
+    if std::arch::is_aarch64_feature_detected!("dotprod") {
+        assert_eq!(ks[0].name, "neon-dotprod");
+    }
+}
+
+#[test]
+fn activation_quantizers_are_bit_identical() {
+    let mut rng = Rng::new(1);
+    for case in 0..200 {
+        let nb = 1 + rng.below(12);
+        let mut x = values(&mut rng, nb * 32);
+        if case % 10 == 0 {
+            // Values that land exactly on halves after scaling.
+            for (i, v) in x.iter_mut().enumerate() {
+                *v = (i % 64) as f32 * 0.5 - 16.0 + if i % 32 == 0 { 127.0 } else { 0.0 };
+            }
+        }
+        let mut want = (vec![0i8; nb * 32], vec![0f32; nb], vec![0i32; nb]);
+        scalar::quantize_q8(&x, &mut want.0, &mut want.1, &mut want.2);
+        // The scalar activation quantizer is ggml's reference quantizer.
+        let mut bytes = vec![0u8; nb * 34];
+        quantize_row(GgmlType::Q8_0, &x, &mut bytes).unwrap();
+        for b in 0..nb {
+            let q: Vec<i8> = bytes[b * 34 + 2..b * 34 + 34]
+                .iter()
+                .map(|&v| v as i8)
+                .collect();
+            assert_eq!(q, want.0[b * 32..b * 32 + 32]);
+        }
+        for k in available() {
+            let mut got = (vec![0i8; nb * 32], vec![0f32; nb], vec![0i32; nb]);
+            (k.quantize_q8)(&x, &mut got.0, &mut got.1, &mut got.2);
+            assert_eq!(got.0, want.0, "{} case {case}", k.name);
+            assert_eq!(
+                got.1.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                want.1.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+            assert_eq!(got.2, want.2, "{} case {case}", k.name);
+        }
+    }
+}
+
+#[test]
+fn activation_quantizers_reproduce_ggml_vectors() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/quant/ggml-quant-vectors.safetensors"
+    );
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let x: Vec<f32> = st
+        .tensor("input")
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let want = st.tensor("q8_0").unwrap();
+    let nb = x.len() / 32;
+    for k in available() {
+        let (mut qs, mut d, mut s) = (vec![0i8; x.len()], vec![0f32; nb], vec![0i32; nb]);
+        (k.quantize_q8)(&x, &mut qs, &mut d, &mut s);
+        for (b, blk) in want.data().chunks_exact(34).enumerate() {
+            let dw = u16::from_le_bytes([blk[0], blk[1]]);
+            assert_eq!(
+                d[b].to_bits(),
+                crate::blocks::f16_to_f32(dw).to_bits(),
+                "{} block {b}",
+                k.name
+            );
+            let q: Vec<i8> = blk[2..].iter().map(|&v| v as i8).collect();
+            assert_eq!(q, qs[b * 32..b * 32 + 32], "{} block {b}", k.name);
+        }
+    }
+}
+
+#[test]
+fn dot_and_axpy_match_scalar() {
+    let mut rng = Rng::new(2);
+    for n in (0..70).chain([255, 256, 1000, 5280]) {
+        let a = values(&mut rng, n);
+        let b = values(&mut rng, n);
+        let want = scalar::dot_f32(&a, &b);
+        let mag: f32 = a.iter().zip(&b).map(|(x, y)| (x * y).abs()).sum();
+        let mut y0 = values(&mut rng, n);
+        let mut y1 = y0.clone();
+        scalar::axpy_f32(0.37, &a, &mut y0);
+        for k in available() {
+            let got = (k.dot_f32)(&a, &b);
+            assert!(
+                (got - want).abs() <= 1e-5 * mag + 1e-30,
+                "{} n={n}: {got} vs {want}",
+                k.name
+            );
+            let mut y = y1.clone();
+            (k.axpy_f32)(0.37, &a, &mut y);
+            for (u, v) in y.iter().zip(&y0) {
+                assert!((u - v).abs() <= 1e-6 * u.abs().max(1.0), "{} n={n}", k.name);
+            }
+        }
+        y1.clear();
+    }
+}
+
+/// Random bytes for types without a quantizer, with sane scales.
+fn random_k_blocks(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
+    let nb = rows * cols / 256;
+    let mut v: Vec<u8> = (0..nb * ty.type_size()).map(|_| rng.next() as u8).collect();
+    for b in v.chunks_exact_mut(ty.type_size()) {
+        let d = crate::blocks::f32_to_f16(rng.f32().abs() * 0.01 + 0.001).to_le_bytes();
+        match ty {
+            GgmlType::Q4K => {
+                b[0..2].copy_from_slice(&d);
+                b[2..4].copy_from_slice(&d);
+            }
+            _ => b[208..210].copy_from_slice(&d),
+        }
+    }
+    v
+}
+
+fn matrix_bytes(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
+    if matches!(ty, GgmlType::Q4K | GgmlType::Q6K) {
+        return random_k_blocks(rng, ty, rows, cols);
+    }
+    let x = values(rng, rows * cols);
+    let mut out = vec![0u8; rows * cols / ty.block_size() * ty.type_size()];
+    quantize_row(ty, &x, &mut out).unwrap();
+    out
+}
+
+/// Σ |w · x| over the exact (f64) products of the dequantized operands: the scale that float
+/// rounding errors are relative to.
+fn magnitude(w: &Matrix<'_>, r: usize, x: &[f32]) -> f64 {
+    let mut row = vec![0f32; w.cols];
+    dequantize_row(w.ty, w.row(r).unwrap(), &mut row).unwrap();
+    row.iter()
+        .zip(x)
+        .map(|(a, b)| (*a as f64 * *b as f64).abs())
+        .sum()
+}
+
+fn check_against_scalar(
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    n: usize,
+    range: std::ops::Range<usize>,
+    rng: &mut Rng,
+    packed: bool,
+) {
+    let data = matrix_bytes(rng, ty, rows, cols);
+    let w = Matrix::new(ty, rows, cols, &data).unwrap();
+    let p = if packed { repack_always(&w) } else { None };
+    let weights = match &p {
+        Some(p) => Weights::Packed(p),
+        None => Weights::Plain(w),
+    };
+    let x = values(rng, n * cols);
+    let mut act = Activations::new();
+    act.prepare(&x, n, cols, ty);
+    let m = range.len();
+    let mut want = vec![f32::NAN; n * m];
+    matmul_with(
+        &scalar::KERNELS,
+        Weights::Plain(w),
+        &act,
+        range.clone(),
+        &mut want,
+    );
+    // The activations as the kernels see them, to scale the tolerance.
+    let mut xa = x.clone();
+    if crate::activation_type(ty) == GgmlType::Q8_0 {
+        let mut q = vec![0u8; x.len() / 32 * 34];
+        quantize_row(GgmlType::Q8_0, &x, &mut q).unwrap();
+        dequantize_row(GgmlType::Q8_0, &q, &mut xa).unwrap();
+    }
+    let mags: Vec<f64> = (0..n)
+        .flat_map(|t| range.clone().map(move |r| (t, r)))
+        .map(|(t, r)| magnitude(&w, r, &xa[t * cols..(t + 1) * cols]))
+        .collect();
+    for k in available() {
+        let mut got = vec![f32::NAN; n * m];
+        matmul_with(k, weights, &act, range.clone(), &mut got);
+        for i in 0..n * m {
+            let tol = 1e-5 * mags[i] + 1e-30;
+            assert!(
+                ((got[i] - want[i]) as f64).abs() <= tol,
+                "{} {ty} packed={packed} {rows}x{cols} n={n} rows {range:?} out[{i}]: {} vs scalar {} (tol {tol:e})",
+                k.name,
+                got[i],
+                want[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn matmul_matches_scalar_in_every_set() {
+    let mut rng = Rng::new(3);
+    use GgmlType::*;
+    for ty in [F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4K, Q6K] {
+        let bs = if matches!(ty, Q4K | Q6K) { 256 } else { 32 };
+        for case in 0..12 {
+            let cols = if ty.is_quantized() {
+                bs * (1 + rng.below(if bs == 256 { 3 } else { 12 }))
+            } else {
+                1 + rng.below(300)
+            };
+            let rows = 1 + rng.below(40);
+            let n = 1 + case % 9;
+            let a = rng.below(rows);
+            let b = a + rng.below(rows - a + 1);
+            check_against_scalar(ty, rows, cols, n, a..b, &mut rng, false);
+            check_against_scalar(ty, rows, cols, n, 0..rows, &mut rng, false);
+        }
+    }
+}
+
+#[test]
+fn packed_q4_0_matches_scalar_in_every_set() {
+    let mut rng = Rng::new(4);
+    for case in 0..40 {
+        let cols = 32 * (1 + rng.below(20));
+        let rows = 1 + rng.below(70);
+        let n = 1 + case % 9;
+        let a = rng.below(rows);
+        let b = a + rng.below(rows - a + 1);
+        check_against_scalar(GgmlType::Q4_0, rows, cols, n, a..b, &mut rng, true);
+        check_against_scalar(GgmlType::Q4_0, rows, cols, n, 0..rows, &mut rng, true);
+        check_against_scalar(GgmlType::Q4_0, 64, cols, n, 16..48, &mut rng, true);
+    }
+}
+
+#[test]
+fn large_token_counts_tile_correctly() {
+    let mut rng = Rng::new(5);
+    // Enough tokens and rows that matmul splits both into tiles.
+    check_against_scalar(GgmlType::Q4_0, 48, 2048, 70, 0..48, &mut rng, true);
+    check_against_scalar(GgmlType::Q8_0, 100, 4096, 37, 3..97, &mut rng, false);
+    check_against_scalar(GgmlType::F16, 40, 4096, 11, 0..40, &mut rng, false);
+}
+
+/// ggml's `test-quantize-fns`: quantization round-trip error `sqrt(Σ d²) / n` under 0.002 and
+/// `|dot(quantized) − dot(f32)| / n` under 0.02, on its synthetic data `0.1 + 2·cos(i + offset)`.
+#[test]
+fn ggml_error_bounds_hold() {
+    let n = 32 * 128;
+    let gen = |off: f32| {
+        (0..n)
+            .map(|i| 0.1 + 2.0 * (i as f32 + off).cos())
+            .collect::<Vec<f32>>()
+    };
+    let x = gen(0.0);
+    let y = gen(1.0);
+    let exact: f64 = x.iter().zip(&y).map(|(a, b)| *a as f64 * *b as f64).sum();
+    for ty in [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::F16,
+        GgmlType::BF16,
+    ] {
+        let mut q = vec![0u8; n / ty.block_size() * ty.type_size()];
+        quantize_row(ty, &x, &mut q).unwrap();
+        let mut back = vec![0f32; n];
+        dequantize_row(ty, &q, &mut back).unwrap();
+        // ggml's `array_rmse` is sqrt(Σ d²) / n.
+        let rmse = x
+            .iter()
+            .zip(&back)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum::<f64>()
+            .sqrt()
+            / n as f64;
+        if ty != GgmlType::BF16 {
+            assert!(rmse < 0.002, "{ty}: rmse {rmse}");
+        }
+        let w = Matrix::new(ty, 1, n, &q).unwrap();
+        let mut act = Activations::new();
+        act.prepare(&y, 1, n, ty);
+        for k in available() {
+            let mut out = [0f32];
+            matmul_with(k, Weights::Plain(w), &act, 0..1, &mut out);
+            let err = (out[0] as f64 - exact).abs() / n as f64;
+            assert!(err < 0.02, "{} {ty}: dot error {err}", k.name);
+        }
+    }
+}

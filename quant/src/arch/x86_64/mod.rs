@@ -1,0 +1,463 @@
+//! x86_64 kernels. The algorithms live here as `#[inline(always)]` functions generic over
+//! whether VNNI's `vpdpbusd` is available; [`avx2`] and [`avx512`] instantiate them inside
+//! `#[target_feature]` functions, so each copy is compiled for its instruction set.
+
+#![allow(clippy::needless_range_loop)] // token and lane indices read clearer in these loops
+
+pub(crate) mod avx2;
+pub(crate) mod avx512;
+
+use core::arch::x86_64::*;
+
+use super::{F32View, Q8View};
+use crate::blocks::{f16_to_f32, f32_to_f16, QK};
+use crate::packed::group_bytes;
+
+/// Horizontal sum of 8 floats.
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// `acc + Σ_{4 bytes} u · s` per 32-bit lane, `u` unsigned and `s` signed bytes (the pairwise
+/// sums of `maddubs` cannot saturate: |u| ≤ 255 with |s| ≤ 127 only where callers keep
+/// `u ≤ 128`).
+#[inline(always)]
+unsafe fn dot4<const VNNI: bool>(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+    if VNNI {
+        _mm256_dpbusd_epi32(acc, u, s)
+    } else {
+        _mm256_add_epi32(
+            acc,
+            _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)),
+        )
+    }
+}
+
+/// One f16 scale from (possibly unaligned) memory.
+#[inline(always)]
+unsafe fn load_f16(p: *const u8) -> f32 {
+    let h = (p as *const u16).read_unaligned();
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+}
+
+/// Round half away from zero (C's `roundf`), exactly.
+#[inline(always)]
+unsafe fn round_away(v: __m256) -> __m256 {
+    let sign = _mm256_set1_ps(-0.0);
+    let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
+    let frac = _mm256_andnot_ps(sign, _mm256_sub_ps(v, t));
+    let up = _mm256_cmp_ps::<_CMP_GE_OQ>(frac, _mm256_set1_ps(0.5));
+    let one = _mm256_or_ps(_mm256_and_ps(v, sign), _mm256_set1_ps(1.0));
+    _mm256_add_ps(t, _mm256_and_ps(up, one))
+}
+
+/// Activation quantizer: the same operations as `quantize_block_q8_0`, eight lanes at a time.
+#[inline(always)]
+unsafe fn quantize_q8(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [i32]) {
+    let nb = x.len() / QK;
+    assert!(qs.len() >= nb * QK && d.len() >= nb && s.len() >= nb);
+    let sign = _mm256_set1_ps(-0.0);
+    for b in 0..nb {
+        let p = x.as_ptr().add(b * QK);
+        let v = [
+            _mm256_loadu_ps(p),
+            _mm256_loadu_ps(p.add(8)),
+            _mm256_loadu_ps(p.add(16)),
+            _mm256_loadu_ps(p.add(24)),
+        ];
+        let m = _mm256_max_ps(
+            _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+            _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])),
+        );
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_max_ss(m, _mm_movehdup_ps(m));
+        let amax = _mm_cvtss_f32(m);
+        let dd = amax / 127.0;
+        let id = _mm256_set1_ps(if dd != 0.0 { 1.0 / dd } else { 0.0 });
+        let q: [__m256i; 4] =
+            core::array::from_fn(|i| _mm256_cvtps_epi32(round_away(_mm256_mul_ps(v[i], id))));
+        let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        let sum = _mm_add_epi32(
+            _mm256_castsi256_si128(sum),
+            _mm256_extracti128_si256(sum, 1),
+        );
+        let sum = _mm_add_epi32(sum, _mm_shuffle_epi32(sum, 0b01_00_11_10));
+        let sum = _mm_add_epi32(sum, _mm_shuffle_epi32(sum, 0b10_11_00_01));
+        let packed = _mm256_packs_epi16(
+            _mm256_packs_epi32(q[0], q[1]),
+            _mm256_packs_epi32(q[2], q[3]),
+        );
+        let packed = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(qs.as_mut_ptr().add(b * QK) as *mut __m256i, packed);
+        *d.get_unchecked_mut(b) = f16_to_f32(f32_to_f16(dd));
+        *s.get_unchecked_mut(b) = _mm_cvtsi128_si32(sum);
+    }
+}
+
+#[inline(always)]
+unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (j, acc) in acc.iter_mut().enumerate() {
+            *acc = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i + 8 * j)),
+                _mm256_loadu_ps(pb.add(i + 8 * j)),
+                *acc,
+            );
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        acc[0] = _mm256_fmadd_ps(
+            _mm256_loadu_ps(pa.add(i)),
+            _mm256_loadu_ps(pb.add(i)),
+            acc[0],
+        );
+        i += 8;
+    }
+    let mut sum = hsum(_mm256_add_ps(
+        _mm256_add_ps(acc[0], acc[1]),
+        _mm256_add_ps(acc[2], acc[3]),
+    ));
+    while i < n {
+        sum += *pa.add(i) * *pb.add(i);
+        i += 1;
+    }
+    sum
+}
+
+#[inline(always)]
+unsafe fn axpy_f32(alpha: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+    let a = _mm256_set1_ps(alpha);
+    let mut i = 0;
+    while i + 8 <= n {
+        _mm256_storeu_ps(
+            py.add(i),
+            _mm256_fmadd_ps(a, _mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(py.add(i))),
+        );
+        i += 8;
+    }
+    while i < n {
+        *py.add(i) += alpha * *px.add(i);
+        i += 1;
+    }
+}
+
+/// Checks the slice lengths the unchecked loops rely on.
+fn check_q8(w: &[u8], rows: usize, block_bytes: usize, act: &Q8View<'_>, out: &[f32], ldo: usize) {
+    assert!(w.len() >= rows * act.nb * block_bytes);
+    assert!(
+        act.qs.len() >= act.n * act.nb * QK
+            && act.d.len() >= act.n * act.nb
+            && act.s.len() >= act.n * act.nb
+    );
+    assert!(act.n == 0 || rows == 0 || out.len() >= (act.n - 1) * ldo + rows);
+}
+
+/// Calls `tile::<NT>` for every row and every tile of up to `MAXT` tokens.
+macro_rules! tile_tokens {
+    ($n:expr, $maxt:expr, |$t:ident, $nt:ident| $body:expr) => {{
+        let mut $t = 0;
+        while $t < $n {
+            let rem = $n - $t;
+            if rem >= 4 && $maxt >= 4 {
+                const $nt: usize = 4;
+                $body;
+                $t += 4;
+            } else if rem >= 3 && $maxt >= 3 {
+                const $nt: usize = 3;
+                $body;
+                $t += 3;
+            } else if rem >= 2 {
+                const $nt: usize = 2;
+                $body;
+                $t += 2;
+            } else {
+                const $nt: usize = 1;
+                $body;
+                $t += 1;
+            }
+        }
+    }};
+}
+
+/// One Q8_0 or Q4_0 row against `NT` tokens starting at token `t0`.
+#[inline(always)]
+unsafe fn row_q<const NT: usize, const VNNI: bool, const Q4: bool>(
+    row: *const u8,
+    act: &Q8View<'_>,
+    t0: usize,
+) -> [f32; NT] {
+    let nb = act.nb;
+    let bb = if Q4 { 18 } else { 34 };
+    let mut acc = [[_mm256_setzero_ps(); NT]; 2];
+    let qa = act.qs.as_ptr();
+    let da = act.d.as_ptr();
+    for b in 0..nb {
+        let p = row.add(b * bb);
+        let dw = load_f16(p);
+        // Signed weights (Q4_0: nibble − 8), then |w| · (a with w's sign): exact per lane.
+        let w = if Q4 {
+            let q = _mm_loadu_si128(p.add(2) as *const __m128i);
+            let w = _mm256_and_si256(
+                _mm256_set_m128i(_mm_srli_epi16(q, 4), q),
+                _mm256_set1_epi8(0x0f),
+            );
+            _mm256_sub_epi8(w, _mm256_set1_epi8(8))
+        } else {
+            _mm256_loadu_si256(p.add(2) as *const __m256i)
+        };
+        let wu = _mm256_sign_epi8(w, w);
+        for t in 0..NT {
+            let i = (t0 + t) * nb + b;
+            let a = _mm256_loadu_si256(qa.add(i * QK) as *const __m256i);
+            let isum = dot4::<VNNI>(_mm256_setzero_si256(), wu, _mm256_sign_epi8(a, w));
+            let scale = _mm256_set1_ps(dw * *da.add(i));
+            acc[b & 1][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[b & 1][t]);
+        }
+    }
+    core::array::from_fn(|t| hsum(_mm256_add_ps(acc[0][t], acc[1][t])))
+}
+
+#[inline(always)]
+unsafe fn mm_q<const VNNI: bool, const Q4: bool>(
+    w: &[u8],
+    rows: usize,
+    act: Q8View<'_>,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let bb = if Q4 { 18 } else { 34 };
+    check_q8(w, rows, bb, &act, out, ldo);
+    let rb = act.nb * bb;
+    let o = out.as_mut_ptr();
+    for r in 0..rows {
+        let row = w.as_ptr().add(r * rb);
+        tile_tokens!(act.n, 4, |t, NT| {
+            let v = row_q::<NT, VNNI, Q4>(row, &act, t);
+            for (j, v) in v.iter().enumerate() {
+                *o.add((t + j) * ldo + r) = *v;
+            }
+        });
+    }
+}
+
+/// Eight weights of kind `KIND` (0 f32, 1 f16, 2 bf16) from `p`, as f32.
+#[inline(always)]
+unsafe fn load8<const KIND: u8>(p: *const u8) -> __m256 {
+    match KIND {
+        0 => _mm256_loadu_ps(p as *const f32),
+        1 => _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)),
+        _ => _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i)),
+            16,
+        )),
+    }
+}
+
+#[inline(always)]
+unsafe fn scalar1<const KIND: u8>(p: *const u8) -> f32 {
+    match KIND {
+        0 => (p as *const f32).read_unaligned(),
+        1 => f16_to_f32((p as *const u16).read_unaligned()),
+        _ => crate::blocks::bf16_to_f32((p as *const u16).read_unaligned()),
+    }
+}
+
+#[inline(always)]
+unsafe fn row_float<const NT: usize, const KIND: u8>(
+    row: *const u8,
+    act: &F32View<'_>,
+    t0: usize,
+) -> [f32; NT] {
+    let size = if KIND == 0 { 4 } else { 2 };
+    let cols = act.cols;
+    let x: [*const f32; NT] = core::array::from_fn(|t| act.x.as_ptr().add((t0 + t) * cols));
+    let mut acc = [[_mm256_setzero_ps(); NT]; 2];
+    let mut i = 0;
+    while i + 16 <= cols {
+        let w0 = load8::<KIND>(row.add(i * size));
+        let w1 = load8::<KIND>(row.add((i + 8) * size));
+        for t in 0..NT {
+            acc[0][t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x[t].add(i)), acc[0][t]);
+            acc[1][t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x[t].add(i + 8)), acc[1][t]);
+        }
+        i += 16;
+    }
+    if i + 8 <= cols {
+        let w0 = load8::<KIND>(row.add(i * size));
+        for t in 0..NT {
+            acc[0][t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x[t].add(i)), acc[0][t]);
+        }
+        i += 8;
+    }
+    let mut sum: [f32; NT] = core::array::from_fn(|t| hsum(_mm256_add_ps(acc[0][t], acc[1][t])));
+    while i < cols {
+        let wv = scalar1::<KIND>(row.add(i * size));
+        for t in 0..NT {
+            sum[t] += wv * *x[t].add(i);
+        }
+        i += 1;
+    }
+    sum
+}
+
+#[inline(always)]
+unsafe fn mm_float<const KIND: u8>(
+    w: &[u8],
+    rows: usize,
+    act: F32View<'_>,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let size = if KIND == 0 { 4 } else { 2 };
+    let rb = act.cols * size;
+    assert!(w.len() >= rows * rb && act.x.len() >= act.n * act.cols);
+    assert!(act.n == 0 || rows == 0 || out.len() >= (act.n - 1) * ldo + rows);
+    let o = out.as_mut_ptr();
+    for r in 0..rows {
+        let row = w.as_ptr().add(r * rb);
+        tile_tokens!(act.n, 4, |t, NT| {
+            let v = row_float::<NT, KIND>(row, &act, t);
+            for (j, v) in v.iter().enumerate() {
+                *o.add((t + j) * ldo + r) = *v;
+            }
+        });
+    }
+}
+
+/// 16 interleaved Q4_0 rows (see `crate::packed`) against `NT` tokens, 8 rows per vector.
+#[inline(always)]
+unsafe fn group_q4_0x16<const NT: usize, const VNNI: bool>(
+    g: *const u8,
+    act: &Q8View<'_>,
+    t0: usize,
+) -> [[__m256; NT]; 2] {
+    let nb = act.nb;
+    let sc = g.add(nb * 256);
+    let mask = _mm256_set1_epi8(0x0f);
+    let mut acc = [[_mm256_setzero_ps(); NT]; 2];
+    for b in 0..nb {
+        let q = g.add(256 * b);
+        for h in 0..2 {
+            let c: [__m256i; 4] = core::array::from_fn(|k| {
+                _mm256_loadu_si256(q.add(64 * k + 32 * h) as *const __m256i)
+            });
+            let lo: [__m256i; 4] = core::array::from_fn(|k| _mm256_and_si256(c[k], mask));
+            let hi: [__m256i; 4] =
+                core::array::from_fn(|k| _mm256_and_si256(_mm256_srli_epi16(c[k], 4), mask));
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(sc.add(32 * b + 16 * h) as *const __m128i));
+            for t in 0..NT {
+                let i = (t0 + t) * nb + b;
+                let a = act.qs.as_ptr().add(i * QK) as *const i32;
+                let mut s0 = _mm256_set1_epi32(-8 * *act.s.get_unchecked(i));
+                let mut s1 = _mm256_setzero_si256();
+                for k in 0..4 {
+                    s0 = dot4::<VNNI>(s0, lo[k], _mm256_set1_epi32(a.add(k).read_unaligned()));
+                    s1 = dot4::<VNNI>(s1, hi[k], _mm256_set1_epi32(a.add(4 + k).read_unaligned()));
+                }
+                let isum = _mm256_add_epi32(s0, s1);
+                let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*act.d.get_unchecked(i)));
+                acc[h][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[h][t]);
+            }
+        }
+    }
+    acc
+}
+
+#[inline(always)]
+unsafe fn mm_q4_0x16<const VNNI: bool>(
+    w: &[u8],
+    groups: usize,
+    act: Q8View<'_>,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let gb = group_bytes(act.nb);
+    assert!(w.len() >= groups * gb);
+    assert!(
+        act.qs.len() >= act.n * act.nb * QK
+            && act.d.len() >= act.n * act.nb
+            && act.s.len() >= act.n * act.nb
+    );
+    assert!(act.n == 0 || groups == 0 || out.len() >= (act.n - 1) * ldo + 16 * groups);
+    let o = out.as_mut_ptr();
+    for g in 0..groups {
+        let gp = w.as_ptr().add(g * gb);
+        tile_tokens!(act.n, if VNNI { 4 } else { 2 }, |t, NT| {
+            let acc = group_q4_0x16::<NT, VNNI>(gp, &act, t);
+            for j in 0..NT {
+                let p = o.add((t + j) * ldo + 16 * g);
+                _mm256_storeu_ps(p, acc[0][j]);
+                _mm256_storeu_ps(p.add(8), acc[1][j]);
+            }
+        });
+    }
+}
+
+/// Defines the safe entry points of one kernel set: each wraps an `unsafe` function compiled
+/// with `$features` and is only reachable through a `Kernels` built after detection.
+macro_rules! kernel_set {
+    ($name:expr, $features:literal, $vnni:expr, $packed_pays:expr, $detect:expr) => {
+        use super::super::{F32View, Kernels, Q8View};
+
+        static KERNELS: Kernels = Kernels {
+            name: $name,
+            quantize_q8,
+            dot_f32,
+            axpy_f32,
+            mm_q8_0,
+            mm_q4_0,
+            mm_f32,
+            mm_f16,
+            mm_bf16,
+            mm_q4_0x16,
+            packed_pays: $packed_pays,
+        };
+
+        /// This set, if the CPU has its features.
+        pub(crate) fn kernels() -> Option<&'static Kernels> {
+            if $detect {
+                Some(&KERNELS)
+            } else {
+                None
+            }
+        }
+
+        $crate::arch::x86_64::kernel_set!(@wrap $features, quantize_q8(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [i32]) -> () = super::quantize_q8);
+        $crate::arch::x86_64::kernel_set!(@wrap $features, dot_f32(a: &[f32], b: &[f32]) -> f32 = super::dot_f32);
+        $crate::arch::x86_64::kernel_set!(@wrap $features, axpy_f32(alpha: f32, x: &[f32], y: &mut [f32]) -> () = super::axpy_f32);
+        $crate::arch::x86_64::kernel_set!(@wrap $features, mm_q8_0(w: &[u8], rows: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) -> () = super::mm_q::<{ $vnni }, false>);
+        $crate::arch::x86_64::kernel_set!(@wrap $features, mm_q4_0(w: &[u8], rows: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) -> () = super::mm_q::<{ $vnni }, true>);
+        $crate::arch::x86_64::kernel_set!(@wrap $features, mm_f32(w: &[u8], rows: usize, act: F32View<'_>, out: &mut [f32], ldo: usize) -> () = super::mm_float::<0>);
+        $crate::arch::x86_64::kernel_set!(@wrap $features, mm_f16(w: &[u8], rows: usize, act: F32View<'_>, out: &mut [f32], ldo: usize) -> () = super::mm_float::<1>);
+        $crate::arch::x86_64::kernel_set!(@wrap $features, mm_bf16(w: &[u8], rows: usize, act: F32View<'_>, out: &mut [f32], ldo: usize) -> () = super::mm_float::<2>);
+        $crate::arch::x86_64::kernel_set!(@wrap $features, mm_q4_0x16(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) -> () = super::mm_q4_0x16::<{ $vnni }>);
+    };
+    (@wrap $features:literal, $f:ident($($a:ident: $t:ty),*) -> $r:ty = $imp:path) => {
+        fn $f($($a: $t),*) -> $r {
+            /// # Safety
+            /// The CPU must have the features named in `target_feature`.
+            #[target_feature(enable = $features)]
+            unsafe fn imp($($a: $t),*) -> $r {
+                // SAFETY: the features are enabled on this function; the algorithm checks
+                // slice lengths before its unchecked loops.
+                unsafe { $imp($($a),*) }
+            }
+            // SAFETY: `$f` is only reachable through `KERNELS`, which `kernels()` hands out
+            // only after detecting the features.
+            unsafe { imp($($a),*) }
+        }
+    };
+}
+pub(crate) use kernel_set;

@@ -1,0 +1,124 @@
+//! Q4_0 weights repacked at load time into groups of 16 interleaved rows.
+//!
+//! Plain Q4_0 rows make an int8 dot-product kernel convert one f16 scale and reduce one
+//! vector per 18-byte block, which costs more than reading the block from memory. Interleaving
+//! 16 rows lets one 512-bit `vpdpbusd` (or four 128-bit `sdot`) work on 16 rows at once with a
+//! broadcast activation word, and 16 scales convert with one instruction.
+//!
+//! Layout of one group of 16 rows with `nb` blocks per row (`group_bytes(nb)` bytes, a multiple
+//! of 64): first the quants, 256 bytes per block column `b`, made of four 64-byte chunks
+//! `k = 0..4`, where bytes `4r..4r + 4` of chunk `k` are bytes `4k..4k + 4` of row `r`'s `qs`
+//! (so their low nibbles are values `4k..4k + 4` and their high nibbles values
+//! `16 + 4k..16 + 4k + 4`); then the scales, 32 bytes per block column (16 f16, row order).
+//! Rows past the last whole group are kept as plain Q4_0 rows.
+
+use crate::blocks::BlockQ4_0;
+use crate::{GgmlType, Matrix};
+
+/// Rows per interleaved group.
+pub(crate) const GROUP: usize = 16;
+
+/// Bytes of one group of 16 rows of `nb` blocks (padded to 64).
+pub(crate) fn group_bytes(nb: usize) -> usize {
+    (nb * 18 * GROUP).div_ceil(64) * 64
+}
+
+/// 64-byte aligned storage unit.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// A weight matrix repacked for faster products (see [`repack`]); owns its data.
+pub struct PackedMatrix {
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    groups: Vec<Line>,
+    tail: Vec<u8>,
+}
+
+impl PackedMatrix {
+    /// The element type of the original matrix.
+    pub fn ty(&self) -> GgmlType {
+        self.ty
+    }
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    /// Values per row.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// Bytes held (interleaved groups and tail rows).
+    pub fn size_bytes(&self) -> usize {
+        self.groups.len() * 64 + self.tail.len()
+    }
+    /// Number of whole groups of 16 rows.
+    pub(crate) fn n_groups(&self) -> usize {
+        self.rows / GROUP
+    }
+    /// The bytes of the interleaved groups.
+    pub(crate) fn group_data(&self) -> &[u8] {
+        bytemuck_lines(&self.groups)
+    }
+    /// Plain Q4_0 rows `16 · n_groups()..rows`.
+    pub(crate) fn tail(&self) -> &[u8] {
+        &self.tail
+    }
+}
+
+fn bytemuck_lines(lines: &[Line]) -> &[u8] {
+    // SAFETY: `Line` is `repr(C)` around `[u8; 64]`: no padding, every byte initialised.
+    unsafe { std::slice::from_raw_parts(lines.as_ptr().cast::<u8>(), lines.len() * 64) }
+}
+
+fn bytemuck_lines_mut(lines: &mut [Line]) -> &mut [u8] {
+    // SAFETY: as above; the borrow is unique.
+    unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast::<u8>(), lines.len() * 64) }
+}
+
+/// Repacks `w` into the layout the chosen kernels multiply fastest, or `None` when there is
+/// none for its type on this CPU (only Q4_0 is repacked, and only where an int8 dot-product
+/// instruction makes it pay: AVX-512 VNNI, AVX2, NEON dotprod). Use the result with
+/// [`crate::matmul`] in place of `w`; row ranges that are multiples of 16 are fastest.
+pub fn repack(w: &Matrix<'_>) -> Option<PackedMatrix> {
+    if !crate::arch::kernels().packed_pays {
+        return None;
+    }
+    repack_always(w)
+}
+
+/// [`repack`] regardless of the kernels (tests use it).
+pub(crate) fn repack_always(w: &Matrix<'_>) -> Option<PackedMatrix> {
+    if w.ty != GgmlType::Q4_0 {
+        return None;
+    }
+    let nb = w.cols / 32;
+    let row_bytes = nb * 18;
+    let n_groups = w.rows / GROUP;
+    let gb = group_bytes(nb);
+    let mut groups = vec![Line([0; 64]); n_groups * gb / 64];
+    let bytes = bytemuck_lines_mut(&mut groups);
+    for (g, dst) in bytes.chunks_exact_mut(gb).enumerate() {
+        let (qs, scales) = dst.split_at_mut(nb * 256);
+        for r in 0..GROUP {
+            let row = &w.data[(g * GROUP + r) * row_bytes..][..row_bytes];
+            for (b, blk) in row.chunks_exact(18).enumerate() {
+                let blk: BlockQ4_0 = bytemuck::pod_read_unaligned(blk);
+                scales[32 * b + 2 * r..][..2].copy_from_slice(&blk.d.to_le_bytes());
+                for k in 0..4 {
+                    qs[256 * b + 64 * k + 4 * r..][..4].copy_from_slice(&blk.qs[4 * k..4 * k + 4]);
+                }
+            }
+        }
+    }
+    let tail = w.data[n_groups * GROUP * row_bytes..w.rows * row_bytes].to_vec();
+    Some(PackedMatrix {
+        ty: w.ty,
+        rows: w.rows,
+        cols: w.cols,
+        groups,
+        tail,
+    })
+}
