@@ -31,7 +31,11 @@ pub enum GgufError {
         source: std::io::Error,
     },
     /// The file does not start with `GGUF`.
-    #[error("{}not a GGUF file: it starts with {found:?}, expected \"GGUF\"", at(.path))]
+    #[error(
+        "{}not a GGUF file: it starts with \"{}\", expected \"GGUF\"",
+        at(.path),
+        .found.escape_ascii()
+    )]
     BadMagic {
         /// The file concerned.
         path: Option<PathBuf>,
