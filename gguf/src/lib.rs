@@ -31,6 +31,7 @@
 #![deny(missing_docs)]
 
 mod error;
+mod parse;
 mod reader;
 mod tensor;
 mod value;

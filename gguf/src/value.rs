@@ -245,3 +245,35 @@ impl fmt::Display for Value {
         }
     }
 }
+
+macro_rules! value_from {
+    ($($t:ty => $v:ident),* $(,)?) => {$(
+        impl From<$t> for Value {
+            fn from(x: $t) -> Value {
+                Value::$v(x)
+            }
+        }
+        impl From<Vec<$t>> for Value {
+            fn from(x: Vec<$t>) -> Value {
+                Value::Array(Array::$v(x))
+            }
+        }
+    )*};
+}
+
+value_from!(
+    u8 => U8, i8 => I8, u16 => U16, i16 => I16, u32 => U32, i32 => I32,
+    f32 => F32, bool => Bool, String => Str, u64 => U64, i64 => I64, f64 => F64,
+);
+
+impl From<&str> for Value {
+    fn from(x: &str) -> Value {
+        Value::Str(x.to_string())
+    }
+}
+
+impl From<Array> for Value {
+    fn from(x: Array) -> Value {
+        Value::Array(x)
+    }
+}

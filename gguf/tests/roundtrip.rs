@@ -364,3 +364,20 @@ fn alignment_set_after_tensors_is_applied() {
     assert_eq!(g.tensor("b").unwrap().offset, 128);
     assert_eq!(g.tensor_data(g.tensor("b").unwrap()), &[2; 12]);
 }
+
+#[test]
+fn values_convert_from_rust_types_and_gguf_is_shareable() {
+    assert_eq!(Value::from(3u32), Value::U32(3));
+    assert_eq!(Value::from("x"), Value::Str("x".into()));
+    assert_eq!(
+        Value::from(vec![1i32, 2]),
+        Value::Array(Array::I32(vec![1, 2]))
+    );
+    assert_eq!(
+        Value::from(vec!["a".to_string()]),
+        Value::Array(Array::Str(vec!["a".into()]))
+    );
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Gguf>();
+    shareable::<GgufError>();
+}
