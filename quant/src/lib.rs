@@ -13,7 +13,8 @@
 //!
 //! Kernels are chosen once at run time from the CPU's features ([`isa`]): AVX-512 VNNI, AVX2
 //! (+FMA, F16C), NEON with dotprod, NEON, or portable scalar code, which is the reference the
-//! others are tested against. `RAVEN_FORCE_SCALAR=1` forces the scalar kernels.
+//! others are tested against. `RAVEN_FORCE_SCALAR=1` forces the scalar kernels;
+//! `RAVEN_ISA=avx2` (or another name [`isa`] reports) picks a slower set that the CPU also runs.
 #![deny(missing_docs)]
 
 pub mod blocks;

@@ -100,15 +100,20 @@ pub(crate) struct Kernels {
 
 static CHOSEN: OnceLock<&'static Kernels> = OnceLock::new();
 
-/// The kernels chosen for this CPU (once; `RAVEN_FORCE_SCALAR=1` forces the scalar ones).
+/// The kernels chosen for this CPU (once; `RAVEN_FORCE_SCALAR=1` forces the scalar ones,
+/// `RAVEN_ISA=<name>` picks another available set, for benchmarks).
 #[inline]
 pub(crate) fn kernels() -> &'static Kernels {
     CHOSEN.get_or_init(|| {
         let force = std::env::var("RAVEN_FORCE_SCALAR").is_ok_and(|v| !v.is_empty() && v != "0");
+        let named = std::env::var("RAVEN_ISA").ok();
+        let sets = available();
         if force {
             &scalar::KERNELS
+        } else if let Some(k) = sets.iter().find(|k| Some(k.name) == named.as_deref()) {
+            k
         } else {
-            available()[0]
+            sets[0]
         }
     })
 }

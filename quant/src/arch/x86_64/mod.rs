@@ -37,13 +37,6 @@ unsafe fn dot4<const VNNI: bool>(acc: __m256i, u: __m256i, s: __m256i) -> __m256
     }
 }
 
-/// One f16 scale from (possibly unaligned) memory.
-#[inline(always)]
-unsafe fn load_f16(p: *const u8) -> f32 {
-    let h = (p as *const u16).read_unaligned();
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
-}
-
 /// Round half away from zero (C's `roundf`), exactly.
 #[inline(always)]
 unsafe fn round_away(v: __m256) -> __m256 {
@@ -191,6 +184,37 @@ macro_rules! tile_tokens {
     }};
 }
 
+/// One Q8_0 or Q4_0 block against `NT` tokens, accumulated into `acc`.
+#[inline(always)]
+unsafe fn block_q<const NT: usize, const VNNI: bool, const Q4: bool>(
+    p: *const u8,
+    b: usize,
+    qa: &[*const i8; NT],
+    da: &[*const f32; NT],
+    acc: &mut [__m256; NT],
+) {
+    // The scale broadcast before converting: no scalar temporaries, no false dependencies.
+    let dw = _mm256_cvtph_ps(_mm_set1_epi16((p as *const i16).read_unaligned()));
+    // Signed weights (Q4_0: nibble − 8), then |w| · (a with w's sign): exact per lane.
+    let w = if Q4 {
+        let q = _mm_loadu_si128(p.add(2) as *const __m128i);
+        let w = _mm256_and_si256(
+            _mm256_set_m128i(_mm_srli_epi16(q, 4), q),
+            _mm256_set1_epi8(0x0f),
+        );
+        _mm256_sub_epi8(w, _mm256_set1_epi8(8))
+    } else {
+        _mm256_loadu_si256(p.add(2) as *const __m256i)
+    };
+    let wu = _mm256_sign_epi8(w, w);
+    for t in 0..NT {
+        let a = _mm256_loadu_si256(qa[t].add(b * QK) as *const __m256i);
+        let isum = dot4::<VNNI>(_mm256_setzero_si256(), wu, _mm256_sign_epi8(a, w));
+        let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*da[t].add(b)));
+        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[t]);
+    }
+}
+
 /// One Q8_0 or Q4_0 row against `NT` tokens starting at token `t0`.
 #[inline(always)]
 unsafe fn row_q<const NT: usize, const VNNI: bool, const Q4: bool>(
@@ -200,33 +224,21 @@ unsafe fn row_q<const NT: usize, const VNNI: bool, const Q4: bool>(
 ) -> [f32; NT] {
     let nb = act.nb;
     let bb = if Q4 { 18 } else { 34 };
-    let mut acc = [[_mm256_setzero_ps(); NT]; 2];
-    let qa = act.qs.as_ptr();
-    let da = act.d.as_ptr();
-    for b in 0..nb {
-        let p = row.add(b * bb);
-        let dw = load_f16(p);
-        // Signed weights (Q4_0: nibble − 8), then |w| · (a with w's sign): exact per lane.
-        let w = if Q4 {
-            let q = _mm_loadu_si128(p.add(2) as *const __m128i);
-            let w = _mm256_and_si256(
-                _mm256_set_m128i(_mm_srli_epi16(q, 4), q),
-                _mm256_set1_epi8(0x0f),
-            );
-            _mm256_sub_epi8(w, _mm256_set1_epi8(8))
-        } else {
-            _mm256_loadu_si256(p.add(2) as *const __m256i)
-        };
-        let wu = _mm256_sign_epi8(w, w);
-        for t in 0..NT {
-            let i = (t0 + t) * nb + b;
-            let a = _mm256_loadu_si256(qa.add(i * QK) as *const __m256i);
-            let isum = dot4::<VNNI>(_mm256_setzero_si256(), wu, _mm256_sign_epi8(a, w));
-            let scale = _mm256_set1_ps(dw * *da.add(i));
-            acc[b & 1][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[b & 1][t]);
-        }
+    // Two accumulators per token, alternating blocks, to hide the FMA latency.
+    let mut acc0 = [_mm256_setzero_ps(); NT];
+    let mut acc1 = [_mm256_setzero_ps(); NT];
+    let qa: [*const i8; NT] = core::array::from_fn(|t| act.qs.as_ptr().add((t0 + t) * nb * QK));
+    let da: [*const f32; NT] = core::array::from_fn(|t| act.d.as_ptr().add((t0 + t) * nb));
+    let mut b = 0;
+    while b + 2 <= nb {
+        block_q::<NT, VNNI, Q4>(row.add(b * bb), b, &qa, &da, &mut acc0);
+        block_q::<NT, VNNI, Q4>(row.add((b + 1) * bb), b + 1, &qa, &da, &mut acc1);
+        b += 2;
     }
-    core::array::from_fn(|t| hsum(_mm256_add_ps(acc[0][t], acc[1][t])))
+    if b < nb {
+        block_q::<NT, VNNI, Q4>(row.add(b * bb), b, &qa, &da, &mut acc0);
+    }
+    core::array::from_fn(|t| hsum(_mm256_add_ps(acc0[t], acc1[t])))
 }
 
 #[inline(always)]
