@@ -132,10 +132,13 @@ fn describe(e: &Error) -> String {
             "{e}: the template exceeded its budget of {FUEL} steps (a loop too long or an output \
              too large); the template is broken or hostile"
         ),
-        _ if e.to_string().contains("recursion") => format!(
+        ErrorKind::InvalidOperation if e.to_string().contains("recursion") => format!(
             "{e}: the template nests deeper than {RECURSION_LIMIT} levels; the template is broken \
              or hostile"
         ),
+        ErrorKind::SyntaxError if e.to_string().contains("recursion") => {
+            format!("{e}: the template nests too deeply; the template is broken or hostile")
+        }
         _ => e.to_string(),
     }
 }

@@ -74,8 +74,20 @@ impl Tokenizer {
     /// Loads a tokenizer from the whole text of a Hugging Face `tokenizer.json` (stored in GGUF
     /// as `tokenizer.huggingface.json`).
     pub fn from_json(json: &str) -> Result<Tokenizer, TextError> {
-        let mut inner =
-            tokenizers::Tokenizer::from_str(json).map_err(|e| TextError::Load(e.to_string()))?;
+        // The `tokenizers` crate panics on some malformed files (a merge longer than every
+        // token); a file from a model download is untrusted input.
+        let loaded = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_str(json)).map_err(
+            |panic| {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("the tokenizers library panicked");
+                TextError::Load(format!("malformed file ({why})"))
+            },
+        )?;
+        let mut inner = loaded.map_err(|e| TextError::Load(e.to_string()))?;
+        check_added_token_ids(json, &inner)?;
         inner
             .with_truncation(None)
             .map_err(|e| TextError::Load(e.to_string()))?;
@@ -195,6 +207,39 @@ impl Tokenizer {
     pub(crate) fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
+}
+
+/// The ids `tokenizer.json` declares for its added tokens. The `tokenizers` crate ignores them
+/// and numbers added tokens itself, after the model's vocabulary.
+#[derive(serde::Deserialize)]
+struct DeclaredIds {
+    #[serde(default)]
+    added_tokens: Vec<DeclaredId>,
+}
+
+#[derive(serde::Deserialize)]
+struct DeclaredId {
+    id: u32,
+    content: String,
+}
+
+/// Fails if an added token does not get the id the file declares: the model's embedding rows
+/// follow the declared ids, so a mismatch would feed the model the wrong special tokens.
+fn check_added_token_ids(json: &str, inner: &tokenizers::Tokenizer) -> Result<(), TextError> {
+    let declared: DeclaredIds = serde_json::from_str(json)?;
+    for t in declared.added_tokens {
+        let actual = inner.token_to_id(&t.content);
+        if actual != Some(t.id) {
+            return Err(TextError::Malformed(format!(
+                "added token {:?} is declared with id {} but gets id {} (the added tokens must \
+                 follow the vocabulary's ids without gaps)",
+                t.content,
+                t.id,
+                actual.map_or("none".to_owned(), |id| id.to_string()),
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Appends the bytes that the byte-level decoder gives for `token`: each char mapped back to its
