@@ -1,1 +1,285 @@
-fn main() {}
+//! The `raven` command: convert Hugging Face Huginn checkpoints to GGUF, inspect GGUF files, and
+//! compute logits (SPEC §4). It only wires the library crates together.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use raven::convert::{OutType, Progress};
+use raven::exit::{Criterion, ExitPolicy};
+use raven::kv::CacheStrategy;
+use raven::run::{LogitsOptions, Threads};
+use raven::Model;
+
+mod inspect;
+
+#[derive(Parser)]
+#[command(
+    name = "raven",
+    version,
+    about = "Run recurrent-depth latent-reasoning models (Huginn) on CPUs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Convert a Hugging Face Huginn checkpoint directory to a GGUF file.
+    Convert {
+        /// The checkpoint directory (config.json, *.safetensors, tokenizer.json …).
+        hf_dir: PathBuf,
+        /// The GGUF file to write (written atomically).
+        #[arg(short = 'o', long = "out")]
+        out: PathBuf,
+        /// Weight type: f32, f16, bf16, q8_0 or q4_0.
+        #[arg(long = "type", default_value = "f16")]
+        ty: String,
+    },
+    /// Show a GGUF model's metadata, tensors and the memory a session needs.
+    Inspect {
+        /// The GGUF file.
+        model: PathBuf,
+        /// Context length to size the KV cache for (default: the model's).
+        #[arg(long)]
+        ctx: Option<usize>,
+        /// Maximum core iterations to size the cache for (default: the model's mean recurrence).
+        #[arg(long)]
+        steps: Option<usize>,
+        /// Print every metadata value in full.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Compute logits for a token sequence and write them to a safetensors file.
+    Logits(LogitsArgs),
+}
+
+#[derive(Args)]
+struct LogitsArgs {
+    /// The GGUF model.
+    #[arg(short = 'm', long = "model")]
+    model: PathBuf,
+    /// Comma-separated token ids.
+    #[arg(long)]
+    tokens: String,
+    /// Core iterations (default: the model's mean recurrence).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Initial-state scale (0 = zero state).
+    #[arg(long = "init-scale", default_value_t = 1.0)]
+    init_scale: f32,
+    /// Seed of the initial state.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Per-token exit criterion CRIT[:τ]: kl, minp-kl, entropy-diff, latent-diff, cosine, argmax-stability, none.
+    #[arg(long)]
+    exit: Option<String>,
+    /// Maximum iterations with --exit (default: --steps).
+    #[arg(long = "max-steps")]
+    max_steps: Option<usize>,
+    /// Minimum iterations with --exit.
+    #[arg(long = "min-steps", default_value_t = 1)]
+    min_steps: usize,
+    /// Check the exit criterion every n iterations.
+    #[arg(long = "check-every", default_value_t = 1)]
+    check_every: usize,
+    /// KV cache strategy: full, compress-sK, latest-mC.
+    #[arg(long, default_value = "full")]
+    cache: String,
+    /// Process the first N tokens in one pass, the rest one at a time through the cache.
+    #[arg(long = "decode-from")]
+    decode_from: Option<usize>,
+    /// Worker threads (default: all cores).
+    #[arg(long, short = 't', default_value_t = 0)]
+    threads: usize,
+    /// Read the model into memory instead of mapping it.
+    #[arg(long = "no-mmap")]
+    no_mmap: bool,
+    /// Output safetensors file (`logits` f32 [T, V], `steps` i32 [T]).
+    #[arg(short = 'o', long = "out")]
+    out: PathBuf,
+}
+
+struct Bar(Option<indicatif::ProgressBar>);
+
+impl Progress for Bar {
+    fn start(&mut self, total: u64) {
+        if std::io::stderr().is_terminal() {
+            let pb = indicatif::ProgressBar::new(total);
+            pb.set_style(
+                indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            self.0 = Some(pb);
+        }
+    }
+    fn advance(&mut self, done: u64, name: &str) {
+        if let Some(pb) = &self.0 {
+            pb.set_position(done);
+            pb.set_message(name.to_string());
+        }
+    }
+    fn note(&mut self, msg: &str) {
+        match &self.0 {
+            Some(pb) => pb.println(format!("note: {msg}")),
+            None => eprintln!("note: {msg}"),
+        }
+    }
+}
+
+pub(crate) fn load_model(path: &Path, no_mmap: bool) -> Result<Model> {
+    if !path.exists() {
+        bail!(
+            "{}: no such file (convert a checkpoint first with `raven convert HF_DIR -o {}`)",
+            path.display(),
+            path.display()
+        );
+    }
+    let m = if no_mmap {
+        Model::load_no_mmap(path)
+    } else {
+        Model::load(path)
+    };
+    m.with_context(|| format!("cannot load model {}", path.display()))
+}
+
+fn parse_tokens(s: &str) -> Result<Vec<u32>> {
+    s.split(',')
+        .map(|t| t.trim())
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            t.parse::<u32>().with_context(|| {
+                format!("--tokens: \"{t}\" is not a token id (a non-negative integer)")
+            })
+        })
+        .collect()
+}
+
+/// Writes f32 `logits` [t, v] and i32 `steps` [t] to a safetensors file, atomically.
+fn write_logits(path: &Path, logits: &[f32], t: usize, v: usize, steps: &[i32]) -> Result<()> {
+    use safetensors::tensor::{Dtype, TensorView};
+    let lb: Vec<u8> = logits.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let sb: Vec<u8> = steps.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let views = vec![
+        (
+            "logits".to_string(),
+            TensorView::new(Dtype::F32, vec![t, v], &lb)?,
+        ),
+        (
+            "steps".to_string(),
+            TensorView::new(Dtype::I32, vec![t], &sb)?,
+        ),
+    ];
+    let bytes = safetensors::serialize(views, None)?;
+    write_atomic(path, &bytes)
+}
+
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .with_context(|| format!("-o {}: names no file", path.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let res = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path));
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+    }
+    Ok(())
+}
+
+fn cmd_logits(a: LogitsArgs) -> Result<()> {
+    let tokens = parse_tokens(&a.tokens)?;
+    let cache = CacheStrategy::parse(&a.cache)?;
+    if !(a.init_scale.is_finite() && a.init_scale >= 0.0) {
+        bail!("--init-scale {}: must be a finite number ≥ 0", a.init_scale);
+    }
+    if a.steps == Some(0) {
+        bail!("--steps 0: must be at least 1");
+    }
+    if a.exit.is_some() && a.decode_from.is_some() {
+        bail!("--decode-from cannot be combined with --exit (with --exit every token is processed on its own)");
+    }
+    let m = load_model(&a.model, a.no_mmap)?;
+    let steps = a.steps.unwrap_or(m.config.mean_recurrence);
+    let exit = match &a.exit {
+        None => None,
+        Some(e) => {
+            let p = ExitPolicy {
+                criterion: Criterion::parse(e)?,
+                min_steps: a.min_steps,
+                max_steps: a.max_steps.unwrap_or(steps),
+                check_every: a.check_every,
+            };
+            p.validate()?;
+            Some(p)
+        }
+    };
+    let threads = Threads::new(a.threads)?;
+    let opts = LogitsOptions {
+        steps,
+        init_scale: a.init_scale,
+        seed: a.seed,
+        exit,
+        cache,
+        decode_from: a.decode_from,
+    };
+    let out = raven::run::logits(&m, &tokens, &opts, &threads)?;
+    write_logits(
+        &a.out,
+        &out.logits,
+        tokens.len(),
+        m.config.n_vocab,
+        &out.steps,
+    )
+}
+
+fn run() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Convert { hf_dir, out, ty } => {
+            let ty = OutType::parse(&ty)?;
+            let mut bar = Bar(None);
+            let rep = raven::convert::convert(&hf_dir, &out, ty, &mut bar)
+                .with_context(|| format!("cannot convert {}", hf_dir.display()))?;
+            if let Some(pb) = &bar.0 {
+                pb.finish_and_clear();
+            }
+            eprintln!(
+                "wrote {} ({} tensors, {:.1} MB)",
+                out.display(),
+                rep.n_tensors,
+                rep.bytes as f64 / 1e6
+            );
+            Ok(())
+        }
+        Cmd::Inspect {
+            model,
+            ctx,
+            steps,
+            all,
+        } => inspect::run(&model, ctx, steps, all),
+        Cmd::Logits(a) => cmd_logits(a),
+    }
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

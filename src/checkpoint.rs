@@ -1,0 +1,302 @@
+//! Reading a Hugging Face Huginn checkpoint: `config.json` plus bf16/f16/f32 safetensors shards,
+//! with or without `model.safetensors.index.json`, memory-mapped.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::config::Config;
+use crate::error::{RavenError, Result};
+
+/// One tensor of a checkpoint: where it lives and what it is.
+#[derive(Clone, Debug)]
+pub struct CkptTensor {
+    /// Index of the shard in [`Checkpoint::shards`].
+    pub shard: usize,
+    /// Element type.
+    pub dtype: Dtype,
+    /// Shape, outermost first (PyTorch order).
+    pub shape: Vec<usize>,
+    /// Byte range inside the shard's mapping.
+    pub range: std::ops::Range<usize>,
+}
+
+/// A memory-mapped, validated Hugging Face checkpoint.
+pub struct Checkpoint {
+    /// The checkpoint directory.
+    pub dir: PathBuf,
+    /// Hyperparameters from config.json.
+    pub config: Config,
+    /// Shard file paths.
+    pub shards: Vec<PathBuf>,
+    maps: Vec<Mmap>,
+    tensors: BTreeMap<String, CkptTensor>,
+}
+
+fn ckpt_err(path: &Path, msg: impl Into<String>) -> RavenError {
+    RavenError::Checkpoint {
+        path: path.to_path_buf(),
+        msg: msg.into(),
+    }
+}
+
+/// Which shard files a directory's checkpoint consists of.
+fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let text = std::fs::read_to_string(&index).map_err(|e| RavenError::io(&index, e))?;
+        let j: serde_json::Value = serde_json::from_str(&text).map_err(|e| RavenError::Json {
+            path: index.clone(),
+            msg: format!("not valid JSON: {e}"),
+        })?;
+        let map = j
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| RavenError::Json {
+                path: index.clone(),
+                msg: "no \"weight_map\" object".into(),
+            })?;
+        let mut files: Vec<String> = Vec::new();
+        for (name, f) in map {
+            let f = f.as_str().ok_or_else(|| RavenError::Json {
+                path: index.clone(),
+                msg: format!("weight_map entry for {name} is not a file name"),
+            })?;
+            if f.contains('/') || f.contains('\\') || f.contains("..") {
+                return Err(RavenError::Json {
+                    path: index.clone(),
+                    msg: format!("weight_map names {f:?}, which is not a plain file name in the checkpoint directory"),
+                });
+            }
+            if !files.iter().any(|x| x == f) {
+                files.push(f.to_string());
+            }
+        }
+        files.sort();
+        let mut out = Vec::new();
+        for f in files {
+            let p = dir.join(&f);
+            if !p.is_file() {
+                return Err(ckpt_err(
+                    dir,
+                    format!("shard {f} is listed in model.safetensors.index.json but missing"),
+                ));
+            }
+            out.push(p);
+        }
+        return Ok(out);
+    }
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let rd = std::fs::read_dir(dir).map_err(|e| RavenError::io(dir, e))?;
+    let mut out: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("model") && n.ends_with(".safetensors"))
+        })
+        .collect();
+    out.sort();
+    if out.is_empty() {
+        return Err(ckpt_err(
+            dir,
+            "no model*.safetensors shards and no model.safetensors.index.json found",
+        ));
+    }
+    Ok(out)
+}
+
+impl Checkpoint {
+    /// Opens and validates the checkpoint in `dir` against its config.json: every tensor the model
+    /// needs is present with the right shape and a float type.
+    pub fn open(dir: &Path) -> Result<Checkpoint> {
+        if !dir.is_dir() {
+            return Err(ckpt_err(
+                dir,
+                "not a directory (expected a Hugging Face checkpoint directory)",
+            ));
+        }
+        let cfg_path = dir.join("config.json");
+        if !cfg_path.is_file() {
+            return Err(ckpt_err(dir, "config.json is missing"));
+        }
+        let config = Config::from_hf_json(&cfg_path)?;
+        let shards = shard_files(dir)?;
+        let mut maps = Vec::new();
+        let mut tensors = BTreeMap::new();
+        for (si, p) in shards.iter().enumerate() {
+            let f = File::open(p).map_err(|e| RavenError::io(p, e))?;
+            // SAFETY: the mapping is read-only; a file changed underneath us while mapped is
+            // documented as unsupported (README, "Memory mapping").
+            let map = unsafe { Mmap::map(&f) }.map_err(|e| RavenError::io(p, e))?;
+            let st = SafeTensors::deserialize(&map)
+                .map_err(|e| ckpt_err(p, format!("not a valid safetensors file: {e}")))?;
+            let base = map.as_ptr() as usize;
+            for (name, view) in st.tensors() {
+                let start = view.data().as_ptr() as usize - base;
+                let t = CkptTensor {
+                    shard: si,
+                    dtype: view.dtype(),
+                    shape: view.shape().to_vec(),
+                    range: start..start + view.data().len(),
+                };
+                if tensors.insert(name.clone(), t).is_some() {
+                    return Err(ckpt_err(
+                        p,
+                        format!("tensor {name} appears in more than one shard"),
+                    ));
+                }
+            }
+            maps.push(map);
+        }
+        let ck = Checkpoint {
+            dir: dir.to_path_buf(),
+            config,
+            shards,
+            maps,
+            tensors,
+        };
+        ck.validate()?;
+        Ok(ck)
+    }
+
+    /// The tensors the model needs, HF name → expected shape.
+    pub fn expected_tensors(c: &Config) -> Vec<(String, Vec<usize>)> {
+        let (h, f, v) = (c.n_embd, c.n_ff, c.n_vocab);
+        let mut out = vec![
+            ("transformer.wte.weight".to_string(), vec![v, h]),
+            ("transformer.ln_f.weight".to_string(), vec![h]),
+            ("transformer.adapter.weight".to_string(), vec![h, 2 * h]),
+        ];
+        if !c.tied {
+            out.push(("lm_head.weight".to_string(), vec![v, h]));
+        }
+        for (group, n) in [
+            ("prelude", c.n_prelude),
+            ("core_block", c.n_core),
+            ("coda", c.n_coda),
+        ] {
+            for i in 0..n {
+                let p = format!("transformer.{group}.{i}");
+                out.push((format!("{p}.attn.Wqkv.weight"), vec![3 * h, h]));
+                if c.qk_bias {
+                    out.push((
+                        format!("{p}.attn.qk_bias"),
+                        vec![2, 1, c.n_heads, c.head_dim()],
+                    ));
+                }
+                out.push((format!("{p}.attn.proj.weight"), vec![h, h]));
+                out.push((format!("{p}.mlp.fc.weight"), vec![2 * f, h]));
+                out.push((format!("{p}.mlp.proj.weight"), vec![h, f]));
+                for n in 1..=4 {
+                    out.push((format!("{p}.norm_{n}.weight"), vec![h]));
+                }
+            }
+        }
+        out
+    }
+
+    fn validate(&self) -> Result<()> {
+        let mut missing = Vec::new();
+        for (name, shape) in Self::expected_tensors(&self.config) {
+            match self.tensors.get(&name) {
+                None => missing.push(name),
+                Some(t) => {
+                    if t.shape != shape {
+                        return Err(ckpt_err(
+                            &self.shards[t.shard],
+                            format!(
+                                "tensor {name} has shape {:?}, config.json implies {:?}",
+                                t.shape, shape
+                            ),
+                        ));
+                    }
+                    if !matches!(t.dtype, Dtype::BF16 | Dtype::F16 | Dtype::F32) {
+                        return Err(ckpt_err(
+                            &self.shards[t.shard],
+                            format!("tensor {name} has type {:?}; Raven converts bf16, f16 and f32 weights", t.dtype),
+                        ));
+                    }
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let n = missing.len();
+            missing.truncate(5);
+            return Err(ckpt_err(
+                &self.dir,
+                format!(
+                    "{n} tensor(s) missing, e.g. {} (is a shard missing, or does config.json describe another model?)",
+                    missing.join(", ")
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Looks up a tensor.
+    pub fn tensor(&self, name: &str) -> Option<&CkptTensor> {
+        self.tensors.get(name)
+    }
+
+    /// Names of tensors present in the files.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(|s| s.as_str())
+    }
+
+    /// Raw little-endian bytes of a tensor.
+    pub fn bytes(&self, t: &CkptTensor) -> &[u8] {
+        &self.maps[t.shard][t.range.clone()]
+    }
+
+    /// Rows `rows` of a tensor viewed as 2-D `[shape[0], rest]`, converted to f32 into `out`.
+    pub fn rows_f32(&self, t: &CkptTensor, rows: std::ops::Range<usize>, out: &mut Vec<f32>) {
+        let cols: usize = t.shape.iter().skip(1).product::<usize>().max(1);
+        let es = t.dtype.bitsize() / 8;
+        let b = self.bytes(t);
+        let b = &b[rows.start * cols * es..rows.end * cols * es];
+        out.clear();
+        out.reserve(b.len() / es);
+        match t.dtype {
+            Dtype::BF16 => out.extend(
+                b.chunks_exact(2)
+                    .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()),
+            ),
+            Dtype::F16 => out.extend(
+                b.chunks_exact(2)
+                    .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()),
+            ),
+            _ => out.extend(
+                b.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            ),
+        }
+    }
+
+    /// A whole tensor as f32.
+    pub fn to_f32(&self, t: &CkptTensor) -> Vec<f32> {
+        let mut v = Vec::new();
+        self.rows_f32(t, 0..t.shape.first().copied().unwrap_or(1).max(1), &mut v);
+        v
+    }
+}
+
+/// Reads an optional JSON file of the checkpoint directory.
+pub fn read_json_opt(path: &Path) -> Result<Option<serde_json::Value>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| RavenError::io(path, e))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| RavenError::Json {
+            path: path.into(),
+            msg: format!("not valid JSON: {e}"),
+        })
+}

@@ -1,0 +1,314 @@
+//! Model hyperparameters (SPEC §1), read from a Hugging Face `config.json` or from GGUF metadata.
+
+use std::path::Path;
+
+use raven_gguf::{Gguf, Value};
+use serde_json::Value as Json;
+
+use crate::error::{RavenError, Result};
+
+/// The GGUF architecture name Raven writes and accepts.
+pub const ARCH: &str = "huginn";
+
+/// Huginn hyperparameters. Names follow SPEC §1.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Embedding width h.
+    pub n_embd: usize,
+    /// Attention heads H (no GQA).
+    pub n_heads: usize,
+    /// MLP width F.
+    pub n_ff: usize,
+    /// Vocabulary rows of the embedding V.
+    pub n_vocab: usize,
+    /// Prelude blocks P.
+    pub n_prelude: usize,
+    /// Core (recurrent) blocks C.
+    pub n_core: usize,
+    /// Coda blocks K.
+    pub n_coda: usize,
+    /// Default number of core iterations R.
+    pub mean_recurrence: usize,
+    /// Whether attention has q/k biases.
+    pub qk_bias: bool,
+    /// RoPE base θ.
+    pub rope_base: f32,
+    /// RMSNorm ε.
+    pub norm_eps: f32,
+    /// Whether the output head is the embedding.
+    pub tied: bool,
+    /// Trained context length.
+    pub context: usize,
+    /// Embedding scale, sqrt(h).
+    pub embed_scale: f32,
+    /// Initial-state standard deviation before scaling, sqrt(2/(5h)).
+    pub state_init_std: f32,
+}
+
+impl Config {
+    /// Head dimension d = h / H.
+    pub fn head_dim(&self) -> usize {
+        self.n_embd / self.n_heads
+    }
+
+    /// Total blocks P + C + K.
+    pub fn n_blocks(&self) -> usize {
+        self.n_prelude + self.n_core + self.n_coda
+    }
+
+    /// Checks internal consistency and sane bounds (a file may claim anything).
+    pub fn validate(&self, what: &str) -> Result<()> {
+        let bad = |msg: String| RavenError::Model {
+            path: what.to_string(),
+            msg,
+        };
+        let limits: [(&str, usize, usize); 9] = [
+            ("embedding_length", self.n_embd, 1 << 16),
+            ("attention.head_count", self.n_heads, 1 << 12),
+            ("feed_forward_length", self.n_ff, 1 << 18),
+            ("vocab size", self.n_vocab, 1 << 22),
+            ("prelude_block_count", self.n_prelude, 256),
+            ("core_block_count", self.n_core, 256),
+            ("coda_block_count", self.n_coda, 256),
+            ("mean_recurrence", self.mean_recurrence, 4096),
+            ("context_length", self.context, 1 << 22),
+        ];
+        for (name, v, max) in limits {
+            if v > max {
+                return Err(bad(format!(
+                    "{name} = {v} is larger than Raven accepts ({max})"
+                )));
+            }
+        }
+        for (name, v) in [
+            ("embedding_length", self.n_embd),
+            ("attention.head_count", self.n_heads),
+            ("feed_forward_length", self.n_ff),
+            ("vocab size", self.n_vocab),
+            ("core_block_count", self.n_core),
+            ("context_length", self.context),
+        ] {
+            if v == 0 {
+                return Err(bad(format!("{name} is 0")));
+            }
+        }
+        if self.n_embd % self.n_heads != 0 || self.head_dim() % 2 != 0 {
+            return Err(bad(format!(
+                "embedding_length {} is not a multiple of 2 × head_count {}",
+                self.n_embd, self.n_heads
+            )));
+        }
+        if !(self.norm_eps.is_finite() && self.norm_eps >= 0.0) {
+            return Err(bad(format!(
+                "layer_norm_rms_epsilon {} is not a finite non-negative number",
+                self.norm_eps
+            )));
+        }
+        if !(self.rope_base.is_finite() && self.rope_base > 0.0) {
+            return Err(bad(format!(
+                "rope.freq_base {} is not a positive number",
+                self.rope_base
+            )));
+        }
+        if !(self.embed_scale.is_finite()
+            && self.state_init_std.is_finite()
+            && self.state_init_std >= 0.0)
+        {
+            return Err(bad("embedding_scale or state_init_std is not finite".into()));
+        }
+        Ok(())
+    }
+
+    /// Reads a Hugging Face Huginn `config.json` (model_type `huginn_raven`).
+    pub fn from_hf_json(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| RavenError::io(path, e))?;
+        let j: Json = serde_json::from_str(&text).map_err(|e| RavenError::Json {
+            path: path.into(),
+            msg: format!("not valid JSON: {e}"),
+        })?;
+        let err = |msg: String| RavenError::Json {
+            path: path.into(),
+            msg,
+        };
+        if let Some(mt) = j.get("model_type").and_then(Json::as_str) {
+            if mt != "huginn_raven" {
+                return Err(err(format!(
+                    "model_type is \"{mt}\", Raven converts only \"huginn_raven\" (Huginn) checkpoints"
+                )));
+            }
+        }
+        let uint = |key: &str| -> Result<usize> {
+            match j.get(key) {
+                Some(v) => v.as_u64().map(|x| x as usize).ok_or_else(|| {
+                    err(format!(
+                        "key \"{key}\" must be a non-negative integer, found {v}"
+                    ))
+                }),
+                None => Err(err(format!("missing key \"{key}\""))),
+            }
+        };
+        let float = |key: &str, default: Option<f64>| -> Result<f32> {
+            match j.get(key) {
+                Some(v) => v
+                    .as_f64()
+                    .map(|x| x as f32)
+                    .ok_or_else(|| err(format!("key \"{key}\" must be a number, found {v}"))),
+                None => default
+                    .map(|d| d as f32)
+                    .ok_or_else(|| err(format!("missing key \"{key}\""))),
+            }
+        };
+        let boolean = |key: &str, default: bool| -> Result<bool> {
+            match j.get(key) {
+                Some(v) => v
+                    .as_bool()
+                    .ok_or_else(|| err(format!("key \"{key}\" must be true or false, found {v}"))),
+                None => Ok(default),
+            }
+        };
+        let n_embd = uint("n_embd")?;
+        let n_heads = uint("n_heads")?;
+        if let Some(kv) = j.get("num_key_value_heads") {
+            if kv.as_u64() != Some(n_heads as u64) {
+                return Err(err(format!(
+                    "num_key_value_heads {kv} differs from n_heads {n_heads}: grouped-query attention is not part of Huginn"
+                )));
+            }
+        }
+        let n_vocab = match j.get("padded_vocab_size") {
+            Some(_) => uint("padded_vocab_size")?,
+            None => uint("vocab_size")?,
+        };
+        let cfg = Config {
+            n_embd,
+            n_heads,
+            n_ff: uint("intermediate_size")?,
+            n_vocab,
+            n_prelude: uint("n_layers_in_prelude")?,
+            n_core: uint("n_layers_in_recurrent_block")?,
+            n_coda: uint("n_layers_in_coda")?,
+            mean_recurrence: uint("mean_recurrence")?,
+            qk_bias: boolean("qk_bias", false)?,
+            rope_base: float("rope_base", Some(50000.0))?,
+            norm_eps: float("norm_eps", Some(1e-6))?,
+            tied: boolean("tie_embeddings", true)?,
+            context: uint("block_size")?,
+            embed_scale: (n_embd as f64).sqrt() as f32,
+            state_init_std: (2.0 / (5.0 * n_embd as f64)).sqrt() as f32,
+        };
+        cfg.validate(&path.display().to_string())?;
+        Ok(cfg)
+    }
+
+    /// Reads the `huginn.*` metadata of a GGUF file (SPEC §3).
+    pub fn from_gguf(g: &Gguf, what: &str) -> Result<Config> {
+        let arch = g.get_str("general.architecture")?;
+        if arch != ARCH {
+            return Err(RavenError::Model {
+                path: what.into(),
+                msg: format!(
+                    "general.architecture is \"{arch}\", Raven runs \"{ARCH}\" (Huginn) models; convert a Huginn checkpoint with `raven convert`"
+                ),
+            });
+        }
+        let u = |k: &str| -> Result<usize> {
+            let v = g.get_u64(&format!("{ARCH}.{k}"))?;
+            usize::try_from(v).map_err(|_| RavenError::Model {
+                path: what.into(),
+                msg: format!("{ARCH}.{k} = {v} does not fit this machine"),
+            })
+        };
+        let f = |k: &str| -> Result<f32> { Ok(g.get_f32(&format!("{ARCH}.{k}"))?) };
+        let n_embd = u("embedding_length")?;
+        let n_heads = u("attention.head_count")?;
+        let kv = g.opt_u64(&format!("{ARCH}.attention.head_count_kv"))?;
+        if let Some(kv) = kv {
+            if kv != n_heads as u64 {
+                return Err(RavenError::Model {
+                    path: what.into(),
+                    msg: format!(
+                        "{ARCH}.attention.head_count_kv = {kv} differs from head_count {n_heads}"
+                    ),
+                });
+            }
+        }
+        let n_prelude = u("prelude_block_count")?;
+        let n_core = u("core_block_count")?;
+        let n_coda = u("coda_block_count")?;
+        let blocks = u("block_count")?;
+        if blocks != n_prelude + n_core + n_coda {
+            return Err(RavenError::Model {
+                path: what.into(),
+                msg: format!(
+                    "{ARCH}.block_count = {blocks} but prelude + core + coda = {}",
+                    n_prelude + n_core + n_coda
+                ),
+            });
+        }
+        let tok_embd = g
+            .tensor("token_embd.weight")
+            .ok_or_else(|| RavenError::Model {
+                path: what.into(),
+                msg: "tensor token_embd.weight is missing".into(),
+            })?;
+        let n_vocab = tok_embd.rows() as usize;
+        let cfg = Config {
+            n_embd,
+            n_heads,
+            n_ff: u("feed_forward_length")?,
+            n_vocab,
+            n_prelude,
+            n_core,
+            n_coda,
+            mean_recurrence: u("mean_recurrence")?,
+            qk_bias: g
+                .opt_bool(&format!("{ARCH}.attention.qk_bias"))?
+                .unwrap_or(false),
+            rope_base: f("rope.freq_base")?,
+            norm_eps: f("attention.layer_norm_rms_epsilon")?,
+            tied: g.tensor("output.weight").is_none(),
+            context: u("context_length")?,
+            embed_scale: match g.opt_f32(&format!("{ARCH}.embedding_scale"))? {
+                Some(s) => s,
+                None => (n_embd as f64).sqrt() as f32,
+            },
+            state_init_std: match g.opt_f32(&format!("{ARCH}.state_init_std"))? {
+                Some(s) => s,
+                None => (2.0 / (5.0 * n_embd as f64)).sqrt() as f32,
+            },
+        };
+        cfg.validate(what)?;
+        Ok(cfg)
+    }
+
+    /// The `huginn.*` metadata for a GGUF file (SPEC §3).
+    pub fn gguf_metadata(&self) -> Vec<(String, Value)> {
+        let k = |s: &str| format!("{ARCH}.{s}");
+        vec![
+            (k("context_length"), Value::U32(self.context as u32)),
+            (k("embedding_length"), Value::U32(self.n_embd as u32)),
+            (k("feed_forward_length"), Value::U32(self.n_ff as u32)),
+            (k("attention.head_count"), Value::U32(self.n_heads as u32)),
+            (
+                k("attention.head_count_kv"),
+                Value::U32(self.n_heads as u32),
+            ),
+            (
+                k("attention.layer_norm_rms_epsilon"),
+                Value::F32(self.norm_eps),
+            ),
+            (k("rope.freq_base"), Value::F32(self.rope_base)),
+            (k("block_count"), Value::U32(self.n_blocks() as u32)),
+            (k("prelude_block_count"), Value::U32(self.n_prelude as u32)),
+            (k("core_block_count"), Value::U32(self.n_core as u32)),
+            (k("coda_block_count"), Value::U32(self.n_coda as u32)),
+            (
+                k("mean_recurrence"),
+                Value::U32(self.mean_recurrence as u32),
+            ),
+            (k("attention.qk_bias"), Value::Bool(self.qk_bias)),
+            (k("embedding_scale"), Value::F32(self.embed_scale)),
+            (k("state_init_std"), Value::F32(self.state_init_std)),
+        ]
+    }
+}

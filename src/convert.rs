@@ -1,0 +1,537 @@
+//! `raven convert`: a Hugging Face Huginn checkpoint to a GGUF file (SPEC §3), streamed tensor by
+//! tensor and written atomically (temporary file, then rename).
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+use raven_gguf::{Array, GgufWriter, Value};
+use raven_quant::GgmlType;
+
+use crate::checkpoint::{read_json_opt, Checkpoint, CkptTensor};
+use crate::config::ARCH;
+use crate::error::{RavenError, Result};
+
+/// The weight type a conversion targets (`--type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutType {
+    /// Everything f32.
+    F32,
+    /// Matrices f16.
+    F16,
+    /// Matrices bf16.
+    BF16,
+    /// Matrices Q8_0.
+    Q8_0,
+    /// Matrices Q4_0, embedding Q8_0.
+    Q4_0,
+}
+
+impl OutType {
+    /// Parses `f32|f16|bf16|q8_0|q4_0`.
+    pub fn parse(s: &str) -> Result<OutType> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "f32" => OutType::F32,
+            "f16" => OutType::F16,
+            "bf16" => OutType::BF16,
+            "q8_0" => OutType::Q8_0,
+            "q4_0" => OutType::Q4_0,
+            _ => {
+                return Err(RavenError::arg(
+                    "--type",
+                    format!("\"{s}\" is not one of f32, f16, bf16, q8_0, q4_0"),
+                ))
+            }
+        })
+    }
+
+    /// llama.cpp's `general.file_type` number.
+    pub fn file_type(self) -> u32 {
+        match self {
+            OutType::F32 => 0,
+            OutType::F16 => 1,
+            OutType::Q4_0 => 2,
+            OutType::Q8_0 => 7,
+            OutType::BF16 => 32,
+        }
+    }
+
+    fn matrix_type(self) -> GgmlType {
+        match self {
+            OutType::F32 => GgmlType::F32,
+            OutType::F16 => GgmlType::F16,
+            OutType::BF16 => GgmlType::BF16,
+            OutType::Q8_0 => GgmlType::Q8_0,
+            OutType::Q4_0 => GgmlType::Q4_0,
+        }
+    }
+}
+
+/// Progress of a conversion, for a progress bar.
+pub trait Progress {
+    /// Called once with the total number of input bytes.
+    fn start(&mut self, _total_bytes: u64) {}
+    /// Called after each tensor with the bytes done so far and the tensor's GGUF name.
+    fn advance(&mut self, _done_bytes: u64, _name: &str) {}
+    /// A note for the user (e.g. a type fallback).
+    fn note(&mut self, _msg: &str) {}
+}
+
+/// A progress sink that prints nothing.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// What to write for one GGUF tensor.
+struct Plan {
+    gguf_name: String,
+    src: CkptTensor,
+    /// Rows of the source tensor that form this one (gate/up split; q/k bias rows).
+    rows: std::ops::Range<usize>,
+    /// GGUF dims, ggml order (row length first).
+    dims: Vec<u64>,
+    ty: GgmlType,
+}
+
+/// Summary of a finished conversion.
+#[derive(Debug)]
+pub struct ConvertReport {
+    /// Tensors written.
+    pub n_tensors: usize,
+    /// Output bytes.
+    pub bytes: u64,
+    /// Tensors that fell back to F16 because their rows are not a multiple of 32.
+    pub fallbacks: Vec<String>,
+}
+
+fn plan(ck: &Checkpoint, out: OutType, notes: &mut Vec<String>) -> Vec<Plan> {
+    let c = &ck.config;
+    let (h, f) = (c.n_embd as u64, c.n_ff as u64);
+    let t = |n: &str| ck.tensor(n).expect("validated by Checkpoint::open").clone();
+    let mut plans = Vec::new();
+    let mut push = |plans: &mut Vec<Plan>,
+                    gguf: String,
+                    src: CkptTensor,
+                    rows: std::ops::Range<usize>,
+                    dims: Vec<u64>,
+                    matrix: bool,
+                    embed: bool| {
+        let mut ty = if !matrix {
+            GgmlType::F32
+        } else if embed && out == OutType::Q4_0 {
+            GgmlType::Q8_0
+        } else {
+            out.matrix_type()
+        };
+        if ty.row_bytes(dims[0]).is_none() {
+            notes.push(format!(
+                "{gguf}: rows of {} values are not a multiple of {}, stored as f16 instead of {ty}",
+                dims[0],
+                ty.block_size()
+            ));
+            ty = GgmlType::F16;
+        }
+        plans.push(Plan {
+            gguf_name: gguf,
+            src,
+            rows,
+            dims,
+            ty,
+        });
+    };
+    let v = c.n_vocab;
+    push(
+        &mut plans,
+        "token_embd.weight".into(),
+        t("transformer.wte.weight"),
+        0..v,
+        vec![h, v as u64],
+        true,
+        true,
+    );
+    push(
+        &mut plans,
+        "output_norm.weight".into(),
+        t("transformer.ln_f.weight"),
+        0..c.n_embd,
+        vec![h],
+        false,
+        false,
+    );
+    if !c.tied {
+        push(
+            &mut plans,
+            "output.weight".into(),
+            t("lm_head.weight"),
+            0..v,
+            vec![h, v as u64],
+            true,
+            true,
+        );
+    }
+    push(
+        &mut plans,
+        "adapter.weight".into(),
+        t("transformer.adapter.weight"),
+        0..c.n_embd,
+        vec![2 * h, h],
+        true,
+        false,
+    );
+    let groups = [
+        ("prelude", c.n_prelude, 0),
+        ("core_block", c.n_core, c.n_prelude),
+        ("coda", c.n_coda, c.n_prelude + c.n_core),
+    ];
+    for (group, n, base) in groups {
+        for i in 0..n {
+            let p = format!("transformer.{group}.{i}");
+            let b = format!("blk.{}", base + i);
+            let hn = c.n_embd;
+            let fnn = c.n_ff;
+            push(
+                &mut plans,
+                format!("{b}.attn_norm.weight"),
+                t(&format!("{p}.norm_1.weight")),
+                0..hn,
+                vec![h],
+                false,
+                false,
+            );
+            push(
+                &mut plans,
+                format!("{b}.attn_qkv.weight"),
+                t(&format!("{p}.attn.Wqkv.weight")),
+                0..3 * hn,
+                vec![h, 3 * h],
+                true,
+                false,
+            );
+            if c.qk_bias {
+                let qb = t(&format!("{p}.attn.qk_bias"));
+                push(
+                    &mut plans,
+                    format!("{b}.attn_q.bias"),
+                    qb.clone(),
+                    0..1,
+                    vec![h],
+                    false,
+                    false,
+                );
+                push(
+                    &mut plans,
+                    format!("{b}.attn_k.bias"),
+                    qb,
+                    1..2,
+                    vec![h],
+                    false,
+                    false,
+                );
+            }
+            push(
+                &mut plans,
+                format!("{b}.attn_output.weight"),
+                t(&format!("{p}.attn.proj.weight")),
+                0..hn,
+                vec![h, h],
+                true,
+                false,
+            );
+            push(
+                &mut plans,
+                format!("{b}.attn_post_norm.weight"),
+                t(&format!("{p}.norm_2.weight")),
+                0..hn,
+                vec![h],
+                false,
+                false,
+            );
+            push(
+                &mut plans,
+                format!("{b}.ffn_norm.weight"),
+                t(&format!("{p}.norm_3.weight")),
+                0..hn,
+                vec![h],
+                false,
+                false,
+            );
+            let fc = t(&format!("{p}.mlp.fc.weight"));
+            push(
+                &mut plans,
+                format!("{b}.ffn_gate.weight"),
+                fc.clone(),
+                0..fnn,
+                vec![h, f],
+                true,
+                false,
+            );
+            push(
+                &mut plans,
+                format!("{b}.ffn_up.weight"),
+                fc,
+                fnn..2 * fnn,
+                vec![h, f],
+                true,
+                false,
+            );
+            push(
+                &mut plans,
+                format!("{b}.ffn_down.weight"),
+                t(&format!("{p}.mlp.proj.weight")),
+                0..hn,
+                vec![f, h],
+                true,
+                false,
+            );
+            push(
+                &mut plans,
+                format!("{b}.ffn_post_norm.weight"),
+                t(&format!("{p}.norm_4.weight")),
+                0..hn,
+                vec![h],
+                false,
+                false,
+            );
+        }
+    }
+    plans
+}
+
+/// Deletes the temporary file unless the conversion finished.
+struct TempGuard(Option<PathBuf>);
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn tokenizer_metadata(
+    dir: &Path,
+    ck: &Checkpoint,
+    kv: &mut Vec<(String, Value)>,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let tok_path = dir.join("tokenizer.json");
+    if !tok_path.is_file() {
+        return Err(RavenError::Checkpoint {
+            path: dir.into(),
+            msg: "tokenizer.json is missing (Raven stores the tokenizer inside the GGUF file)"
+                .into(),
+        });
+    }
+    let tok_json = std::fs::read_to_string(&tok_path).map_err(|e| RavenError::io(&tok_path, e))?;
+    let tok = raven_text::Tokenizer::from_json(&tok_json).map_err(|e| RavenError::Json {
+        path: tok_path.clone(),
+        msg: format!("not a usable tokenizer: {e}"),
+    })?;
+    let vocab = raven_text::ggml_vocab(&tok_json).map_err(|e| RavenError::Json {
+        path: tok_path.clone(),
+        msg: format!("not a usable tokenizer: {e}"),
+    })?;
+    if vocab.tokens.len() > ck.config.n_vocab {
+        return Err(RavenError::Checkpoint {
+            path: tok_path,
+            msg: format!(
+                "tokenizer has {} tokens but the embedding has only {} rows",
+                vocab.tokens.len(),
+                ck.config.n_vocab
+            ),
+        });
+    }
+    let cfg_json = read_json_opt(&dir.join("config.json"))?.unwrap_or_default();
+    let tcfg = read_json_opt(&dir.join("tokenizer_config.json"))?;
+    let gen = read_json_opt(&dir.join("generation_config.json"))?;
+    // Special ids: generation_config.json, then config.json, then tokenizer_config.json's names.
+    let id_of = |key: &str, name_key: &str| -> Vec<u32> {
+        for src in [gen.as_ref(), Some(&cfg_json)].into_iter().flatten() {
+            match src.get(key) {
+                Some(serde_json::Value::Number(n)) => {
+                    return n.as_u64().map(|x| vec![x as u32]).unwrap_or_default()
+                }
+                Some(serde_json::Value::Array(a)) => {
+                    return a
+                        .iter()
+                        .filter_map(|x| x.as_u64().map(|x| x as u32))
+                        .collect()
+                }
+                _ => {}
+            }
+        }
+        tcfg.as_ref()
+            .and_then(|t| t.get(name_key))
+            .and_then(|n| {
+                n.as_str()
+                    .or_else(|| n.get("content").and_then(|c| c.as_str()))
+            })
+            .and_then(|s| tok.token_to_id(s))
+            .map(|x| vec![x])
+            .unwrap_or_default()
+    };
+    let bos = id_of("bos_token_id", "bos_token");
+    let eos = id_of("eos_token_id", "eos_token");
+    let pad = id_of("pad_token_id", "pad_token");
+    kv.push(("tokenizer.ggml.model".into(), Value::Str("gpt2".into())));
+    kv.push((
+        "tokenizer.ggml.tokens".into(),
+        Value::Array(Array::Str(vocab.tokens)),
+    ));
+    kv.push((
+        "tokenizer.ggml.token_type".into(),
+        Value::Array(Array::I32(vocab.token_types)),
+    ));
+    kv.push((
+        "tokenizer.ggml.merges".into(),
+        Value::Array(Array::Str(vocab.merges)),
+    ));
+    for (key, ids) in [("bos", &bos), ("eos", &eos), ("padding", &pad)] {
+        for &id in ids.iter() {
+            if id as usize >= ck.config.n_vocab {
+                return Err(RavenError::Checkpoint {
+                    path: dir.into(),
+                    msg: format!(
+                        "{key} token id {id} is outside the vocabulary ({})",
+                        ck.config.n_vocab
+                    ),
+                });
+            }
+        }
+        if let Some(&first) = ids.first() {
+            kv.push((format!("tokenizer.ggml.{key}_token_id"), Value::U32(first)));
+        }
+    }
+    if eos.len() > 1 {
+        kv.push((
+            format!("{ARCH}.eos_token_ids"),
+            Value::Array(Array::U32(eos.clone())),
+        ));
+    }
+    kv.push(("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)));
+    match tcfg
+        .as_ref()
+        .and_then(|t| t.get("chat_template"))
+        .and_then(|c| c.as_str())
+    {
+        Some(t) => kv.push(("tokenizer.chat_template".into(), Value::Str(t.to_string()))),
+        None => notes.push(
+            "tokenizer_config.json has no chat_template: `raven chat` will use a plain format"
+                .into(),
+        ),
+    }
+    kv.push(("tokenizer.huggingface.json".into(), Value::Str(tok_json)));
+    Ok(())
+}
+
+/// Converts the checkpoint in `dir` to `out` with weights of type `ty`. Writes `out` atomically:
+/// on any error no file is left behind.
+pub fn convert(
+    dir: &Path,
+    out: &Path,
+    ty: OutType,
+    progress: &mut dyn Progress,
+) -> Result<ConvertReport> {
+    let ck = Checkpoint::open(dir)?;
+    let mut notes = Vec::new();
+    let plans = plan(&ck, ty, &mut notes);
+
+    let name = dir
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "huginn".into());
+    let mut kv: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::Str(ARCH.into())),
+        ("general.name".into(), Value::Str(name)),
+        ("general.file_type".into(), Value::U32(ty.file_type())),
+        ("general.quantization_version".into(), Value::U32(2)),
+    ];
+    kv.extend(ck.config.gguf_metadata());
+    tokenizer_metadata(dir, &ck, &mut kv, &mut notes)?;
+    for n in &notes {
+        progress.note(n);
+    }
+
+    let out_dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !out_dir.is_dir() {
+        return Err(RavenError::io(
+            out,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the output directory does not exist",
+            ),
+        ));
+    }
+    let file_name = out
+        .file_name()
+        .ok_or_else(|| RavenError::arg("-o", "the output path names no file"))?;
+    let tmp = out_dir.join(format!(
+        ".{}.{}.tmp",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    let file = File::create(&tmp).map_err(|e| RavenError::io(&tmp, e))?;
+    let mut guard = TempGuard(Some(tmp.clone()));
+    let mut w = GgufWriter::new(BufWriter::with_capacity(1 << 20, file));
+    for (k, v) in kv {
+        w.add_kv(&k, v);
+    }
+    for p in &plans {
+        w.add_tensor(&p.gguf_name, &p.dims, p.ty)?;
+    }
+    w.write_header()?;
+
+    let in_bytes =
+        |p: &Plan| (p.rows.len() * p.dims[0] as usize * p.src.dtype.bitsize() / 8) as u64;
+    let total: u64 = plans.iter().map(in_bytes).sum();
+    progress.start(total);
+    let mut done = 0u64;
+    let mut f32buf = Vec::new();
+    let mut qbuf = Vec::new();
+    for p in &plans {
+        let cols = p.dims[0] as usize;
+        let row_bytes = p.ty.row_bytes(cols as u64).expect("planned") as usize;
+        // Convert in chunks of rows so a 65536 × 5280 embedding never sits in memory as f32.
+        let chunk = (1usize << 22) / cols.max(1) + 1;
+        let mut r = p.rows.start;
+        while r < p.rows.end {
+            let e = (r + chunk).min(p.rows.end);
+            ck.rows_f32(&p.src, r..e, &mut f32buf);
+            let n_rows = f32buf.len() / cols;
+            qbuf.resize(n_rows * row_bytes, 0);
+            for (src, dst) in f32buf
+                .chunks_exact(cols)
+                .zip(qbuf.chunks_exact_mut(row_bytes))
+            {
+                raven_quant::quantize_row(p.ty, src, dst)?;
+            }
+            w.write_tensor_part(&p.gguf_name, &qbuf)?;
+            r = e;
+        }
+        done += in_bytes(p);
+        progress.advance(done, &p.gguf_name);
+    }
+    let buf = w.finish()?;
+    let file = buf
+        .into_inner()
+        .map_err(|e| RavenError::io(&tmp, e.into_error()))?;
+    file.sync_all().map_err(|e| RavenError::io(&tmp, e))?;
+    drop(file);
+    let bytes = std::fs::metadata(&tmp)
+        .map_err(|e| RavenError::io(&tmp, e))?
+        .len();
+    std::fs::rename(&tmp, out).map_err(|e| RavenError::io(out, e))?;
+    guard.0 = None;
+    let fallbacks = notes
+        .iter()
+        .filter(|n| n.contains("stored as f16"))
+        .cloned()
+        .collect();
+    Ok(ConvertReport {
+        n_tensors: plans.len(),
+        bytes,
+        fallbacks,
+    })
+}

@@ -1,0 +1,338 @@
+//! The fast forward pass: batched blocks over the KV cache, matrix products through
+//! `raven-quant` kernels split across threads. The readable oracle is [`crate::reference`].
+//!
+//! The pieces are exposed separately because the exit policies of SPEC §2 interleave them:
+//! [`Model::embed_prelude`] (tokens → e), [`Model::core_step`] (s ← core(adapter([s; e]))),
+//! [`Model::coda_head`] (s → ln_f → coda → ln_f → logits). State lives in a [`Workspace`].
+
+use rayon::prelude::*;
+
+use raven_quant::{Activations, Matrix};
+
+use crate::kv::{KvCache, Slot};
+use crate::model::{Block, Model, Weight};
+
+/// Scratch buffers and the recurrent state of the tokens being processed.
+#[derive(Default)]
+pub struct Workspace {
+    /// Tokens in the current batch.
+    pub n: usize,
+    /// Position of the first token of the batch.
+    pub start: usize,
+    /// Prelude output e, [n, h].
+    pub e: Vec<f32>,
+    /// Recurrent state s, [n, h].
+    pub s: Vec<f32>,
+    /// Latent ln_f(s) of the last coda_head call, [n, h].
+    pub latent: Vec<f32>,
+    /// Logits of the last coda_head call, [rows, V].
+    pub logits: Vec<f32>,
+    x: Vec<f32>,
+    xn: Vec<f32>,
+    cat: Vec<f32>,
+    qkv: Vec<f32>,
+    y: Vec<f32>,
+    tmp: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    rope_cos: Vec<f32>,
+    rope_sin: Vec<f32>,
+    act: Activations,
+    scatter: Vec<f32>,
+}
+
+impl Workspace {
+    /// An empty workspace; buffers grow to the largest batch seen and are then reused.
+    pub fn new() -> Workspace {
+        Workspace::default()
+    }
+}
+
+fn resize(v: &mut Vec<f32>, n: usize) {
+    if v.len() != n {
+        v.resize(n, 0.0);
+    }
+}
+
+/// `out[i] = x[i] / sqrt(mean(x²) + eps) * w[i]` for each row of `x`.
+pub fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+    let h = w.len();
+    for (o, xr) in out.chunks_exact_mut(h).zip(x.chunks_exact(h)) {
+        let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>() / h as f32;
+        let r = 1.0 / (ss + eps).sqrt();
+        for ((o, &xv), &wv) in o.iter_mut().zip(xr).zip(w) {
+            *o = xv * r * wv;
+        }
+    }
+}
+
+fn rmsnorm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
+    let h = w.len();
+    for xr in x.chunks_exact_mut(h) {
+        let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>() / h as f32;
+        let r = 1.0 / (ss + eps).sqrt();
+        for (xv, &wv) in xr.iter_mut().zip(w) {
+            *xv = *xv * r * wv;
+        }
+    }
+}
+
+/// Rows per parallel task: a multiple of 16, several tasks per thread for balance.
+fn chunk_rows(rows: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    let target = rows.div_ceil(threads * 4).max(16);
+    target.div_ceil(16) * 16
+}
+
+/// `out[t][r] = W[r] · x[t]` for the `n` prepared activations, rows split across the threads of
+/// the current rayon pool. The one seam through which every weight product goes.
+fn matmul(w: &Matrix, act: &Activations, out: &mut [f32], scatter: &mut Vec<f32>) {
+    let rows = w.rows;
+    let n = act.n();
+    debug_assert_eq!(out.len(), n * rows);
+    let chunk = chunk_rows(rows);
+    if rows <= chunk || rayon::current_num_threads() <= 1 {
+        raven_quant::matmul(w, act, 0..rows, out);
+        return;
+    }
+    if n == 1 {
+        out.par_chunks_mut(chunk).enumerate().for_each(|(i, o)| {
+            let r0 = i * chunk;
+            raven_quant::matmul(w, act, r0..r0 + o.len(), o);
+        });
+        return;
+    }
+    // Each task computes [n][its rows]; gather into [n][rows] afterwards.
+    resize(scatter, n * rows);
+    scatter
+        .par_chunks_mut(chunk * n)
+        .enumerate()
+        .for_each(|(i, o)| {
+            let r0 = i * chunk;
+            let nr = o.len() / n;
+            raven_quant::matmul(w, act, r0..r0 + nr, o);
+        });
+    for (i, part) in scatter.chunks(chunk * n).enumerate() {
+        let r0 = i * chunk;
+        let nr = part.len() / n;
+        for t in 0..n {
+            out[t * rows + r0..t * rows + r0 + nr].copy_from_slice(&part[t * nr..(t + 1) * nr]);
+        }
+    }
+}
+
+impl Model {
+    fn linear(
+        &self,
+        w: &Weight,
+        x: &[f32],
+        n: usize,
+        out: &mut Vec<f32>,
+        act: &mut Activations,
+        scatter: &mut Vec<f32>,
+    ) {
+        resize(out, n * w.rows);
+        act.prepare(x, n, w.cols, w.ty);
+        matmul(&self.matrix(w), act, out, scatter);
+    }
+
+    fn set_rope(&self, ws: &mut Workspace) {
+        let d = self.config.head_dim();
+        let half = d / 2;
+        resize(&mut ws.rope_cos, ws.n * half);
+        resize(&mut ws.rope_sin, ws.n * half);
+        let theta = self.config.rope_base;
+        for t in 0..ws.n {
+            let pos = (ws.start + t) as f32;
+            for i in 0..half {
+                let inv = 1.0f32 / theta.powf((2 * i) as f32 / d as f32);
+                let a = pos * inv;
+                ws.rope_cos[t * half + i] = a.cos();
+                ws.rope_sin[t * half + i] = a.sin();
+            }
+        }
+    }
+
+    /// One sandwich block on `ws.x` ([n, h]) for the batch, reading and writing cache `slot`.
+    fn block(&self, b: &Block, slot: Slot, cache: &mut KvCache, ws: &mut Workspace) {
+        let c = &self.config;
+        let (h, n, nh, d) = (c.n_embd, ws.n, c.n_heads, c.head_dim());
+        let eps = c.norm_eps;
+        resize(&mut ws.xn, n * h);
+        rmsnorm(&mut ws.xn, &ws.x, &b.attn_norm, eps);
+        self.linear(&b.qkv, &ws.xn, n, &mut ws.qkv, &mut ws.act, &mut ws.scatter);
+        // Biases and RoPE on q and k; store k, v in the cache.
+        let half = d / 2;
+        for t in 0..n {
+            let row = &mut ws.qkv[t * 3 * h..(t + 1) * 3 * h];
+            let (q, rest) = row.split_at_mut(h);
+            let (k, v) = rest.split_at_mut(h);
+            if let (Some(qb), Some(kb)) = (&b.q_bias, &b.k_bias) {
+                q.iter_mut().zip(qb).for_each(|(a, b)| *a += b);
+                k.iter_mut().zip(kb).for_each(|(a, b)| *a += b);
+            }
+            let cs = &ws.rope_cos[t * half..(t + 1) * half];
+            let sn = &ws.rope_sin[t * half..(t + 1) * half];
+            for hd in 0..nh {
+                for x in [&mut q[hd * d..(hd + 1) * d], &mut k[hd * d..(hd + 1) * d]] {
+                    for i in 0..half {
+                        let (a, bb) = (x[2 * i], x[2 * i + 1]);
+                        x[2 * i] = a * cs[i] - bb * sn[i];
+                        x[2 * i + 1] = bb * cs[i] + a * sn[i];
+                    }
+                }
+            }
+            cache.write(slot, ws.start + t, k, v);
+        }
+        // Attention: one task per (token, head).
+        resize(&mut ws.y, n * h);
+        let scale = 1.0 / (d as f32).sqrt();
+        let (qkv, start) = (&ws.qkv, ws.start);
+        let cache_ref = &*cache;
+        ws.y.par_chunks_mut(d).enumerate().for_each(|(idx, yo)| {
+            let (t, hd) = (idx / nh, idx % nh);
+            let q = &qkv[t * 3 * h + hd * d..t * 3 * h + (hd + 1) * d];
+            let mut scores: Vec<f32> = Vec::with_capacity(start + t + 1);
+            cache_ref.visible(slot, start + t, |k, _| {
+                scores.push(raven_quant::dot_f32(q, &k[hd * d..(hd + 1) * d]) * scale);
+            });
+            let m = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0f32;
+            for s in scores.iter_mut() {
+                *s = (*s - m).exp();
+                sum += *s;
+            }
+            yo.iter_mut().for_each(|y| *y = 0.0);
+            let mut i = 0;
+            cache_ref.visible(slot, start + t, |_, v| {
+                raven_quant::axpy_f32(scores[i] / sum, &v[hd * d..(hd + 1) * d], yo);
+                i += 1;
+            });
+        });
+        self.linear(
+            &b.attn_out,
+            &ws.y,
+            n,
+            &mut ws.tmp,
+            &mut ws.act,
+            &mut ws.scatter,
+        );
+        ws.x.iter_mut().zip(&ws.tmp).for_each(|(x, a)| *x += a);
+        rmsnorm_inplace(&mut ws.x, &b.attn_post_norm, eps);
+        // Gated MLP.
+        rmsnorm(&mut ws.xn, &ws.x, &b.ffn_norm, eps);
+        self.linear(
+            &b.gate,
+            &ws.xn,
+            n,
+            &mut ws.gate,
+            &mut ws.act,
+            &mut ws.scatter,
+        );
+        // `up` takes the same activations: reuse the prepared ones when the types pair alike.
+        self.linear(&b.up, &ws.xn, n, &mut ws.up, &mut ws.act, &mut ws.scatter);
+        for (g, u) in ws.gate.iter_mut().zip(&ws.up) {
+            *g = *g / (1.0 + (-*g).exp()) * u;
+        }
+        let gate = std::mem::take(&mut ws.gate);
+        self.linear(&b.down, &gate, n, &mut ws.tmp, &mut ws.act, &mut ws.scatter);
+        ws.gate = gate;
+        ws.x.iter_mut().zip(&ws.tmp).for_each(|(x, a)| *x += a);
+        rmsnorm_inplace(&mut ws.x, &b.ffn_post_norm, eps);
+    }
+
+    /// Embeds `tokens` at positions `start..` and runs the prelude: fills `ws.e`, sets the batch.
+    pub fn embed_prelude(
+        &self,
+        tokens: &[u32],
+        start: usize,
+        cache: &mut KvCache,
+        ws: &mut Workspace,
+    ) {
+        let h = self.config.n_embd;
+        ws.n = tokens.len();
+        ws.start = start;
+        self.set_rope(ws);
+        resize(&mut ws.x, ws.n * h);
+        for (t, &tok) in tokens.iter().enumerate() {
+            self.embed(tok, &mut ws.x[t * h..(t + 1) * h]);
+        }
+        for j in 0..self.config.n_prelude {
+            self.block(&self.blocks[j], Slot::Prelude(j), cache, ws);
+        }
+        std::mem::swap(&mut ws.e, &mut ws.x);
+    }
+
+    /// One core iteration `iter` (0-based): `ws.s ← core(adapter([ws.s; ws.e]))`.
+    pub fn core_step(&self, iter: usize, cache: &mut KvCache, ws: &mut Workspace) {
+        let (h, n) = (self.config.n_embd, ws.n);
+        resize(&mut ws.cat, n * 2 * h);
+        for t in 0..n {
+            ws.cat[t * 2 * h..t * 2 * h + h].copy_from_slice(&ws.s[t * h..(t + 1) * h]);
+            ws.cat[t * 2 * h + h..(t + 1) * 2 * h].copy_from_slice(&ws.e[t * h..(t + 1) * h]);
+        }
+        let cat = std::mem::take(&mut ws.cat);
+        self.linear(
+            &self.adapter,
+            &cat,
+            n,
+            &mut ws.x,
+            &mut ws.act,
+            &mut ws.scatter,
+        );
+        ws.cat = cat;
+        let p = self.config.n_prelude;
+        for j in 0..self.config.n_core {
+            self.block(
+                &self.blocks[p + j],
+                Slot::Core { iter, layer: j },
+                cache,
+                ws,
+            );
+        }
+        std::mem::swap(&mut ws.s, &mut ws.x);
+    }
+
+    /// `ws.latent = ln_f(ws.s)`, then the coda (writing its cache slots for the batch), `ln_f`
+    /// and the head. Logits are computed for the last `logit_rows` tokens of the batch only
+    /// (1 when generating; n for `raven logits`), into `ws.logits` ([logit_rows, V]).
+    pub fn coda_head(&self, logit_rows: usize, cache: &mut KvCache, ws: &mut Workspace) {
+        let c = &self.config;
+        let (h, n) = (c.n_embd, ws.n);
+        resize(&mut ws.latent, n * h);
+        rmsnorm(&mut ws.latent, &ws.s, &self.output_norm, c.norm_eps);
+        resize(&mut ws.x, n * h);
+        ws.x.copy_from_slice(&ws.latent);
+        let base = c.n_prelude + c.n_core;
+        for j in 0..c.n_coda {
+            self.block(&self.blocks[base + j], Slot::Coda(j), cache, ws);
+        }
+        let rows = logit_rows.min(n);
+        resize(&mut ws.xn, n * h);
+        rmsnorm(&mut ws.xn, &ws.x, &self.output_norm, c.norm_eps);
+        let last = ws.xn[(n - rows) * h..].to_vec();
+        self.linear(
+            &self.output,
+            &last,
+            rows,
+            &mut ws.logits,
+            &mut ws.act,
+            &mut ws.scatter,
+        );
+    }
+
+    /// Sets `ws.s` to the initial state for the batch: zeros when `init_scale` is 0, otherwise a
+    /// truncated normal (±3σ) with σ = state_init_std · init_scale, times sqrt(h) (SPEC §1.2).
+    pub fn init_state(&self, init_scale: f32, rng: &mut crate::rng::Rng, ws: &mut Workspace) {
+        let h = self.config.n_embd;
+        resize(&mut ws.s, ws.n * h);
+        let std = self.config.state_init_std * init_scale;
+        if std > 0.0 {
+            for x in ws.s.iter_mut() {
+                *x = rng.trunc_normal() * std * self.config.embed_scale;
+            }
+        } else {
+            ws.s.iter_mut().for_each(|x| *x = 0.0);
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! The KV cache: one slot per block application (SPEC §2), allocated once for the session's
+//! context, with the reference's three lookup strategies.
+
+use crate::config::Config;
+use crate::error::{RavenError, Result};
+
+/// How core-block cache slots are assigned and looked up (SPEC §2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheStrategy {
+    /// One slot per (layer, iteration); a deeper slot holds only the tokens that reached it.
+    Full,
+    /// KV sharing with a budget of K core slots: slot `P + ((i·C + j) mod K)`.
+    Compress(usize),
+    /// Full storage; a token lacking the current slot is read from the deepest iteration it
+    /// computed for the same core layer. The number is the core layer count C.
+    Latest(usize),
+}
+
+impl CacheStrategy {
+    /// Parses `full`, `compress-sK`, `latest-mC`.
+    pub fn parse(s: &str) -> Result<CacheStrategy> {
+        let num = |rest: &str| -> Result<usize> {
+            rest.parse::<usize>()
+                .ok()
+                .filter(|&k| k > 0)
+                .ok_or_else(|| {
+                    RavenError::arg(
+                        "--cache",
+                        format!("\"{s}\": expected a positive number after the prefix"),
+                    )
+                })
+        };
+        if s == "full" {
+            Ok(CacheStrategy::Full)
+        } else if let Some(r) = s.strip_prefix("compress-s") {
+            Ok(CacheStrategy::Compress(num(r)?))
+        } else if let Some(r) = s.strip_prefix("latest-m") {
+            Ok(CacheStrategy::Latest(num(r)?))
+        } else {
+            Err(RavenError::arg(
+                "--cache",
+                format!("\"{s}\" is not one of full, compress-sK (e.g. compress-s4), latest-mC (e.g. latest-m4)"),
+            ))
+        }
+    }
+
+    /// Checks the strategy against the model.
+    pub fn validate(self, c: &Config) -> Result<()> {
+        match self {
+            CacheStrategy::Latest(m) if m != c.n_core => Err(RavenError::arg(
+                "--cache",
+                format!(
+                    "latest-m{m}: the modulus must equal the model's core layer count ({})",
+                    c.n_core
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Number of core slots for at most `max_steps` iterations.
+    pub fn core_slots(self, c: &Config, max_steps: usize) -> usize {
+        match self {
+            CacheStrategy::Full | CacheStrategy::Latest(_) => max_steps * c.n_core,
+            CacheStrategy::Compress(k) => k.min(max_steps * c.n_core).max(1),
+        }
+    }
+
+    /// Bytes of K and V (f32) for a context of `ctx` tokens and at most `max_steps` iterations.
+    pub fn bytes(self, c: &Config, ctx: usize, max_steps: usize) -> u64 {
+        let slots = (c.n_prelude + self.core_slots(c, max_steps) + c.n_coda) as u64;
+        slots * ctx as u64 * c.n_embd as u64 * 2 * 4
+    }
+}
+
+impl std::fmt::Display for CacheStrategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CacheStrategy::Full => write!(f, "full"),
+            CacheStrategy::Compress(k) => write!(f, "compress-s{k}"),
+            CacheStrategy::Latest(m) => write!(f, "latest-m{m}"),
+        }
+    }
+}
+
+/// Which block application a cache access belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slot {
+    /// Prelude block j.
+    Prelude(usize),
+    /// Core block `layer` at iteration `iter` (0-based).
+    Core {
+        /// Iteration.
+        iter: usize,
+        /// Core layer.
+        layer: usize,
+    },
+    /// Coda block j.
+    Coda(usize),
+}
+
+/// Keys and values of every block application for positions `0..ctx`.
+pub struct KvCache {
+    strategy: CacheStrategy,
+    n_prelude: usize,
+    n_core: usize,
+    core_slots: usize,
+    max_steps: usize,
+    h: usize,
+    ctx: usize,
+    n_slots: usize,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    present: Vec<bool>,
+    /// Deepest iteration computed per (core layer, position), for `latest`.
+    depth: Vec<u32>,
+    len: usize,
+}
+
+impl KvCache {
+    /// Allocates the cache for `ctx` positions and at most `max_steps` core iterations.
+    pub fn new(
+        c: &Config,
+        strategy: CacheStrategy,
+        ctx: usize,
+        max_steps: usize,
+    ) -> Result<KvCache> {
+        strategy.validate(c)?;
+        if max_steps == 0 {
+            return Err(RavenError::arg("--max-steps", "must be at least 1"));
+        }
+        let core_slots = strategy.core_slots(c, max_steps);
+        let n_slots = c.n_prelude + core_slots + c.n_coda;
+        let floats = n_slots
+            .checked_mul(ctx)
+            .and_then(|x| x.checked_mul(c.n_embd))
+            .ok_or_else(|| RavenError::arg("--ctx", "the KV cache size overflows"))?;
+        Ok(KvCache {
+            strategy,
+            n_prelude: c.n_prelude,
+            n_core: c.n_core,
+            core_slots,
+            max_steps,
+            h: c.n_embd,
+            ctx,
+            n_slots,
+            k: vec![0.0; floats],
+            v: vec![0.0; floats],
+            present: vec![false; n_slots * ctx],
+            depth: vec![0; c.n_core * ctx],
+            len: 0,
+        })
+    }
+
+    /// The strategy.
+    pub fn strategy(&self) -> CacheStrategy {
+        self.strategy
+    }
+    /// Positions the cache can hold.
+    pub fn ctx(&self) -> usize {
+        self.ctx
+    }
+    /// Maximum core iterations it was sized for.
+    pub fn max_steps(&self) -> usize {
+        self.max_steps
+    }
+    /// Tokens committed so far (the next position).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// True when no token is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Bytes held by keys and values.
+    pub fn bytes(&self) -> u64 {
+        (self.k.len() + self.v.len()) as u64 * 4
+    }
+
+    /// Marks positions `..len` as the cached sequence (after they have been written).
+    pub fn set_len(&mut self, len: usize) {
+        self.len = len;
+    }
+
+    /// Forgets positions `len..` (for speculative decoding's rollback and for reuse).
+    pub fn truncate(&mut self, len: usize) {
+        for s in 0..self.n_slots {
+            for p in len..self.ctx.min(self.len.max(len)) {
+                self.present[s * self.ctx + p] = false;
+            }
+        }
+        for l in 0..self.n_core {
+            for p in len..self.ctx {
+                self.depth[l * self.ctx + p] = 0;
+            }
+        }
+        self.len = self.len.min(len);
+    }
+
+    fn slot_index(&self, slot: Slot) -> usize {
+        match slot {
+            Slot::Prelude(j) => j,
+            Slot::Core { iter, layer } => {
+                let o = iter * self.n_core + layer;
+                match self.strategy {
+                    CacheStrategy::Compress(k) => self.n_prelude + o % k.min(self.core_slots),
+                    _ => {
+                        assert!(
+                            iter < self.max_steps,
+                            "iteration beyond the cache's max_steps"
+                        );
+                        self.n_prelude + o
+                    }
+                }
+            }
+            Slot::Coda(j) => self.n_prelude + self.core_slots + j,
+        }
+    }
+
+    /// Stores key and value rows (h values each) of position `pos` in `slot`.
+    pub fn write(&mut self, slot: Slot, pos: usize, k: &[f32], v: &[f32]) {
+        let s = self.slot_index(slot);
+        let off = (s * self.ctx + pos) * self.h;
+        self.k[off..off + self.h].copy_from_slice(k);
+        self.v[off..off + self.h].copy_from_slice(v);
+        self.present[s * self.ctx + pos] = true;
+        if let Slot::Core { iter, layer } = slot {
+            let d = &mut self.depth[layer * self.ctx + pos];
+            *d = (*d).max(iter as u32);
+            if iter == 0 {
+                *d = 0;
+            }
+        }
+    }
+
+    /// Calls `f(k_row, v_row)` for every cached position a query at position `p` in `slot`
+    /// attends to, in position order: positions `0..=p` that hold an entry for that slot
+    /// (`full`, `compress`), or the deepest entry of the same core layer (`latest`).
+    pub fn visible(&self, slot: Slot, p: usize, mut f: impl FnMut(&[f32], &[f32])) {
+        let h = self.h;
+        match (self.strategy, slot) {
+            (CacheStrategy::Latest(_), Slot::Core { iter, layer }) => {
+                for q in 0..=p {
+                    let it = (self.depth[layer * self.ctx + q] as usize).min(iter);
+                    let s = self.slot_index(Slot::Core { iter: it, layer });
+                    if self.present[s * self.ctx + q] {
+                        let off = (s * self.ctx + q) * h;
+                        f(&self.k[off..off + h], &self.v[off..off + h]);
+                    }
+                }
+            }
+            _ => {
+                let s = self.slot_index(slot);
+                for q in 0..=p {
+                    if self.present[s * self.ctx + q] {
+                        let off = (s * self.ctx + q) * h;
+                        f(&self.k[off..off + h], &self.v[off..off + h]);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! A loaded Huginn model: hyperparameters, tokenizer metadata and weight views into the GGUF
+//! file's memory map. Immutable after loading, so many sessions can share one `Arc<Model>`.
+
+use std::path::Path;
+
+use raven_gguf::{Gguf, TensorInfo};
+use raven_quant::{GgmlType, Matrix};
+
+use crate::config::Config;
+use crate::error::{RavenError, Result};
+
+/// A weight matrix: a view (type, shape, byte range) into the model file's bytes, never a copy.
+#[derive(Clone, Debug)]
+pub struct Weight {
+    /// Element type.
+    pub ty: GgmlType,
+    /// Rows (output features).
+    pub rows: usize,
+    /// Columns (input features, the row length).
+    pub cols: usize,
+    /// Index of the tensor in the GGUF tensor table.
+    index: usize,
+}
+
+/// The weights of one sandwich block (SPEC §1), GGUF names `blk.N.*`.
+#[derive(Clone, Debug)]
+pub struct Block {
+    /// `attn_norm` (norm_1).
+    pub attn_norm: Vec<f32>,
+    /// `attn_qkv`, 3h × h.
+    pub qkv: Weight,
+    /// Per-head q bias (h values), if the model has qk biases.
+    pub q_bias: Option<Vec<f32>>,
+    /// Per-head k bias (h values).
+    pub k_bias: Option<Vec<f32>>,
+    /// `attn_output`, h × h.
+    pub attn_out: Weight,
+    /// `attn_post_norm` (norm_2).
+    pub attn_post_norm: Vec<f32>,
+    /// `ffn_norm` (norm_3).
+    pub ffn_norm: Vec<f32>,
+    /// `ffn_gate`, F × h.
+    pub gate: Weight,
+    /// `ffn_up`, F × h.
+    pub up: Weight,
+    /// `ffn_down`, h × F.
+    pub down: Weight,
+    /// `ffn_post_norm` (norm_4).
+    pub ffn_post_norm: Vec<f32>,
+}
+
+/// Tokenizer and chat metadata stored in the GGUF file.
+#[derive(Clone, Debug, Default)]
+pub struct Vocab {
+    /// `tokenizer.huggingface.json`, the authoritative tokenizer.
+    pub hf_json: Option<String>,
+    /// `tokenizer.chat_template`.
+    pub chat_template: Option<String>,
+    /// Beginning-of-text id.
+    pub bos: Option<u32>,
+    /// End-of-sequence ids (metadata eos plus `huginn.eos_token_ids`).
+    pub eos: Vec<u32>,
+    /// Padding id.
+    pub pad: Option<u32>,
+}
+
+/// A Huginn model loaded from GGUF.
+pub struct Model {
+    /// Hyperparameters.
+    pub config: Config,
+    /// Tokenizer metadata.
+    pub vocab: Vocab,
+    /// `token_embd.weight`, V × h.
+    pub tok_embd: Weight,
+    /// `output_norm.weight` (ln_f).
+    pub output_norm: Vec<f32>,
+    /// `output.weight`, or the embedding when tied.
+    pub output: Weight,
+    /// `adapter.weight`, h × 2h.
+    pub adapter: Weight,
+    /// Blocks: prelude, then core, then coda.
+    pub blocks: Vec<Block>,
+    gguf: Gguf,
+    name: String,
+}
+
+impl Model {
+    /// Memory-maps and validates a GGUF model.
+    pub fn load(path: &Path) -> Result<Model> {
+        let g = Gguf::open(path)?;
+        Model::from_gguf(g, &path.display().to_string())
+    }
+
+    /// Reads a GGUF model into memory without mapping it (`--no-mmap`).
+    pub fn load_no_mmap(path: &Path) -> Result<Model> {
+        let g = Gguf::read(path)?;
+        Model::from_gguf(g, &path.display().to_string())
+    }
+
+    /// Builds the model from an opened GGUF file; `what` names it in errors.
+    pub fn from_gguf(g: Gguf, what: &str) -> Result<Model> {
+        let config = Config::from_gguf(&g, what)?;
+        let c = &config;
+        let h = c.n_embd;
+        let bad = |msg: String| RavenError::Model {
+            path: what.to_string(),
+            msg,
+        };
+        let info = |name: &str| -> Result<&TensorInfo> {
+            g.tensor(name).ok_or_else(|| {
+                bad(format!(
+                    "tensor {name} is missing (re-run `raven convert` on the checkpoint)"
+                ))
+            })
+        };
+        let weight = |name: &str, rows: usize, cols: usize| -> Result<Weight> {
+            let t = info(name)?;
+            if t.dims.len() != 2 || t.dims[0] != cols as u64 || t.dims[1] != rows as u64 {
+                return Err(bad(format!(
+                    "tensor {name} has shape {:?} (ggml order), the metadata implies [{cols}, {rows}]",
+                    t.dims
+                )));
+            }
+            if !raven_quant::can_dequantize(t.ty) {
+                return Err(bad(format!(
+                    "tensor {name} has type {}, which Raven cannot compute with",
+                    t.ty
+                )));
+            }
+            let index = g
+                .tensors()
+                .iter()
+                .position(|x| x.name == name)
+                .expect("tensor found above");
+            Ok(Weight {
+                ty: t.ty,
+                rows,
+                cols,
+                index,
+            })
+        };
+        let vector = |name: &str| -> Result<Vec<f32>> {
+            let t = info(name)?;
+            if t.n_elements() != h as u64 || t.dims.len() != 1 {
+                return Err(bad(format!(
+                    "tensor {name} has shape {:?}, expected [{h}]",
+                    t.dims
+                )));
+            }
+            let mut out = vec![0.0; h];
+            raven_quant::dequantize_row(t.ty, g.tensor_data(t), &mut out)
+                .map_err(|e| bad(format!("tensor {name}: {e}")))?;
+            Ok(out)
+        };
+        let tok_embd = weight("token_embd.weight", c.n_vocab, h)?;
+        let output = if g.tensor("output.weight").is_some() {
+            weight("output.weight", c.n_vocab, h)?
+        } else {
+            tok_embd.clone()
+        };
+        let adapter = weight("adapter.weight", h, 2 * h)?;
+        let output_norm = vector("output_norm.weight")?;
+        let mut blocks = Vec::with_capacity(c.n_blocks());
+        for i in 0..c.n_blocks() {
+            let b = |s: &str| format!("blk.{i}.{s}");
+            let bias = |s: &str| -> Result<Option<Vec<f32>>> {
+                if c.qk_bias {
+                    vector(&b(s)).map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
+            blocks.push(Block {
+                attn_norm: vector(&b("attn_norm.weight"))?,
+                qkv: weight(&b("attn_qkv.weight"), 3 * h, h)?,
+                q_bias: bias("attn_q.bias")?,
+                k_bias: bias("attn_k.bias")?,
+                attn_out: weight(&b("attn_output.weight"), h, h)?,
+                attn_post_norm: vector(&b("attn_post_norm.weight"))?,
+                ffn_norm: vector(&b("ffn_norm.weight"))?,
+                gate: weight(&b("ffn_gate.weight"), c.n_ff, h)?,
+                up: weight(&b("ffn_up.weight"), c.n_ff, h)?,
+                down: weight(&b("ffn_down.weight"), h, c.n_ff)?,
+                ffn_post_norm: vector(&b("ffn_post_norm.weight"))?,
+            });
+        }
+        let vocab = read_vocab(&g, c, what)?;
+        Ok(Model {
+            config,
+            vocab,
+            tok_embd,
+            output_norm,
+            output,
+            adapter,
+            blocks,
+            name: g.opt_str("general.name")?.unwrap_or("huginn").to_string(),
+            gguf: g,
+        })
+    }
+
+    /// The matrix view of a weight.
+    pub fn matrix(&self, w: &Weight) -> Matrix<'_> {
+        Matrix::new(w.ty, w.rows, w.cols, self.bytes(w))
+            .expect("weight shapes were validated at load")
+    }
+
+    /// The bytes of a weight, borrowed from the file.
+    pub fn bytes(&self, w: &Weight) -> &[u8] {
+        self.gguf.tensor_data(&self.gguf.tensors()[w.index])
+    }
+
+    /// Row `t` of the embedding, dequantized and scaled by sqrt(h), into `out`.
+    pub fn embed(&self, token: u32, out: &mut [f32]) {
+        let w = &self.tok_embd;
+        let bytes = self.bytes(w);
+        let rb = bytes.len() / w.rows;
+        let start = token as usize * rb;
+        raven_quant::dequantize_row(w.ty, &bytes[start..start + rb], out)
+            .expect("embedding type validated at load");
+        let s = self.config.embed_scale;
+        out.iter_mut().for_each(|x| *x *= s);
+    }
+
+    /// The underlying GGUF file.
+    pub fn gguf(&self) -> &Gguf {
+        &self.gguf
+    }
+
+    /// `general.name`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Bytes of all weights.
+    pub fn weight_bytes(&self) -> u64 {
+        self.gguf.tensors().iter().map(|t| t.n_bytes).sum()
+    }
+
+    /// Checks that a token id is inside the vocabulary.
+    pub fn check_token(&self, t: u32) -> Result<()> {
+        if (t as usize) < self.config.n_vocab {
+            Ok(())
+        } else {
+            Err(RavenError::arg(
+                "token",
+                format!(
+                    "id {t} is outside the vocabulary (0..{})",
+                    self.config.n_vocab
+                ),
+            ))
+        }
+    }
+}
+
+fn read_vocab(g: &Gguf, c: &Config, what: &str) -> Result<Vocab> {
+    let id = |k: &str| -> Result<Option<u32>> {
+        match g.opt_u64(k)? {
+            None => Ok(None),
+            Some(v) if (v as usize) < c.n_vocab => Ok(Some(v as u32)),
+            Some(v) => Err(RavenError::Model {
+                path: what.into(),
+                msg: format!("{k} = {v} is outside the vocabulary (0..{})", c.n_vocab),
+            }),
+        }
+    };
+    let mut eos: Vec<u32> = id("tokenizer.ggml.eos_token_id")?.into_iter().collect();
+    if let Some(raven_gguf::Value::Array(raven_gguf::Array::U32(more))) =
+        g.get("huginn.eos_token_ids")
+    {
+        for &e in more {
+            if e as usize >= c.n_vocab {
+                return Err(RavenError::Model {
+                    path: what.into(),
+                    msg: format!("huginn.eos_token_ids holds {e}, outside the vocabulary"),
+                });
+            }
+            if !eos.contains(&e) {
+                eos.push(e);
+            }
+        }
+    }
+    Ok(Vocab {
+        hf_json: g.opt_str("tokenizer.huggingface.json")?.map(str::to_string),
+        chat_template: g.opt_str("tokenizer.chat_template")?.map(str::to_string),
+        bos: id("tokenizer.ggml.bos_token_id")?,
+        eos,
+        pad: id("tokenizer.ggml.padding_token_id")?,
+    })
+}

@@ -1,0 +1,118 @@
+//! `raven inspect`: metadata, tensor table, parameter count and predicted session memory.
+
+use std::path::Path;
+
+use anyhow::Result;
+use raven::kv::CacheStrategy;
+use raven_gguf::{Array, Value};
+
+fn show(v: &Value, all: bool) -> String {
+    match v {
+        Value::Str(s) if !all && s.len() > 80 => format!(
+            "\"{}…\" ({} bytes)",
+            s.chars().take(60).collect::<String>().escape_debug(),
+            s.len()
+        ),
+        Value::Str(s) => format!("\"{}\"", s.escape_debug()),
+        Value::Array(a) => {
+            let n = a.len();
+            let preview = match a {
+                Array::Str(x) => x
+                    .iter()
+                    .take(if all { n } else { 5 })
+                    .map(|s| format!("{s:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                Array::I32(x) => x
+                    .iter()
+                    .take(if all { n } else { 8 })
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                Array::U32(x) => x
+                    .iter()
+                    .take(if all { n } else { 8 })
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                _ => String::from("…"),
+            };
+            format!(
+                "[{preview}{}] ({n} {})",
+                if all || n <= 8 { "" } else { ", …" },
+                a.element_type_name()
+            )
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+pub fn run(path: &Path, ctx: Option<usize>, steps: Option<usize>, all: bool) -> Result<()> {
+    let m = crate::load_model(path, false)?;
+    let g = m.gguf();
+    println!(
+        "file: {} ({:.2} MB, GGUF v{}, alignment {})",
+        path.display(),
+        g.file_len() as f64 / 1e6,
+        g.version(),
+        g.alignment()
+    );
+    println!("\nmetadata:");
+    for (k, v) in g.metadata() {
+        println!("  {k:<42} {}", show(v, all));
+    }
+    println!("\ntensors:");
+    println!(
+        "  {:<32} {:>6} {:>16} {:>12}",
+        "name", "type", "shape", "bytes"
+    );
+    let mut params = 0u64;
+    for t in g.tensors() {
+        params += t.n_elements();
+        let shape = t
+            .dims
+            .iter()
+            .rev()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(" × ");
+        println!(
+            "  {:<32} {:>6} {:>16} {:>12}",
+            t.name,
+            t.ty.to_string(),
+            shape,
+            t.n_bytes
+        );
+    }
+    let c = &m.config;
+    println!(
+        "\nparameters: {params} ({:.2} M); weights {:.2} MB",
+        params as f64 / 1e6,
+        m.weight_bytes() as f64 / 1e6
+    );
+    println!(
+        "model: h={} heads={} d={} F={} V={} prelude/core/coda={}/{}/{} mean recurrence={} context={}",
+        c.n_embd, c.n_heads, c.head_dim(), c.n_ff, c.n_vocab, c.n_prelude, c.n_core, c.n_coda, c.mean_recurrence, c.context
+    );
+    let ctx = ctx.unwrap_or(c.context);
+    let steps = steps.unwrap_or(c.mean_recurrence);
+    println!(
+        "\nKV cache for a session of {ctx} tokens, up to {steps} iterations (f32 keys and values):"
+    );
+    let full = CacheStrategy::Full.bytes(c, ctx, steps);
+    for s in [
+        CacheStrategy::Full,
+        CacheStrategy::Compress(c.n_core),
+        CacheStrategy::Latest(c.n_core),
+    ] {
+        let b = s.bytes(c, ctx, steps);
+        println!(
+            "  {:<14} {:>14} bytes ({:.1} MB, {:.4} of full)",
+            s.to_string(),
+            b,
+            b as f64 / 1e6,
+            b as f64 / full as f64
+        );
+    }
+    Ok(())
+}
