@@ -68,6 +68,8 @@ pub struct LogitsOutput {
     pub logits: Vec<f32>,
     /// Iterations each token ran.
     pub steps: Vec<i32>,
+    /// Latents ln_f(s) [T, h] that fed the coda.
+    pub latents: Vec<f32>,
     /// The criterion value at every check, per token (adaptive runs only).
     pub criterion_values: Vec<Vec<f32>>,
 }
@@ -155,10 +157,11 @@ pub fn logits(
     let mut cache = KvCache::new(&m.config, o.cache, t_len, max_steps)?;
     let mut ws = Workspace::new();
     let mut rng = Rng::new(o.seed);
-    let v = m.config.n_vocab;
+    let (v, h) = (m.config.n_vocab, m.config.n_embd);
     let mut out = LogitsOutput {
         logits: vec![0.0; t_len * v],
         steps: vec![0; t_len],
+        latents: vec![0.0; t_len * m.config.n_embd],
         criterion_values: Vec::new(),
     };
     threads.run(|| {
@@ -175,6 +178,7 @@ pub fn logits(
                     &mut ws,
                 );
                 out.logits[pos * v..(pos + 1) * v].copy_from_slice(&ws.logits);
+                out.latents[pos * h..(pos + 1) * h].copy_from_slice(&ws.latent);
                 out.steps[pos] = steps as i32;
                 out.criterion_values.push(vals);
             }
@@ -191,6 +195,7 @@ pub fn logits(
         m.coda_head(first, &mut cache, &mut ws);
         cache.set_len(first);
         out.logits[..first * v].copy_from_slice(&ws.logits);
+        out.latents[..first * h].copy_from_slice(&ws.latent);
         out.steps[..first]
             .iter_mut()
             .for_each(|s| *s = o.steps as i32);
@@ -207,6 +212,7 @@ pub fn logits(
                 &mut ws,
             );
             out.logits[pos * v..(pos + 1) * v].copy_from_slice(&ws.logits);
+            out.latents[pos * h..(pos + 1) * h].copy_from_slice(&ws.latent);
             out.steps[pos] = steps as i32;
         }
     });

@@ -1,0 +1,130 @@
+//! Shared helpers of the end-to-end tests: fixture paths, temporary directories, converted
+//! models and the official reference outputs.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use raven::convert::{convert, NoProgress, OutType};
+use serde_json::Value;
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+pub fn tiny_dir() -> PathBuf {
+    fixtures().join("tiny-huginn")
+}
+
+/// A fresh directory under the system temp dir, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("raven-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The fixture converted to `ty`, once per test binary.
+pub fn tiny_gguf(ty: &str) -> PathBuf {
+    static DIR: OnceLock<TempDir> = OnceLock::new();
+    let dir = DIR.get_or_init(|| TempDir::new("models"));
+    let out = dir.path().join(format!("tiny-{ty}.gguf"));
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _g = LOCK.lock().unwrap();
+    if !out.exists() {
+        convert(
+            &tiny_dir(),
+            &out,
+            OutType::parse(ty).unwrap(),
+            &mut NoProgress,
+        )
+        .unwrap();
+    }
+    out
+}
+
+/// reference.json and reference.safetensors of the fixture.
+pub struct Reference {
+    pub json: Value,
+    pub tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
+}
+
+pub fn reference() -> &'static Reference {
+    static R: OnceLock<Reference> = OnceLock::new();
+    R.get_or_init(|| {
+        let json: Value = serde_json::from_str(
+            &std::fs::read_to_string(tiny_dir().join("reference.json")).unwrap(),
+        )
+        .unwrap();
+        let bytes = std::fs::read(tiny_dir().join("reference.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let tensors = st
+            .tensors()
+            .into_iter()
+            .map(|(name, v)| {
+                let data = v
+                    .data()
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                (name, (v.shape().to_vec(), data))
+            })
+            .collect();
+        Reference { json, tensors }
+    })
+}
+
+impl Reference {
+    pub fn cases(&self) -> impl Iterator<Item = &Value> {
+        self.json["cases"].as_array().unwrap().iter()
+    }
+    pub fn prompt(&self, i: usize) -> Vec<u32> {
+        self.json["prompt_token_ids"][i]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    }
+    pub fn tensor(&self, name: &str) -> &[f32] {
+        &self
+            .tensors
+            .get(name)
+            .unwrap_or_else(|| panic!("reference has no {name}"))
+            .1
+    }
+}
+
+/// A JSON value that may be a list or a string holding a list (the fixture stores long lists
+/// as strings).
+pub fn list(v: &Value) -> Vec<Value> {
+    match v {
+        Value::Array(a) => a.clone(),
+        Value::String(s) => serde_json::from_str::<Vec<Value>>(s).unwrap(),
+        _ => panic!("not a list: {v}"),
+    }
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
