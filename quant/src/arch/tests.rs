@@ -52,6 +52,12 @@ fn sets_on_this_cpu() {
         crate::isa()
     );
     assert_eq!(ks.last().unwrap().name, "scalar");
+    let forced = std::env::var("RAVEN_FORCE_SCALAR").is_ok_and(|v| !v.is_empty() && v != "0");
+    if forced {
+        assert_eq!(crate::isa(), "scalar");
+    } else if std::env::var_os("RAVEN_ISA").is_none() {
+        assert_eq!(crate::isa(), ks[0].name, "the fastest set is chosen");
+    }
     #[cfg(target_arch = "aarch64")]
     if std::arch::is_aarch64_feature_detected!("dotprod") {
         assert_eq!(ks[0].name, "neon-dotprod");
