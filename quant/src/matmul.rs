@@ -267,11 +267,6 @@ impl<'a> From<&Matrix<'a>> for Weights<'a> {
         Weights::Plain(*m)
     }
 }
-impl<'a> From<Matrix<'a>> for Weights<'a> {
-    fn from(m: Matrix<'a>) -> Self {
-        Weights::Plain(m)
-    }
-}
 impl<'a> From<&'a PackedMatrix> for Weights<'a> {
     fn from(p: &'a PackedMatrix) -> Self {
         Weights::Packed(p)
