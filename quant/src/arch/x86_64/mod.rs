@@ -420,7 +420,7 @@ unsafe fn mm_q4_0x16<const VNNI: bool>(
 /// Defines the safe entry points of one kernel set: each wraps an `unsafe` function compiled
 /// with `$features` and is only reachable through a `Kernels` built after detection.
 macro_rules! kernel_set {
-    ($name:expr, $features:literal, $vnni:expr, $packed_pays:expr, $detect:expr) => {
+    ($name:expr, $features:literal, $vnni:expr, $packed:path, $packed_pays:expr, $detect:expr) => {
         use super::super::{F32View, Kernels, Q8View};
 
         static KERNELS: Kernels = Kernels {
@@ -433,7 +433,7 @@ macro_rules! kernel_set {
             mm_f32,
             mm_f16,
             mm_bf16,
-            mm_q4_0x16,
+            mm_q4_0x16: $packed,
             packed_pays: $packed_pays,
         };
 
@@ -454,7 +454,6 @@ macro_rules! kernel_set {
         $crate::arch::x86_64::kernel_set!(@wrap $features, mm_f32(w: &[u8], rows: usize, act: F32View<'_>, out: &mut [f32], ldo: usize) -> () = super::mm_float::<0>);
         $crate::arch::x86_64::kernel_set!(@wrap $features, mm_f16(w: &[u8], rows: usize, act: F32View<'_>, out: &mut [f32], ldo: usize) -> () = super::mm_float::<1>);
         $crate::arch::x86_64::kernel_set!(@wrap $features, mm_bf16(w: &[u8], rows: usize, act: F32View<'_>, out: &mut [f32], ldo: usize) -> () = super::mm_float::<2>);
-        $crate::arch::x86_64::kernel_set!(@wrap $features, mm_q4_0x16(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) -> () = super::mm_q4_0x16::<{ $vnni }>);
     };
     (@wrap $features:literal, $f:ident($($a:ident: $t:ty),*) -> $r:ty = $imp:path) => {
         fn $f($($a: $t),*) -> $r {
