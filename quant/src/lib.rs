@@ -2,19 +2,39 @@
 //! ([`blocks`]), quantizers ([`quantize_row`], [`dequantize_row`]) and the kernels the model's
 //! matrix products run on.
 //!
-//! - A weight matrix is a borrowed [`Matrix`] (rows of ggml blocks straight from a memory map),
-//!   or a [`PackedMatrix`] built from one by [`repack`] (Q4_0 rows interleaved in groups of 16
-//!   for the int8 dot-product instructions).
-//! - Token vectors go into reusable [`Activations`], which hold them in the form the weight type
-//!   multiplies with ([`VecDot::Activation`]): Q8_0 blocks for Q4_0 and Q8_0 weights, f32 for
-//!   the rest.
-//! - [`matmul`] multiplies a range of weight rows by every token, reading each weight row once.
+//! - A weight matrix is a borrowed [`Matrix`] (rows of ggml blocks straight from a memory map,
+//!   any alignment), or a [`PackedMatrix`] built from one by [`repack`] (Q4_0 rows interleaved
+//!   in groups of 16 for the int8 dot-product instructions; owned, same size as the original).
+//! - Token vectors go into reusable [`Activations`], which hold them in the form the weight
+//!   type multiplies with ([`VecDot::Activation`], [`activation_type`]): Q8_0 blocks for Q4_0
+//!   and Q8_0 weights, f32 for the rest.
+//! - [`matmul`] multiplies a range of weight rows by every token, reading each weight row once
+//!   for all tokens; it is single-threaded, callers split rows across threads.
 //!   [`dot_f32`] and [`axpy_f32`] serve attention.
+//!
+//! ```
+//! use raven_quant::{matmul, quantize_row, repack, Activations, GgmlType, Matrix};
+//! let (rows, cols) = (32, 64);
+//! let w: Vec<f32> = (0..rows * cols).map(|i| (i as f32 * 0.1).sin()).collect();
+//! let mut bytes = vec![0u8; rows * GgmlType::Q4_0.row_bytes(cols as u64).unwrap() as usize];
+//! quantize_row(GgmlType::Q4_0, &w, &mut bytes).unwrap();
+//! let m = Matrix::new(GgmlType::Q4_0, rows, cols, &bytes).unwrap();
+//! let mut act = Activations::new();
+//! act.prepare(&w[..2 * cols], 2, cols, m.ty); // two tokens
+//! let mut out = vec![0f32; 2 * rows];
+//! matmul(&m, &act, 0..rows, &mut out); // out[t * rows + r]
+//! if let Some(p) = repack(&m) {
+//!     let mut out2 = vec![0f32; 2 * rows];
+//!     matmul(&p, &act, 0..rows, &mut out2);
+//! }
+//! ```
 //!
 //! Kernels are chosen once at run time from the CPU's features ([`isa`]): AVX-512 VNNI, AVX2
 //! (+FMA, F16C), NEON with dotprod, NEON, or portable scalar code, which is the reference the
-//! others are tested against. `RAVEN_FORCE_SCALAR=1` forces the scalar kernels;
-//! `RAVEN_ISA=avx2` (or another name [`isa`] reports) picks a slower set that the CPU also runs.
+//! others are tested against. Activation quantization is bit-identical in every set (it is
+//! ggml's reference `quantize_row_q8_0`); products agree with the scalar set to float rounding.
+//! `RAVEN_FORCE_SCALAR=1` forces the scalar kernels; `RAVEN_ISA=avx2` (or another name [`isa`]
+//! reports) picks a slower set that the CPU also runs, for benchmarks.
 #![deny(missing_docs)]
 
 pub mod blocks;
