@@ -7,7 +7,8 @@
 //!   views into the memory map. It is immutable and shared by sessions.
 //! - [`forward`] is the fast forward pass over a [`kv::KvCache`] and a [`forward::Workspace`];
 //!   [`reference`] is the slow, readable oracle of SPEC §1.
-//! - [`exit`] holds the per-token exit criteria, [`run`] the drivers (`raven logits`).
+//! - [`exit`] holds the per-token exit criteria, [`run`] the drivers (`raven logits`),
+//!   [`session::Session`] generation over a shared model (sampling in [`sample`]).
 #![deny(missing_docs)]
 
 pub mod checkpoint;
@@ -21,6 +22,9 @@ pub mod model;
 pub mod reference;
 pub mod rng;
 pub mod run;
+pub mod sample;
+pub mod session;
 
 pub use error::{RavenError, Result};
 pub use model::Model;
+pub use session::{Session, SessionParams};

@@ -82,6 +82,7 @@ pub struct Model {
     pub blocks: Vec<Block>,
     gguf: Gguf,
     name: String,
+    tokenizer: std::sync::OnceLock<std::result::Result<raven_text::Tokenizer, String>>,
 }
 
 impl Model {
@@ -194,6 +195,7 @@ impl Model {
             adapter,
             blocks,
             name: g.opt_str("general.name")?.unwrap_or("huginn").to_string(),
+            tokenizer: std::sync::OnceLock::new(),
             gguf: g,
         })
     }
@@ -219,6 +221,38 @@ impl Model {
             .expect("embedding type validated at load");
         let s = self.config.embed_scale;
         out.iter_mut().for_each(|x| *x *= s);
+    }
+
+    /// The tokenizer stored in the file (`tokenizer.huggingface.json`), parsed once.
+    pub fn tokenizer(&self) -> Result<&raven_text::Tokenizer> {
+        let t = self.tokenizer.get_or_init(|| match &self.vocab.hf_json {
+            None => Err(
+                "the file has no tokenizer.huggingface.json; re-convert it with `raven convert`"
+                    .into(),
+            ),
+            Some(j) => raven_text::Tokenizer::from_json(j)
+                .map_err(|e| format!("its tokenizer does not load: {e}")),
+        });
+        t.as_ref().map_err(|msg| RavenError::Model {
+            path: self.name.clone(),
+            msg: msg.clone(),
+        })
+    }
+
+    /// Ids that end a generation: the metadata's end-of-sequence ids plus `<|end_text|>` and
+    /// `<|end_turn|>` when the tokenizer has them.
+    pub fn stop_tokens(&self) -> Vec<u32> {
+        let mut s = self.vocab.eos.clone();
+        if let Ok(t) = self.tokenizer() {
+            for name in ["<|end_text|>", "<|end_turn|>"] {
+                if let Some(id) = t.token_to_id(name) {
+                    if !s.contains(&id) {
+                        s.push(id);
+                    }
+                }
+            }
+        }
+        s
     }
 
     /// The underlying GGUF file.

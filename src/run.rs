@@ -2,6 +2,9 @@
 //! and per-token adaptive exit (the reference's `forward_with_adaptive_compute`). `raven logits`
 //! and the fixture tests run these.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
 use crate::error::{RavenError, Result};
 use crate::exit::{Criterion, ExitPolicy, ExitState};
 use crate::forward::Workspace;
@@ -74,49 +77,131 @@ pub struct LogitsOutput {
     pub criterion_values: Vec<Vec<f32>>,
 }
 
-/// Runs one token through the recurrence with an exit policy; leaves its logits in `ws.logits`.
-/// Returns (iterations run, criterion values).
-pub fn adaptive_token(
+/// Where a token's recurrence starts.
+pub enum Init<'a> {
+    /// Zeros, or a truncated normal of this scale drawn from the generator (SPEC §1.2).
+    Random(f32, &'a mut Rng),
+    /// The previous token's final latent (warm start).
+    Warm(&'a [f32]),
+}
+
+/// Moving averages of what an iteration and the coda + head cost, for the latency budget.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timing {
+    iter_ms: Option<f64>,
+    head_ms: Option<f64>,
+}
+
+impl Timing {
+    fn add(slot: &mut Option<f64>, x: f64) {
+        *slot = Some(slot.map_or(x, |v| 0.7 * v + 0.3 * x));
+    }
+    /// Estimated milliseconds of one core iteration.
+    pub fn iter_ms(&self) -> f64 {
+        self.iter_ms.unwrap_or(0.0)
+    }
+    /// Estimated milliseconds of coda + head.
+    pub fn head_ms(&self) -> f64 {
+        self.head_ms.unwrap_or(0.0)
+    }
+}
+
+/// How a token's recurrence is bounded.
+pub struct TokenControl<'a> {
+    /// Exit criterion and iteration bounds.
+    pub policy: ExitPolicy,
+    /// Per-token deadline in milliseconds, counted from `start`.
+    pub budget_ms: Option<f64>,
+    /// When the token started (for the budget).
+    pub start: Instant,
+    /// Raised from another thread to stop at the next iteration.
+    pub cancel: Option<&'a AtomicBool>,
+}
+
+/// How a token's recurrence ended.
+#[derive(Clone, Debug, Default)]
+pub struct TokenOutcome {
+    /// Core iterations run.
+    pub steps: usize,
+    /// The criterion stopped it before the maximum.
+    pub exited_early: bool,
+    /// The budget stopped it.
+    pub budget_capped: bool,
+    /// The criterion value at every check.
+    pub values: Vec<f32>,
+}
+
+/// Runs one token at `pos` through prelude, recurrence (exit policy, budget) and coda + head,
+/// leaving its logits in `ws.logits` and writing its cache entries. `None` when cancelled.
+#[allow(clippy::too_many_arguments)]
+pub fn run_token(
     m: &Model,
     token: u32,
     pos: usize,
-    policy: &ExitPolicy,
-    init_scale: f32,
-    rng: &mut Rng,
+    init: Init<'_>,
+    ctl: &TokenControl<'_>,
+    timing: &mut Timing,
     cache: &mut KvCache,
     ws: &mut Workspace,
-) -> (usize, Vec<f32>) {
+) -> Option<TokenOutcome> {
+    let policy = &ctl.policy;
     m.embed_prelude(&[token], pos, cache, ws);
-    m.init_state(init_scale, rng, ws);
+    match init {
+        Init::Random(scale, rng) => m.init_state(scale, rng, ws),
+        Init::Warm(w) => {
+            ws.s.clear();
+            ws.s.extend_from_slice(w);
+        }
+    }
     let mut st = ExitState::new(policy.criterion, &ws.s, m.config.n_vocab);
-    let mut values = Vec::new();
+    let mut out = TokenOutcome {
+        steps: policy.max_steps,
+        ..Default::default()
+    };
     let mut have_logits = false;
-    let mut steps = policy.max_steps;
+    let timed = |slot: &mut Option<f64>, f: &mut dyn FnMut()| {
+        let t = Instant::now();
+        f();
+        Timing::add(slot, t.elapsed().as_secs_f64() * 1e3);
+    };
     for i in 0..policy.max_steps {
-        m.core_step(i, cache, ws);
+        if ctl.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return None;
+        }
+        if let Some(b) = ctl.budget_ms {
+            // Stop when one more iteration and the head would pass the deadline.
+            let elapsed = ctl.start.elapsed().as_secs_f64() * 1e3;
+            if i > 0 && elapsed + timing.iter_ms() + timing.head_ms() > b {
+                out.steps = i;
+                out.budget_capped = true;
+                break;
+            }
+        }
+        timed(&mut timing.iter_ms, &mut || m.core_step(i, cache, ws));
         have_logits = false;
         let done = i + 1;
         if policy.criterion == Criterion::None || done % policy.check_every != 0 {
             continue;
         }
         let (v, exit) = if policy.criterion.needs_logits() {
-            m.coda_head(1, cache, ws);
+            timed(&mut timing.head_ms, &mut || m.coda_head(1, cache, ws));
             have_logits = true;
             st.check(&ws.s, Some(&ws.logits))
         } else {
             st.check(&ws.s, None)
         };
-        values.push(v);
+        out.values.push(v);
         if exit && done >= policy.min_steps {
-            steps = done;
+            out.steps = done;
+            out.exited_early = done < policy.max_steps;
             break;
         }
     }
     if !have_logits {
-        m.coda_head(1, cache, ws);
+        timed(&mut timing.head_ms, &mut || m.coda_head(1, cache, ws));
     }
     cache.set_len(pos + 1);
-    (steps, values)
+    Some(out)
 }
 
 /// `raven logits`: logits for every position of `tokens` (SPEC §4).
@@ -161,31 +246,41 @@ pub fn logits(
     let mut out = LogitsOutput {
         logits: vec![0.0; t_len * v],
         steps: vec![0; t_len],
-        latents: vec![0.0; t_len * m.config.n_embd],
+        latents: vec![0.0; t_len * h],
         criterion_values: Vec::new(),
     };
     threads.run(|| {
-        if let Some(policy) = &o.exit {
+        let mut timing = Timing::default();
+        let ctl = |policy: ExitPolicy| TokenControl {
+            policy,
+            budget_ms: None,
+            start: Instant::now(),
+            cancel: None,
+        };
+        let row = |out: &mut LogitsOutput, ws: &Workspace, pos: usize, r: TokenOutcome| {
+            out.logits[pos * v..(pos + 1) * v].copy_from_slice(&ws.logits);
+            out.latents[pos * h..(pos + 1) * h].copy_from_slice(&ws.latent);
+            out.steps[pos] = r.steps as i32;
+            out.criterion_values.push(r.values);
+        };
+        if let Some(policy) = o.exit {
             for (pos, &tok) in tokens.iter().enumerate() {
-                let (steps, vals) = adaptive_token(
+                let init = Init::Random(o.init_scale, &mut rng);
+                let r = run_token(
                     m,
                     tok,
                     pos,
-                    policy,
-                    o.init_scale,
-                    &mut rng,
+                    init,
+                    &ctl(policy),
+                    &mut timing,
                     &mut cache,
                     &mut ws,
                 );
-                out.logits[pos * v..(pos + 1) * v].copy_from_slice(&ws.logits);
-                out.latents[pos * h..(pos + 1) * h].copy_from_slice(&ws.latent);
-                out.steps[pos] = steps as i32;
-                out.criterion_values.push(vals);
+                row(&mut out, &ws, pos, r.expect("nothing cancels here"));
             }
             return;
         }
         let first = o.decode_from.unwrap_or(t_len);
-        let fixed = ExitPolicy::fixed(o.steps);
         // One pass over the first tokens.
         m.embed_prelude(&tokens[..first], 0, &mut cache, &mut ws);
         m.init_state(o.init_scale, &mut rng, &mut ws);
@@ -199,21 +294,22 @@ pub fn logits(
         out.steps[..first]
             .iter_mut()
             .for_each(|s| *s = o.steps as i32);
+        out.criterion_values.resize(first, Vec::new());
         // The rest one at a time through the cache.
-        for pos in first..t_len {
-            let (steps, _) = adaptive_token(
+        let fixed = ExitPolicy::fixed(o.steps);
+        for (pos, &tok) in tokens.iter().enumerate().skip(first) {
+            let init = Init::Random(o.init_scale, &mut rng);
+            let r = run_token(
                 m,
-                tokens[pos],
+                tok,
                 pos,
-                &fixed,
-                o.init_scale,
-                &mut rng,
+                init,
+                &ctl(fixed),
+                &mut timing,
                 &mut cache,
                 &mut ws,
             );
-            out.logits[pos * v..(pos + 1) * v].copy_from_slice(&ws.logits);
-            out.latents[pos * h..(pos + 1) * h].copy_from_slice(&ws.latent);
-            out.steps[pos] = steps as i32;
+            row(&mut out, &ws, pos, r.expect("nothing cancels here"));
         }
     });
     Ok(out)

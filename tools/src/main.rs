@@ -14,6 +14,8 @@ use raven::kv::CacheStrategy;
 use raven::run::{LogitsOptions, Threads};
 use raven::Model;
 
+mod demo;
+mod generate;
 mod inspect;
 
 #[derive(Parser)]
@@ -56,6 +58,25 @@ enum Cmd {
     },
     /// Compute logits for a token sequence and write them to a safetensors file.
     Logits(LogitsArgs),
+    /// Generate text from a prompt, streaming it.
+    Run {
+        /// The prompt.
+        #[arg(short = 'p', long = "prompt")]
+        prompt: String,
+        /// Wrap the prompt in the model's chat template as a user message.
+        #[arg(long)]
+        chat: bool,
+        #[command(flatten)]
+        gen: generate::GenArgs,
+    },
+    /// Chat interactively with the model's chat template.
+    Chat {
+        /// A system message.
+        #[arg(long)]
+        system: Option<String>,
+        #[command(flatten)]
+        gen: generate::GenArgs,
+    },
 }
 
 #[derive(Args)]
@@ -271,6 +292,8 @@ fn run() -> Result<()> {
             all,
         } => inspect::run(&model, ctx, steps, all),
         Cmd::Logits(a) => cmd_logits(a),
+        Cmd::Run { prompt, chat, gen } => generate::run(&gen, &prompt, chat),
+        Cmd::Chat { system, gen } => generate::chat(&gen, system.as_deref()),
     }
 }
 

@@ -1,0 +1,399 @@
+//! A generation session over a shared, immutable [`Model`]: its own KV cache, workspace, seeded
+//! generator and thread pool. Prefill, per-token steps with an exit policy and a latency budget,
+//! sampling, stop tokens, warm start, cancellation.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::error::{RavenError, Result};
+use crate::exit::ExitPolicy;
+use crate::forward::Workspace;
+use crate::kv::{CacheStrategy, KvCache};
+use crate::model::Model;
+use crate::rng::Rng;
+use crate::run::{run_token, Init, Threads, Timing, TokenControl};
+use crate::sample::{sample, SamplingParams};
+
+/// Everything a session can be asked to do differently.
+#[derive(Clone, Debug)]
+pub struct SessionParams {
+    /// Context length in tokens (0 = the model's, at most 4096).
+    pub ctx: usize,
+    /// KV cache strategy.
+    pub cache: CacheStrategy,
+    /// Exit policy of generated tokens (criterion, min/max iterations, check interval).
+    pub exit: ExitPolicy,
+    /// Core iterations for the prompt (0 = `exit.max_steps`).
+    pub prefill_steps: usize,
+    /// Per-token latency budget in milliseconds (None = unbounded).
+    pub budget_ms: Option<f64>,
+    /// Start each token's state from the previous token's final latent (the reference's
+    /// `continuous_compute`).
+    pub warm_start: bool,
+    /// Scale of the random initial state (0 = zeros).
+    pub init_scale: f32,
+    /// Seed of sampling and of the initial state.
+    pub seed: u64,
+    /// Worker threads (0 = all cores).
+    pub threads: usize,
+    /// Sampling.
+    pub sampling: SamplingParams,
+    /// Refuse a session whose KV cache would be larger than this many bytes.
+    pub kv_cap_bytes: Option<u64>,
+}
+
+impl SessionParams {
+    /// Defaults for a model: its mean recurrence as the maximum, no early exit, KV sharing over
+    /// the core layers (`compress-sC`), greedy decoding, zero initial state variance scale 1.
+    pub fn for_model(m: &Model) -> SessionParams {
+        SessionParams {
+            ctx: 0,
+            cache: CacheStrategy::Compress(m.config.n_core),
+            exit: ExitPolicy::fixed(m.config.mean_recurrence),
+            prefill_steps: 0,
+            budget_ms: None,
+            warm_start: false,
+            init_scale: 1.0,
+            seed: 0,
+            threads: 0,
+            sampling: SamplingParams::default(),
+            kv_cap_bytes: None,
+        }
+    }
+
+    /// The context length these parameters give for `m`.
+    pub fn context_for(&self, m: &Model) -> usize {
+        if self.ctx == 0 {
+            m.config.context.min(4096)
+        } else {
+            self.ctx
+        }
+    }
+
+    /// KV cache bytes a session with these parameters allocates for `m`.
+    pub fn kv_bytes(&self, m: &Model) -> u64 {
+        let steps = self.exit.max_steps.max(self.prefill_steps);
+        self.cache.bytes(&m.config, self.context_for(m), steps)
+    }
+}
+
+/// What one generated position cost and how it ended.
+#[derive(Clone, Debug, Default)]
+pub struct TokenStats {
+    /// The token fed.
+    pub token: u32,
+    /// Core iterations run.
+    pub steps: usize,
+    /// The exit criterion stopped it before the maximum.
+    pub exited_early: bool,
+    /// The latency budget stopped it.
+    pub budget_capped: bool,
+    /// Wall time of the step in milliseconds.
+    pub ms: f64,
+}
+
+/// A generation session.
+pub struct Session {
+    model: Arc<Model>,
+    params: SessionParams,
+    cache: KvCache,
+    ws: Workspace,
+    rng: Rng,
+    threads: Arc<Threads>,
+    history: Vec<u32>,
+    logits: Vec<f32>,
+    warm: Option<Vec<f32>>,
+    timing: Timing,
+    scratch: Vec<(f32, u32)>,
+    cancel: Option<Arc<AtomicBool>>,
+}
+
+impl Session {
+    /// A session with its own thread pool.
+    pub fn new(model: Arc<Model>, params: SessionParams) -> Result<Session> {
+        let threads = Arc::new(Threads::new(params.threads)?);
+        Session::with_threads(model, params, threads)
+    }
+
+    /// A session on a shared thread pool.
+    pub fn with_threads(
+        model: Arc<Model>,
+        params: SessionParams,
+        threads: Arc<Threads>,
+    ) -> Result<Session> {
+        params.exit.validate()?;
+        params.sampling.validate()?;
+        params.cache.validate(&model.config)?;
+        if let Some(b) = params.budget_ms {
+            if !(b.is_finite() && b > 0.0) {
+                return Err(RavenError::arg(
+                    "--budget-ms",
+                    format!("{b} must be a positive number of milliseconds"),
+                ));
+            }
+        }
+        if !(params.init_scale.is_finite() && params.init_scale >= 0.0) {
+            return Err(RavenError::arg(
+                "--init-scale",
+                format!("{} must be a finite number ≥ 0", params.init_scale),
+            ));
+        }
+        let ctx = params.context_for(&model);
+        if ctx > model.config.context {
+            return Err(RavenError::arg(
+                "--ctx",
+                format!(
+                    "{ctx} is larger than the model's trained context ({})",
+                    model.config.context
+                ),
+            ));
+        }
+        let needed = params.kv_bytes(&model);
+        if let Some(cap) = params.kv_cap_bytes {
+            if needed > cap {
+                return Err(RavenError::CacheTooLarge {
+                    needed,
+                    cap,
+                    n_core: model.config.n_core,
+                });
+            }
+        }
+        let steps = params.exit.max_steps.max(params.prefill_steps);
+        let cache = KvCache::new(&model.config, params.cache, ctx, steps)?;
+        Ok(Session {
+            rng: Rng::new(params.seed),
+            model,
+            params,
+            cache,
+            ws: Workspace::new(),
+            threads,
+            history: Vec::new(),
+            logits: Vec::new(),
+            warm: None,
+            timing: Timing::default(),
+            scratch: Vec::new(),
+            cancel: None,
+        })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+    /// The parameters.
+    pub fn params(&self) -> &SessionParams {
+        &self.params
+    }
+    /// Replaces the sampling parameters.
+    pub fn set_sampling(&mut self, s: SamplingParams) -> Result<()> {
+        s.validate()?;
+        self.params.sampling = s;
+        Ok(())
+    }
+    /// Sets a flag that, when raised from any thread, makes the running call return
+    /// [`RavenError::Cancelled`] at the next iteration boundary.
+    pub fn set_cancel_flag(&mut self, flag: Arc<AtomicBool>) {
+        self.cancel = Some(flag);
+    }
+    /// Bytes of the KV cache (allocated once at creation).
+    pub fn kv_bytes(&self) -> u64 {
+        self.cache.bytes()
+    }
+    /// Context length.
+    pub fn ctx(&self) -> usize {
+        self.cache.ctx()
+    }
+    /// Tokens in the context.
+    pub fn len(&self) -> usize {
+        self.history.len()
+    }
+    /// True when the context is empty.
+    pub fn is_empty(&self) -> bool {
+        self.history.is_empty()
+    }
+    /// Tokens in the context.
+    pub fn history(&self) -> &[u32] {
+        &self.history
+    }
+    /// Next-token logits after the last prefill or step.
+    pub fn logits(&self) -> &[f32] {
+        &self.logits
+    }
+    /// Forgets the context (the cache stays allocated); the generator is reseeded.
+    pub fn reset(&mut self) {
+        self.cache.truncate(0);
+        self.history.clear();
+        self.logits.clear();
+        self.warm = None;
+        self.rng = Rng::new(self.params.seed);
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+    }
+
+    fn check_room(&self, n: usize) -> Result<()> {
+        let needed = self.history.len() + n;
+        if needed > self.cache.ctx() {
+            return Err(RavenError::ContextOverflow {
+                needed,
+                context: self.cache.ctx(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Processes `tokens` in one pass (each weight read once for all of them) with the prefill
+    /// iteration count, leaving the next-token logits of the last one.
+    pub fn prefill(&mut self, tokens: &[u32]) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(RavenError::arg("prompt", "is empty"));
+        }
+        for &t in tokens {
+            self.model.check_token(t)?;
+        }
+        self.check_room(tokens.len())?;
+        let steps = if self.params.prefill_steps == 0 {
+            self.params.exit.max_steps
+        } else {
+            self.params.prefill_steps
+        };
+        let start = self.history.len();
+        let m = self.model.clone();
+        let threads = self.threads.clone();
+        let cancel = self.cancel.clone();
+        let init_scale = self.params.init_scale;
+        let (cache, ws, rng) = (&mut self.cache, &mut self.ws, &mut self.rng);
+        let ok = threads.run(|| {
+            m.embed_prelude(tokens, start, cache, ws);
+            m.init_state(init_scale, rng, ws);
+            for i in 0..steps {
+                if cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+                    return false;
+                }
+                m.core_step(i, cache, ws);
+            }
+            m.coda_head(1, cache, ws);
+            true
+        });
+        if !ok {
+            self.cache.truncate(start);
+            return Err(RavenError::Cancelled);
+        }
+        self.cache.set_len(start + tokens.len());
+        self.history.extend_from_slice(tokens);
+        self.logits.clear();
+        self.logits.extend_from_slice(&self.ws.logits);
+        if self.params.warm_start {
+            let h = self.model.config.n_embd;
+            let n = self.ws.n;
+            self.warm = Some(self.ws.latent[(n - 1) * h..n * h].to_vec());
+        }
+        Ok(())
+    }
+
+    /// Feeds one token: recurrence with the exit policy and the latency budget, then coda and
+    /// head. Leaves its next-token logits.
+    pub fn step(&mut self, token: u32) -> Result<TokenStats> {
+        self.model.check_token(token)?;
+        self.check_room(1)?;
+        let t0 = Instant::now();
+        let pos = self.history.len();
+        let m = self.model.clone();
+        let threads = self.threads.clone();
+        let cancel = self.cancel.clone();
+        let ctl = TokenControl {
+            policy: self.params.exit,
+            budget_ms: self.params.budget_ms,
+            start: t0,
+            cancel: cancel.as_deref(),
+        };
+        let warm = if self.params.warm_start {
+            self.warm.take()
+        } else {
+            None
+        };
+        let init_scale = self.params.init_scale;
+        let (cache, ws, rng, timing) = (
+            &mut self.cache,
+            &mut self.ws,
+            &mut self.rng,
+            &mut self.timing,
+        );
+        let res = threads.run(|| {
+            let init = match &warm {
+                Some(w) => Init::Warm(w),
+                None => Init::Random(init_scale, rng),
+            };
+            run_token(&m, token, pos, init, &ctl, timing, cache, ws)
+        });
+        let Some(r) = res else {
+            self.cache.truncate(pos);
+            self.warm = warm;
+            return Err(RavenError::Cancelled);
+        };
+        self.history.push(token);
+        self.logits.clear();
+        self.logits.extend_from_slice(&self.ws.logits);
+        if self.params.warm_start {
+            self.warm = Some(self.ws.latent.clone());
+        }
+        Ok(TokenStats {
+            token,
+            steps: r.steps,
+            exited_early: r.exited_early,
+            budget_capped: r.budget_capped,
+            ms: t0.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+
+    /// Draws the next token from the current logits.
+    pub fn sample(&mut self) -> u32 {
+        sample(
+            &self.logits,
+            &self.history,
+            &self.params.sampling,
+            &mut self.rng,
+            &mut self.scratch,
+        )
+    }
+
+    /// True when `t` ends a generation: the model's end-of-sequence ids, plus `<|end_text|>` and
+    /// `<|end_turn|>` when the vocabulary has them (`extra_stops`).
+    pub fn is_stop(&self, t: u32, extra_stops: &[u32]) -> bool {
+        self.model.vocab.eos.contains(&t) || extra_stops.contains(&t)
+    }
+
+    /// Prefills `prompt` (appended to the context) and generates up to `max_new` tokens,
+    /// calling `on_token(token, stats)` for each; it returns false to stop. Stops before a
+    /// stop token (which is neither reported nor fed).
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        max_new: usize,
+        stops: &[u32],
+        mut on_token: impl FnMut(u32, &TokenStats) -> bool,
+    ) -> Result<Vec<TokenStats>> {
+        self.prefill(prompt)?;
+        let mut all = Vec::new();
+        for _ in 0..max_new {
+            if self.cancelled() {
+                return Err(RavenError::Cancelled);
+            }
+            let next = self.sample();
+            if self.is_stop(next, stops) {
+                break;
+            }
+            let stats = self.step(next)?;
+            let go = on_token(next, &stats);
+            all.push(stats);
+            if !go {
+                break;
+            }
+        }
+        Ok(all)
+    }
+}

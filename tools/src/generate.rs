@@ -1,0 +1,337 @@
+//! `raven run` and `raven chat`: streaming generation with exit policies, a latency budget,
+//! KV sharing and warm start.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use raven::exit::{Criterion, ExitPolicy};
+use raven::kv::CacheStrategy;
+use raven::sample::SamplingParams;
+use raven::session::TokenStats;
+use raven::{Model, Session, SessionParams};
+use raven_text::{ChatMessage, ChatTemplate, StreamDecoder};
+
+/// Options shared by `run` and `chat`.
+#[derive(Args, Clone)]
+pub struct GenArgs {
+    /// The GGUF model (default: the bundled demo model).
+    #[arg(short = 'm', long = "model")]
+    pub model: Option<PathBuf>,
+    /// Tokens to generate at most.
+    #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
+    pub n_predict: usize,
+    /// Maximum core iterations per token (default: the model's mean recurrence).
+    #[arg(long = "steps", alias = "max-steps")]
+    pub steps: Option<usize>,
+    /// Minimum core iterations per token.
+    #[arg(long = "min-steps", default_value_t = 1)]
+    pub min_steps: usize,
+    /// Exit criterion CRIT[:τ]: kl, minp-kl, entropy-diff, latent-diff, cosine, argmax-stability, none.
+    #[arg(long, default_value = "none")]
+    pub exit: String,
+    /// Check the exit criterion every n iterations.
+    #[arg(long = "check-every", default_value_t = 1)]
+    pub check_every: usize,
+    /// Per-token latency budget in milliseconds: iterations are capped to finish in time.
+    #[arg(long = "budget-ms")]
+    pub budget_ms: Option<f64>,
+    /// Core iterations for the prompt (default: --steps).
+    #[arg(long = "prefill-steps")]
+    pub prefill_steps: Option<usize>,
+    /// KV cache strategy: full, compress-sK, latest-mC (default: compress-s<core layers>).
+    #[arg(long)]
+    pub cache: Option<String>,
+    /// Start each token's latent state from the previous token's.
+    #[arg(long = "warm-start")]
+    pub warm_start: bool,
+    /// Initial-state scale (0 = zero state).
+    #[arg(long = "init-scale", default_value_t = 1.0)]
+    pub init_scale: f32,
+    /// Seed of sampling and of the initial state.
+    #[arg(long, short = 's', default_value_t = 0)]
+    pub seed: u64,
+    /// Temperature (0 = greedy).
+    #[arg(long = "temp", default_value_t = 0.0)]
+    pub temp: f32,
+    /// Top-k (0 = off).
+    #[arg(long = "top-k", default_value_t = 40)]
+    pub top_k: usize,
+    /// Top-p (1 = off).
+    #[arg(long = "top-p", default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Min-p (0 = off).
+    #[arg(long = "min-p", default_value_t = 0.05)]
+    pub min_p: f32,
+    /// Repetition penalty (1 = off).
+    #[arg(long = "repeat-penalty", default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// Window of the repetition penalty.
+    #[arg(long = "repeat-last-n", default_value_t = 64)]
+    pub repeat_last_n: usize,
+    /// Context length (default: the model's, at most 4096).
+    #[arg(long, short = 'c', default_value_t = 0)]
+    pub ctx: usize,
+    /// Refuse a KV cache larger than this many MiB.
+    #[arg(long = "kv-cap-mb", default_value_t = 16384)]
+    pub kv_cap_mb: u64,
+    /// Worker threads (default: all cores).
+    #[arg(long, short = 't', default_value_t = 0)]
+    pub threads: usize,
+    /// Read the model into memory instead of mapping it.
+    #[arg(long = "no-mmap")]
+    pub no_mmap: bool,
+    /// Show the iterations each token used, as [n] after it.
+    #[arg(long = "show-steps")]
+    pub show_steps: bool,
+}
+
+impl GenArgs {
+    pub fn load(&self) -> Result<Arc<Model>> {
+        Ok(Arc::new(match &self.model {
+            Some(p) => crate::load_model(p, self.no_mmap)?,
+            None => crate::demo::load()?,
+        }))
+    }
+
+    pub fn params(&self, m: &Model) -> Result<SessionParams> {
+        let mut p = SessionParams::for_model(m);
+        let steps = self.steps.unwrap_or(m.config.mean_recurrence);
+        if steps == 0 {
+            bail!("--steps 0: must be at least 1");
+        }
+        p.exit = ExitPolicy {
+            criterion: Criterion::parse(&self.exit)?,
+            min_steps: self.min_steps,
+            max_steps: steps,
+            check_every: self.check_every,
+        };
+        p.exit.validate()?;
+        p.prefill_steps = self.prefill_steps.unwrap_or(0);
+        if let Some(b) = self.budget_ms {
+            if !(b.is_finite() && b > 0.0) {
+                bail!("--budget-ms {b}: must be a positive number of milliseconds");
+            }
+        }
+        p.budget_ms = self.budget_ms;
+        if let Some(c) = &self.cache {
+            p.cache = CacheStrategy::parse(c)?;
+        }
+        p.warm_start = self.warm_start;
+        p.init_scale = self.init_scale;
+        p.seed = self.seed;
+        p.threads = self.threads;
+        p.ctx = self.ctx;
+        p.kv_cap_bytes = Some(self.kv_cap_mb.saturating_mul(1 << 20));
+        p.sampling = SamplingParams {
+            temperature: self.temp,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n: self.repeat_last_n,
+        };
+        p.sampling.validate()?;
+        Ok(p)
+    }
+}
+
+/// Peak resident memory of this process in bytes (Linux), if known.
+pub fn peak_rss() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Summary of a generation, printed after it.
+pub fn summary(
+    stats: &[TokenStats],
+    secs: f64,
+    prompt_tokens: usize,
+    prompt_secs: f64,
+    session: &Session,
+) -> String {
+    let n = stats.len();
+    let mean_steps = if n > 0 {
+        stats.iter().map(|s| s.steps).sum::<usize>() as f64 / n as f64
+    } else {
+        0.0
+    };
+    let early = stats.iter().filter(|s| s.exited_early).count();
+    let capped = stats.iter().filter(|s| s.budget_capped).count();
+    let mut out = format!(
+        "prompt: {prompt_tokens} tokens in {:.2} s ({:.1} tokens/s); generated: {n} tokens in {:.2} s ({:.2} tokens/s); mean iterations/token {:.2} (max {}), {early} exited early; KV cache {:.2} MB ({}); peak RSS {}",
+        prompt_secs,
+        prompt_tokens as f64 / prompt_secs.max(1e-9),
+        secs,
+        n as f64 / secs.max(1e-9),
+        mean_steps,
+        session.params().exit.max_steps,
+        session.kv_bytes() as f64 / 1e6,
+        session.params().cache,
+        peak_rss().map(|b| format!("{:.1} MB", b as f64 / 1e6)).unwrap_or_else(|| "n/a".into()),
+    );
+    if let Some(b) = session.params().budget_ms {
+        let within = stats.iter().filter(|s| s.ms <= b * 1.1).count();
+        let mut ms: Vec<f64> = stats.iter().map(|s| s.ms).collect();
+        ms.sort_by(|a, b| a.total_cmp(b));
+        let p95 = ms
+            .get((ms.len() * 95 / 100).min(ms.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0);
+        out += &format!(
+            "; budget {b} ms: {within}/{n} tokens ({:.1}%) within budget+10%, p95 {p95:.2} ms, {capped} capped",
+            100.0 * within as f64 / n.max(1) as f64
+        );
+    }
+    out
+}
+
+fn stream_generate(
+    session: &mut Session,
+    prompt: &[u32],
+    a: &GenArgs,
+    out: &mut impl Write,
+) -> Result<String> {
+    let model = session.model().clone();
+    let tok = model.tokenizer()?;
+    let stops = model.stop_tokens();
+    let mut dec = StreamDecoder::new(tok);
+    let mut text = String::new();
+    let t0 = std::time::Instant::now();
+    let mut prompt_secs = 0.0;
+    let mut first = true;
+    let mut io_err = None;
+    let stats = session.generate(prompt, a.n_predict, &stops, |t, st| {
+        if first {
+            prompt_secs = t0.elapsed().as_secs_f64() - st.ms / 1e3;
+            first = false;
+        }
+        let mut piece = match dec.push(t) {
+            Ok(p) => p.unwrap_or_default(),
+            Err(e) => {
+                io_err = Some(anyhow::anyhow!(e));
+                return false;
+            }
+        };
+        if a.show_steps {
+            piece += &format!("[{}]", st.steps);
+        }
+        text += &piece;
+        if let Err(e) = out.write_all(piece.as_bytes()).and_then(|_| out.flush()) {
+            io_err = Some(e.into());
+            return false;
+        }
+        true
+    })?;
+    if let Some(e) = io_err {
+        return Err(e);
+    }
+    if let Some(rest) = dec.flush() {
+        text += &rest;
+        out.write_all(rest.as_bytes())?;
+    }
+    writeln!(out)?;
+    if first {
+        prompt_secs = t0.elapsed().as_secs_f64();
+    }
+    let secs = t0.elapsed().as_secs_f64() - prompt_secs;
+    eprintln!(
+        "{}",
+        summary(&stats, secs, prompt.len(), prompt_secs, session)
+    );
+    Ok(text)
+}
+
+/// `raven run`.
+pub fn run(a: &GenArgs, prompt: &str, chat: bool) -> Result<()> {
+    let model = a.load()?;
+    let params = a.params(&model)?;
+    let tok = model.tokenizer()?;
+    let text = if chat {
+        render_chat(&model, &[ChatMessage::new("user", prompt)])?
+    } else {
+        prompt.to_string()
+    };
+    let ids = tok.encode(&text, false)?;
+    if ids.is_empty() {
+        bail!("-p: the prompt is empty");
+    }
+    let mut session = Session::new(model.clone(), params)?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if !chat {
+        out.write_all(prompt.as_bytes())?;
+    }
+    stream_generate(&mut session, &ids, a, &mut out).map(|_| ())
+}
+
+fn render_chat(model: &Model, messages: &[ChatMessage]) -> Result<String> {
+    let tok = model.tokenizer()?;
+    let name = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i)).unwrap_or_default();
+    match &model.vocab.chat_template {
+        Some(src) => {
+            let t = ChatTemplate::new(
+                src,
+                &name(model.vocab.bos),
+                &name(model.vocab.eos.first().copied()),
+            )
+            .context("the model's chat template does not compile")?;
+            Ok(t.render(messages, true)?)
+        }
+        None => {
+            let mut s = String::new();
+            for m in messages {
+                s += &format!("{}: {}\n", m.role, m.content);
+            }
+            s += "assistant: ";
+            Ok(s)
+        }
+    }
+}
+
+/// `raven chat`: an interactive conversation on standard input.
+pub fn chat(a: &GenArgs, system: Option<&str>) -> Result<()> {
+    let model = a.load()?;
+    let params = a.params(&model)?;
+    let tok = model.tokenizer()?;
+    let mut session = Session::new(model.clone(), params)?;
+    let mut messages: Vec<ChatMessage> = Vec::new();
+    if let Some(s) = system {
+        messages.push(ChatMessage::new("system", s));
+    }
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    eprintln!(
+        "raven chat: {} — type a message, an empty line or Ctrl-D to quit",
+        model.name()
+    );
+    let mut lines = stdin.lock().lines();
+    loop {
+        eprint!("> ");
+        let Some(line) = lines.next() else { break };
+        let line = line?;
+        if line.trim().is_empty() {
+            break;
+        }
+        messages.push(ChatMessage::new("user", line.trim()));
+        let text = render_chat(&model, &messages)?;
+        let ids = tok.encode(&text, false)?;
+        // Reuse the cached prefix when the conversation only grew.
+        let h = session.history().to_vec();
+        let new: Vec<u32> = if ids.len() > h.len() && ids[..h.len()] == h[..] {
+            ids[h.len()..].to_vec()
+        } else {
+            session.reset();
+            ids
+        };
+        let mut out = stdout.lock();
+        let reply = stream_generate(&mut session, &new, a, &mut out)?;
+        messages.push(ChatMessage::new("Huginn", reply.trim()));
+    }
+    Ok(())
+}
