@@ -365,7 +365,7 @@ pub(crate) fn matmul_with(
                 _ => {
                     let a = act.f32().tokens(t0..t1);
                     let Weights::Plain(w) = w else {
-                        unreachable!("only Q4_0 is packed")
+                        unreachable!("only Q4_0 and Q8_0 are packed")
                     };
                     let data = &w.data[r0 * row_bytes..r1 * row_bytes];
                     match ty {
@@ -420,7 +420,11 @@ fn matmul_packed(
     m: usize,
 ) {
     let nb = act.nb;
-    let gb = crate::packed::group_bytes(nb);
+    let (kernel, tail_kernel, bb) = match p.ty() {
+        GgmlType::Q8_0 => (k.mm_q8_0x16, k.mm_q8_0, 34),
+        _ => (k.mm_q4_0x16, k.mm_q4_0, 18),
+    };
+    let gb = crate::packed::group_bytes_of(p.ty(), nb);
     let full = p.n_groups() * GROUP;
     let data = p.group_data();
     // Interleaved groups intersecting `rows`.
@@ -430,7 +434,7 @@ fn matmul_packed(
         if r.is_multiple_of(GROUP) && r + GROUP <= rows.end {
             // A run of whole groups straight into `out`.
             let run = (rows.end.min(full) - r) / GROUP;
-            (k.mm_q4_0x16)(
+            kernel(
                 &data[g * gb..(g + run) * gb],
                 run,
                 act,
@@ -443,8 +447,13 @@ fn matmul_packed(
             let end = ((g + 1) * GROUP).min(rows.end);
             let mut tmp = [0f32; GROUP];
             for t in 0..act.n {
-                let one = act.tokens(t..t + 1);
-                (k.mm_q4_0x16)(&data[g * gb..(g + 1) * gb], 1, one, &mut tmp, GROUP);
+                kernel(
+                    &data[g * gb..(g + 1) * gb],
+                    1,
+                    act.tokens(t..t + 1),
+                    &mut tmp,
+                    GROUP,
+                );
                 out[t * m + r - rows.start..][..end - r]
                     .copy_from_slice(&tmp[r - g * GROUP..end - g * GROUP]);
             }
@@ -453,9 +462,9 @@ fn matmul_packed(
     }
     if rows.end > full {
         let s = rows.start.max(full);
-        let rb = nb * 18;
+        let rb = nb * bb;
         let tail = &p.tail()[(s - full) * rb..(rows.end - full) * rb];
-        (k.mm_q4_0)(tail, rows.end - s, act, &mut out[s - rows.start..], m);
+        tail_kernel(tail, rows.end - s, act, &mut out[s - rows.start..], m);
     }
 }
 

@@ -1,26 +1,40 @@
-//! Q4_0 weights repacked at load time into groups of 16 interleaved rows.
+//! Q4_0 and Q8_0 weights repacked at load time into groups of 16 interleaved rows.
 //!
-//! Plain Q4_0 rows make an int8 dot-product kernel convert one f16 scale and reduce one
-//! vector per 18-byte block, which costs more than reading the block from memory. Interleaving
-//! 16 rows lets one 512-bit `vpdpbusd` (or four 128-bit `sdot`) work on 16 rows at once with a
+//! Plain rows make an int8 dot-product kernel convert one f16 scale and reduce one vector per
+//! 18- or 34-byte block, which costs more than reading the block from memory. Interleaving 16
+//! rows lets one 512-bit `vpdpbusd` (or four 128-bit `sdot`) work on 16 rows at once with a
 //! broadcast activation word, and 16 scales convert with one instruction.
 //!
-//! Layout of one group of 16 rows with `nb` blocks per row (`group_bytes(nb)` bytes, a multiple
-//! of 64): first the quants, 256 bytes per block column `b`, made of four 64-byte chunks
-//! `k = 0..4`, where bytes `4r..4r + 4` of chunk `k` are bytes `4k..4k + 4` of row `r`'s `qs`
-//! (so their low nibbles are values `4k..4k + 4` and their high nibbles values
-//! `16 + 4k..16 + 4k + 4`); then the scales, 32 bytes per block column (16 f16, row order).
-//! Rows past the last whole group are kept as plain Q4_0 rows.
+//! Layout of one group of 16 rows with `nb` blocks per row (`group_bytes(ty, nb)` bytes, a
+//! multiple of 64): first the quants, `QS` bytes per block column `b` (256 for Q4_0, 512 for
+//! Q8_0), made of 64-byte chunks `k`, where bytes `4r..4r + 4` of chunk `k` are bytes
+//! `4k..4k + 4` of row `r`'s `qs` (Q4_0: low nibbles are values `4k..4k + 4`, high nibbles
+//! values `16 + 4k..16 + 4k + 4`; Q8_0: values `4k..4k + 4`, as stored); then the scales,
+//! 32 bytes per block column (16 f16, row order). Rows past the last whole group are kept as
+//! plain rows.
 
-use crate::blocks::BlockQ4_0;
 use crate::{GgmlType, Matrix};
 
 /// Rows per interleaved group.
 pub(crate) const GROUP: usize = 16;
 
-/// Bytes of one group of 16 rows of `nb` blocks (padded to 64).
+/// Bytes of one group of 16 Q4_0 rows of `nb` blocks (padded to 64).
 pub(crate) fn group_bytes(nb: usize) -> usize {
     (nb * 18 * GROUP).div_ceil(64) * 64
+}
+
+/// Bytes of one group of 16 Q8_0 rows of `nb` blocks (padded to 64).
+pub(crate) fn group_bytes_q8(nb: usize) -> usize {
+    (nb * 34 * GROUP).div_ceil(64) * 64
+}
+
+/// Group bytes for a packable type.
+pub(crate) fn group_bytes_of(ty: GgmlType, nb: usize) -> usize {
+    if ty == GgmlType::Q8_0 {
+        group_bytes_q8(nb)
+    } else {
+        group_bytes(nb)
+    }
 }
 
 /// 64-byte aligned storage unit.
@@ -62,7 +76,7 @@ impl PackedMatrix {
     pub(crate) fn group_data(&self) -> &[u8] {
         bytemuck_lines(&self.groups)
     }
-    /// Plain Q4_0 rows `16 · n_groups()..rows`.
+    /// Plain rows `16 · n_groups()..rows`.
     pub(crate) fn tail(&self) -> &[u8] {
         &self.tail
     }
@@ -79,9 +93,10 @@ fn bytemuck_lines_mut(lines: &mut [Line]) -> &mut [u8] {
 }
 
 /// Repacks `w` into the layout the chosen kernels multiply fastest, or `None` when there is
-/// none for its type on this CPU (only Q4_0 is repacked, and only where an int8 dot-product
-/// instruction makes it pay: AVX-512 VNNI, AVX2, NEON dotprod). Use the result with
-/// [`crate::matmul`] in place of `w`; row ranges that are multiples of 16 are fastest.
+/// none for its type on this CPU (Q4_0 and Q8_0 are repacked, and only where an int8
+/// dot-product instruction makes it pay: AVX-512 VNNI, AVX2, NEON dotprod). Use the result with
+/// [`crate::matmul`] in place of `w`: same results to float rounding, same size in memory,
+/// faster. Row ranges that are multiples of 16 are fastest.
 pub fn repack(w: &Matrix<'_>) -> Option<PackedMatrix> {
     if !crate::arch::kernels().packed_pays {
         return None;
@@ -91,24 +106,26 @@ pub fn repack(w: &Matrix<'_>) -> Option<PackedMatrix> {
 
 /// [`repack`] regardless of the kernels (tests use it).
 pub(crate) fn repack_always(w: &Matrix<'_>) -> Option<PackedMatrix> {
-    if w.ty != GgmlType::Q4_0 {
-        return None;
-    }
+    let (bb, qs_bytes) = match w.ty {
+        GgmlType::Q4_0 => (18, 256),
+        GgmlType::Q8_0 => (34, 512),
+        _ => return None,
+    };
     let nb = w.cols / 32;
-    let row_bytes = nb * 18;
+    let row_bytes = nb * bb;
     let n_groups = w.rows / GROUP;
-    let gb = group_bytes(nb);
+    let gb = group_bytes_of(w.ty, nb);
     let mut groups = vec![Line([0; 64]); n_groups * gb / 64];
     let bytes = bytemuck_lines_mut(&mut groups);
     for (g, dst) in bytes.chunks_exact_mut(gb).enumerate() {
-        let (qs, scales) = dst.split_at_mut(nb * 256);
+        let (qs, scales) = dst.split_at_mut(nb * qs_bytes);
         for r in 0..GROUP {
             let row = &w.data[(g * GROUP + r) * row_bytes..][..row_bytes];
-            for (b, blk) in row.chunks_exact(18).enumerate() {
-                let blk: BlockQ4_0 = bytemuck::pod_read_unaligned(blk);
-                scales[32 * b + 2 * r..][..2].copy_from_slice(&blk.d.to_le_bytes());
-                for k in 0..4 {
-                    qs[256 * b + 64 * k + 4 * r..][..4].copy_from_slice(&blk.qs[4 * k..4 * k + 4]);
+            for (b, blk) in row.chunks_exact(bb).enumerate() {
+                scales[32 * b + 2 * r..][..2].copy_from_slice(&blk[..2]);
+                for k in 0..qs_bytes / 64 {
+                    qs[qs_bytes * b + 64 * k + 4 * r..][..4]
+                        .copy_from_slice(&blk[2 + 4 * k..2 + 4 * k + 4]);
                 }
             }
         }

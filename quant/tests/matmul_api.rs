@@ -151,7 +151,7 @@ fn matrix_new_checks_sizes() {
     assert!(m.row(2).is_none());
     let mut out = vec![0f32; 64];
     assert!(m.dequantize_row(2, &mut out).is_err());
-    assert!(repack(&Matrix::new(GgmlType::Q8_0, 1, 32, &[0u8; 34]).unwrap()).is_none());
+    assert!(repack(&Matrix::new(GgmlType::F16, 1, 32, &[0u8; 64]).unwrap()).is_none());
 }
 
 #[test]

@@ -76,8 +76,8 @@ pub(crate) type QuantizeQ8Fn = fn(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &m
 pub(crate) type MatQ8Fn = fn(w: &[u8], rows: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize);
 /// The same for F32/F16/BF16 rows of `act.cols` values.
 pub(crate) type MatF32Fn = fn(w: &[u8], rows: usize, act: F32View<'_>, out: &mut [f32], ldo: usize);
-/// The same for [`crate::PackedMatrix`] groups of 16 interleaved Q4_0 rows: `groups` groups
-/// starting at `w`, writing `16 · groups` rows.
+/// The same for [`crate::PackedMatrix`] groups of 16 interleaved Q4_0 or Q8_0 rows: `groups`
+/// groups starting at `w`, writing `16 · groups` rows.
 pub(crate) type PackedFn =
     fn(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize);
 
@@ -94,7 +94,8 @@ pub(crate) struct Kernels {
     pub mm_f16: MatF32Fn,
     pub mm_bf16: MatF32Fn,
     pub mm_q4_0x16: PackedFn,
-    /// Whether the packed Q4_0 layout is faster than plain rows with these kernels.
+    pub mm_q8_0x16: PackedFn,
+    /// Whether the packed layouts are faster than plain rows with these kernels.
     pub packed_pays: bool,
 }
 

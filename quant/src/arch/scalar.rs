@@ -2,7 +2,7 @@
 
 use super::{F32View, Kernels, Q8View};
 use crate::blocks::{bf16_to_f32, f16_to_f32, QK};
-use crate::packed::{group_bytes, GROUP};
+use crate::packed::{group_bytes, group_bytes_q8, GROUP};
 use crate::quantize::quantize_block_q8_0;
 
 pub(crate) static KERNELS: Kernels = Kernels {
@@ -16,6 +16,7 @@ pub(crate) static KERNELS: Kernels = Kernels {
     mm_f16,
     mm_bf16,
     mm_q4_0x16,
+    mm_q8_0x16,
     packed_pays: false,
 };
 
@@ -169,6 +170,36 @@ pub(crate) fn mm_q4_0x16(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f3
                             let q = blk[64 * k + 4 * r + j];
                             isum += ((q & 0x0f) as i32 - 8) * qa[4 * k + j] as i32;
                             isum += ((q >> 4) as i32 - 8) * qa[16 + 4 * k + j] as i32;
+                        }
+                    }
+                    *sum += dw * act.d[i] * isum as f32;
+                }
+            }
+            out[t * ldo + GROUP * g..][..GROUP].copy_from_slice(&sum);
+        }
+    }
+}
+
+/// Packed Q8_0: see [`crate::packed`] for the layout.
+pub(crate) fn mm_q8_0x16(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) {
+    let nb = act.nb;
+    for (g, grp) in w.chunks(group_bytes_q8(nb)).take(groups).enumerate() {
+        let (qs, scales) = grp.split_at(nb * 512);
+        for t in 0..act.n {
+            let mut sum = [0f32; GROUP];
+            for b in 0..nb {
+                let i = t * nb + b;
+                let qa = &act.qs[i * QK..(i + 1) * QK];
+                let blk = &qs[512 * b..];
+                for (r, sum) in sum.iter_mut().enumerate() {
+                    let dw = f16_to_f32(u16::from_le_bytes([
+                        scales[32 * b + 2 * r],
+                        scales[32 * b + 2 * r + 1],
+                    ]));
+                    let mut isum = 0i32;
+                    for k in 0..8 {
+                        for j in 0..4 {
+                            isum += blk[64 * k + 4 * r + j] as i8 as i32 * qa[4 * k + j] as i32;
                         }
                     }
                     *sum += dw * act.d[i] * isum as f32;

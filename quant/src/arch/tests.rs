@@ -279,7 +279,7 @@ fn matmul_matches_scalar_in_every_set() {
 }
 
 #[test]
-fn packed_q4_0_matches_scalar_in_every_set() {
+fn packed_q4_0_and_q8_0_match_scalar_in_every_set() {
     let mut rng = Rng::new(4);
     for case in 0..40 {
         let cols = 32 * (1 + rng.below(20));
@@ -290,6 +290,8 @@ fn packed_q4_0_matches_scalar_in_every_set() {
         check_against_scalar(GgmlType::Q4_0, rows, cols, n, a..b, &mut rng, true);
         check_against_scalar(GgmlType::Q4_0, rows, cols, n, 0..rows, &mut rng, true);
         check_against_scalar(GgmlType::Q4_0, 64, cols, n, 16..48, &mut rng, true);
+        check_against_scalar(GgmlType::Q8_0, rows, cols, n, a..b, &mut rng, true);
+        check_against_scalar(GgmlType::Q8_0, 48, cols, n, 0..48, &mut rng, true);
     }
 }
 
@@ -299,6 +301,7 @@ fn large_token_counts_tile_correctly() {
     // Enough tokens and rows that matmul splits both into tiles.
     check_against_scalar(GgmlType::Q4_0, 48, 2048, 70, 0..48, &mut rng, true);
     check_against_scalar(GgmlType::Q8_0, 100, 4096, 37, 3..97, &mut rng, false);
+    check_against_scalar(GgmlType::Q8_0, 100, 4096, 37, 3..97, &mut rng, true);
     check_against_scalar(GgmlType::F16, 40, 4096, 11, 0..40, &mut rng, false);
 }
 

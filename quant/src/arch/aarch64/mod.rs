@@ -12,7 +12,7 @@ use core::arch::asm;
 
 use super::{F32View, Q8View};
 use crate::blocks::{f16_to_f32, f32_to_f16, QK};
-use crate::packed::group_bytes;
+use crate::packed::{group_bytes, group_bytes_q8};
 
 /// `acc + Σ a·b` over 16 byte pairs, spread over the four lanes in some order.
 #[inline(always)]
@@ -372,10 +372,75 @@ unsafe fn mm_q4_0x16(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f32], 
     }
 }
 
+/// 16 interleaved Q8_0 rows against `NT` tokens with `sdot` by element (signed × signed).
+#[inline(always)]
+unsafe fn group_q8_0x16<const NT: usize>(
+    g: *const u8,
+    act: &Q8View<'_>,
+    t0: usize,
+) -> [[float32x4_t; 4]; NT] {
+    let nb = act.nb;
+    let sc = g.add(nb * 512);
+    let mut acc = [[vdupq_n_f32(0.0); 4]; NT];
+    for b in 0..nb {
+        let q = g.add(512 * b);
+        let a: [(int8x16_t, int8x16_t); NT] = core::array::from_fn(|t| {
+            let p = act.qs.as_ptr().add(((t0 + t) * nb + b) * QK);
+            (vld1q_s8(p), vld1q_s8(p.add(16)))
+        });
+        for quad in 0..4 {
+            let dw = cvt_f16x4(vld1_u16(sc.add(32 * b + 8 * quad) as *const u16));
+            let c: [int8x16_t; 8] =
+                core::array::from_fn(|k| vld1q_s8(q.add(64 * k + 16 * quad) as *const i8));
+            for t in 0..NT {
+                let (alo, ahi) = a[t];
+                let mut s0 = vdupq_n_s32(0);
+                let mut s1 = vdupq_n_s32(0);
+                s0 = sdot_lane::<0>(s0, c[0], alo);
+                s1 = sdot_lane::<0>(s1, c[4], ahi);
+                s0 = sdot_lane::<1>(s0, c[1], alo);
+                s1 = sdot_lane::<1>(s1, c[5], ahi);
+                s0 = sdot_lane::<2>(s0, c[2], alo);
+                s1 = sdot_lane::<2>(s1, c[6], ahi);
+                s0 = sdot_lane::<3>(s0, c[3], alo);
+                s1 = sdot_lane::<3>(s1, c[7], ahi);
+                let i = (t0 + t) * nb + b;
+                let scale = vmulq_n_f32(dw, *act.d.get_unchecked(i));
+                acc[t][quad] = vfmaq_f32(acc[t][quad], vcvtq_f32_s32(vaddq_s32(s0, s1)), scale);
+            }
+        }
+    }
+    acc
+}
+
+#[inline(always)]
+unsafe fn mm_q8_0x16(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) {
+    let gb = group_bytes_q8(act.nb);
+    assert!(w.len() >= groups * gb);
+    assert!(
+        act.qs.len() >= act.n * act.nb * QK
+            && act.d.len() >= act.n * act.nb
+            && act.s.len() >= act.n * act.nb
+    );
+    assert!(act.n == 0 || groups == 0 || out.len() >= (act.n - 1) * ldo + 16 * groups);
+    let o = out.as_mut_ptr();
+    for g in 0..groups {
+        let gp = w.as_ptr().add(g * gb);
+        tile_tokens!(act.n, 2, |t, NT| {
+            let acc = group_q8_0x16::<NT>(gp, &act, t);
+            for j in 0..NT {
+                for quad in 0..4 {
+                    vst1q_f32(o.add((t + j) * ldo + 16 * g + 4 * quad), acc[j][quad]);
+                }
+            }
+        });
+    }
+}
+
 /// Defines the safe entry points of one kernel set: each wraps an `unsafe` function compiled
 /// with `$features` and is only reachable through a `Kernels` built after detection.
 macro_rules! kernel_set {
-    ($name:expr, $features:literal, $dot:expr, $packed:path, $packed_pays:expr, $detect:expr) => {
+    ($name:expr, $features:literal, $dot:expr, $packed:path, $packed8:path, $packed_pays:expr, $detect:expr) => {
         use super::super::{F32View, Kernels, Q8View};
 
         static KERNELS: Kernels = Kernels {
@@ -389,6 +454,7 @@ macro_rules! kernel_set {
             mm_f16,
             mm_bf16,
             mm_q4_0x16: $packed,
+            mm_q8_0x16: $packed8,
             packed_pays: $packed_pays,
         };
 

@@ -5,6 +5,7 @@ super::kernel_set!(
     "avx2,fma,f16c",
     false,
     mm_q4_0x16,
+    mm_q8_0x16,
     true,
     std::is_x86_feature_detected!("avx2")
         && std::is_x86_feature_detected!("fma")
@@ -12,3 +13,4 @@ super::kernel_set!(
 );
 
 super::kernel_set!(@wrap "avx2,fma,f16c", mm_q4_0x16(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) -> () = super::mm_q4_0x16::<false>);
+super::kernel_set!(@wrap "avx2,fma,f16c", mm_q8_0x16(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) -> () = super::mm_q8_0x16::<false>);

@@ -5,13 +5,14 @@
 use core::arch::x86_64::*;
 
 use crate::blocks::QK;
-use crate::packed::group_bytes;
+use crate::packed::{group_bytes, group_bytes_q8};
 
 super::kernel_set!(
     "avx512vnni",
     "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
     true,
     mm_q4_0x16,
+    mm_q8_0x16,
     true,
     std::is_x86_feature_detected!("avx2")
         && std::is_x86_feature_detected!("fma")
@@ -23,6 +24,8 @@ super::kernel_set!(
 );
 
 super::kernel_set!(@wrap "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", mm_q4_0x16(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) -> () = zmm_q4_0x16);
+
+super::kernel_set!(@wrap "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", mm_q8_0x16(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) -> () = zmm_q8_0x16);
 
 /// One group of 16 interleaved Q4_0 rows against `NT` tokens: lane `r` of every vector is row `r`.
 #[inline(always)]
@@ -95,6 +98,86 @@ unsafe fn zmm_q4_0x16(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f32],
                 t += 2;
             } else {
                 let acc = group::<1>(gp, &act, t);
+                _mm512_storeu_ps(o.add(t * ldo + 16 * g), acc[0]);
+                t += 1;
+            }
+        }
+    }
+}
+
+/// One group of 16 interleaved Q8_0 rows against `NT` tokens: weights offset to unsigned
+/// (`w + 128`) for `vpdpbusd`, and `128 · Σ a` subtracted, exactly per lane.
+#[inline(always)]
+unsafe fn group_q8<const NT: usize>(g: *const u8, act: &Q8View<'_>, t0: usize) -> [__m512; NT] {
+    let nb = act.nb;
+    let sc = g.add(nb * 512);
+    let flip = _mm512_set1_epi8(-128);
+    let qa: [*const i32; NT] =
+        core::array::from_fn(|t| act.qs.as_ptr().add((t0 + t) * nb * QK) as *const i32);
+    let da: [*const f32; NT] = core::array::from_fn(|t| act.d.as_ptr().add((t0 + t) * nb));
+    let sa: [*const i32; NT] = core::array::from_fn(|t| act.s.as_ptr().add((t0 + t) * nb));
+    let mut acc = [_mm512_setzero_ps(); NT];
+    for b in 0..nb {
+        let q = g.add(512 * b);
+        let u: [__m512i; 8] = core::array::from_fn(|k| {
+            _mm512_xor_si512(_mm512_loadu_si512(q.add(64 * k) as *const _), flip)
+        });
+        let dw = _mm512_cvtph_ps(_mm256_loadu_si256(sc.add(32 * b) as *const __m256i));
+        for t in 0..NT {
+            let a = qa[t].add(b * QK / 4);
+            let mut s0 = _mm512_set1_epi32(-128 * *sa[t].add(b));
+            let mut s1 = _mm512_setzero_si512();
+            for k in 0..4 {
+                s0 = _mm512_dpbusd_epi32(
+                    s0,
+                    u[2 * k],
+                    _mm512_set1_epi32(a.add(2 * k).read_unaligned()),
+                );
+                s1 = _mm512_dpbusd_epi32(
+                    s1,
+                    u[2 * k + 1],
+                    _mm512_set1_epi32(a.add(2 * k + 1).read_unaligned()),
+                );
+            }
+            let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*da[t].add(b)));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), scale, acc[t]);
+        }
+    }
+    acc
+}
+
+/// # Safety
+/// Needs AVX-512 F/BW/VL/VNNI (and F16C); slice lengths are checked here.
+#[inline(always)]
+unsafe fn zmm_q8_0x16(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) {
+    let gb = group_bytes_q8(act.nb);
+    assert!(w.len() >= groups * gb);
+    assert!(
+        act.qs.len() >= act.n * act.nb * QK
+            && act.d.len() >= act.n * act.nb
+            && act.s.len() >= act.n * act.nb
+    );
+    assert!(act.n == 0 || groups == 0 || out.len() >= (act.n - 1) * ldo + 16 * groups);
+    let o = out.as_mut_ptr();
+    for g in 0..groups {
+        let gp = w.as_ptr().add(g * gb);
+        let mut t = 0;
+        while t < act.n {
+            let rem = act.n - t;
+            if rem >= 4 {
+                let acc = group_q8::<4>(gp, &act, t);
+                for (j, a) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(o.add((t + j) * ldo + 16 * g), *a);
+                }
+                t += 4;
+            } else if rem >= 2 {
+                let acc = group_q8::<2>(gp, &act, t);
+                for (j, a) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(o.add((t + j) * ldo + 16 * g), *a);
+                }
+                t += 2;
+            } else {
+                let acc = group_q8::<1>(gp, &act, t);
                 _mm512_storeu_ps(o.add(t * ldo + 16 * g), acc[0]);
                 t += 1;
             }

@@ -11,7 +11,7 @@ use core::arch::x86_64::*;
 
 use super::{F32View, Q8View};
 use crate::blocks::{f16_to_f32, f32_to_f16, QK};
-use crate::packed::group_bytes;
+use crate::packed::{group_bytes, group_bytes_q8};
 
 /// Horizontal sum of 8 floats.
 #[inline(always)]
@@ -417,10 +417,93 @@ unsafe fn mm_q4_0x16<const VNNI: bool>(
     }
 }
 
+/// 16 interleaved Q8_0 rows (see `crate::packed`) against `NT` tokens, 8 rows per vector.
+/// With VNNI the weights are offset to unsigned (`w + 128`) and `128 · Σ a` subtracted, exactly
+/// per lane; without, `maddubs` takes `|w|` and `a` with `w`'s sign.
+#[inline(always)]
+unsafe fn group_q8_0x16<const NT: usize, const VNNI: bool>(
+    g: *const u8,
+    act: &Q8View<'_>,
+    t0: usize,
+) -> [[__m256; NT]; 2] {
+    let nb = act.nb;
+    let sc = g.add(nb * 512);
+    let mut acc = [[_mm256_setzero_ps(); NT]; 2];
+    for b in 0..nb {
+        let q = g.add(512 * b);
+        for h in 0..2 {
+            let c: [__m256i; 8] = core::array::from_fn(|k| {
+                _mm256_loadu_si256(q.add(64 * k + 32 * h) as *const __m256i)
+            });
+            let u: [__m256i; 8] = core::array::from_fn(|k| {
+                if VNNI {
+                    _mm256_xor_si256(c[k], _mm256_set1_epi8(-128))
+                } else {
+                    _mm256_sign_epi8(c[k], c[k])
+                }
+            });
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(sc.add(32 * b + 16 * h) as *const __m128i));
+            for t in 0..NT {
+                let i = (t0 + t) * nb + b;
+                let a = act.qs.as_ptr().add(i * QK) as *const i32;
+                let mut s0 = if VNNI {
+                    _mm256_set1_epi32(-128 * *act.s.get_unchecked(i))
+                } else {
+                    _mm256_setzero_si256()
+                };
+                let mut s1 = _mm256_setzero_si256();
+                for k in 0..8 {
+                    let ak = _mm256_set1_epi32(a.add(k).read_unaligned());
+                    let sk = if VNNI { ak } else { _mm256_sign_epi8(ak, c[k]) };
+                    if k % 2 == 0 {
+                        s0 = dot4::<VNNI>(s0, u[k], sk);
+                    } else {
+                        s1 = dot4::<VNNI>(s1, u[k], sk);
+                    }
+                }
+                let isum = _mm256_add_epi32(s0, s1);
+                let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*act.d.get_unchecked(i)));
+                acc[h][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[h][t]);
+            }
+        }
+    }
+    acc
+}
+
+#[inline(always)]
+unsafe fn mm_q8_0x16<const VNNI: bool>(
+    w: &[u8],
+    groups: usize,
+    act: Q8View<'_>,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let gb = group_bytes_q8(act.nb);
+    assert!(w.len() >= groups * gb);
+    assert!(
+        act.qs.len() >= act.n * act.nb * QK
+            && act.d.len() >= act.n * act.nb
+            && act.s.len() >= act.n * act.nb
+    );
+    assert!(act.n == 0 || groups == 0 || out.len() >= (act.n - 1) * ldo + 16 * groups);
+    let o = out.as_mut_ptr();
+    for g in 0..groups {
+        let gp = w.as_ptr().add(g * gb);
+        tile_tokens!(act.n, if VNNI { 4 } else { 2 }, |t, NT| {
+            let acc = group_q8_0x16::<NT, VNNI>(gp, &act, t);
+            for j in 0..NT {
+                let p = o.add((t + j) * ldo + 16 * g);
+                _mm256_storeu_ps(p, acc[0][j]);
+                _mm256_storeu_ps(p.add(8), acc[1][j]);
+            }
+        });
+    }
+}
+
 /// Defines the safe entry points of one kernel set: each wraps an `unsafe` function compiled
 /// with `$features` and is only reachable through a `Kernels` built after detection.
 macro_rules! kernel_set {
-    ($name:expr, $features:literal, $vnni:expr, $packed:path, $packed_pays:expr, $detect:expr) => {
+    ($name:expr, $features:literal, $vnni:expr, $packed:path, $packed8:path, $packed_pays:expr, $detect:expr) => {
         use super::super::{F32View, Kernels, Q8View};
 
         static KERNELS: Kernels = Kernels {
@@ -434,6 +517,7 @@ macro_rules! kernel_set {
             mm_f16,
             mm_bf16,
             mm_q4_0x16: $packed,
+            mm_q8_0x16: $packed8,
             packed_pays: $packed_pays,
         };
 
