@@ -1,9 +1,10 @@
 //! Mat-vec (one token) at Huginn-0125's shapes, next to a memory-read bandwidth probe.
 //!
-//! `cargo bench -p raven-quant --bench matvec`. Throughput is bytes of weights read per second
-//! (divan's `B/s`) and multiply-adds (`item/s` = 2 flops each... reported as items = flops).
-//! Weights are larger than the 32 MiB L3, so they stream from memory; compare the B/s of a
-//! product with the probe's.
+//! `cargo bench -p raven-quant --bench matvec`. Each product reports bytes of weights read per
+//! second (`B/s`) and flops per second (`item/s`, 2 per weight). Weights stream from memory
+//! (a matrix smaller than 96 MiB is cycled through enough copies to defeat the 32 MiB L3):
+//! compare their B/s with the probe's, which sums a 1 GiB buffer. `*_repacked` use
+//! [`raven_quant::repack`]'s interleaved layout.
 
 use std::sync::OnceLock;
 
@@ -47,9 +48,9 @@ impl Rng {
 }
 
 /// Random weights with sane scales (fast to make; the values do not change the speed).
-fn weights(ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
+fn weights(ty: GgmlType, rows: usize, cols: usize, copy: usize) -> Vec<u8> {
     let bytes = rows * cols / ty.block_size() * ty.type_size();
-    let mut rng = Rng(0x1234_5678_9abc_def1 ^ bytes as u64);
+    let mut rng = Rng(0x1234_5678_9abc_def1 ^ bytes as u64 ^ (copy as u64) << 40);
     let mut v: Vec<u8> = Vec::with_capacity(bytes + 8);
     while v.len() < bytes {
         v.extend_from_slice(&rng.next().to_le_bytes());
@@ -71,16 +72,18 @@ fn weights(ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
     v
 }
 
-type Key = (GgmlType, usize);
+type Key = (GgmlType, usize, usize);
 struct Store {
     plain: Vec<(Key, &'static [u8])>,
-    packed: Vec<(usize, &'static PackedMatrix)>,
+    packed: Vec<(Key, &'static PackedMatrix)>,
 }
 static STORE: OnceLock<std::sync::Mutex<Store>> = OnceLock::new();
 
-fn matrix(ty: GgmlType, name: &str) -> Matrix<'static> {
+/// Copy `copy` of the weights of type `ty` and shape `name`.
+fn matrix(ty: GgmlType, name: &str, copy: usize) -> Matrix<'static> {
     let (rows, cols) = shape(name);
     let i = SHAPE_NAMES.iter().position(|n| *n == name).unwrap();
+    let i = (i, copy);
     let store = STORE.get_or_init(|| {
         std::sync::Mutex::new(Store {
             plain: vec![],
@@ -88,26 +91,26 @@ fn matrix(ty: GgmlType, name: &str) -> Matrix<'static> {
         })
     });
     let mut s = store.lock().unwrap();
-    let data = match s.plain.iter().find(|(k, _)| *k == (ty, i)) {
+    let data = match s.plain.iter().find(|(k, _)| *k == (ty, i.0, i.1)) {
         Some((_, d)) => *d,
         None => {
-            let d: &'static [u8] = Vec::leak(weights(ty, rows, cols));
-            s.plain.push(((ty, i), d));
+            let d: &'static [u8] = Vec::leak(weights(ty, rows, cols, copy));
+            s.plain.push(((ty, i.0, i.1), d));
             d
         }
     };
     Matrix::new(ty, rows, cols, data).unwrap()
 }
 
-fn packed(name: &str) -> Option<&'static PackedMatrix> {
-    let m = matrix(GgmlType::Q4_0, name);
+fn packed(ty: GgmlType, name: &str, copy: usize) -> Option<&'static PackedMatrix> {
+    let m = matrix(ty, name, copy);
     let i = SHAPE_NAMES.iter().position(|n| *n == name).unwrap();
     let mut s = STORE.get().unwrap().lock().unwrap();
-    if let Some((_, p)) = s.packed.iter().find(|(k, _)| *k == i) {
+    if let Some((_, p)) = s.packed.iter().find(|(k, _)| *k == (ty, i, copy)) {
         return Some(*p);
     }
     let p: &'static PackedMatrix = Box::leak(Box::new(repack(&m)?));
-    s.packed.push((i, p));
+    s.packed.push(((ty, i, copy), p));
     Some(p)
 }
 
@@ -129,22 +132,28 @@ fn run(w: Weights<'_>, act: &Activations, out: &mut [f32], threads: usize) {
 }
 
 fn bench_type(b: Bencher, ty: GgmlType, name: &str, threads: usize, pack: bool) {
-    let m = matrix(ty, name);
-    let w: Weights<'static> = if pack {
-        match packed(name) {
-            Some(p) => Weights::Packed(p),
-            None => Weights::Plain(m),
-        }
-    } else {
-        Weights::Plain(m)
-    };
-    let x: Vec<f32> = (0..m.cols).map(|i| (i as f32 * 0.37).sin()).collect();
+    let (rows, cols) = shape(name);
+    let bytes = rows * cols / ty.block_size() * ty.type_size();
+    // Matrices that would stay in the 32 MiB L3 are cycled through enough copies to stream.
+    let copies = (96usize << 20).div_ceil(bytes);
+    let ws: Vec<Weights<'static>> = (0..copies)
+        .map(|c| {
+            let m = matrix(ty, name, c);
+            match pack.then(|| packed(ty, name, c)).flatten() {
+                Some(p) => Weights::Packed(p),
+                None => Weights::Plain(m),
+            }
+        })
+        .collect();
+    let x: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.37).sin()).collect();
     let mut act = Activations::new();
-    act.prepare(&x, 1, m.cols, ty);
-    let mut out = vec![0f32; m.rows];
-    b.counter(BytesCount::new(m.data.len()))
-        .counter(ItemsCount::new(2 * m.rows * m.cols))
-        .bench_local(|| run(w, &act, &mut out, threads));
+    act.prepare(&x, 1, cols, ty);
+    let mut out = vec![0f32; rows];
+    let mut next = 0;
+    b.counter(BytesCount::new(bytes)).counter(ItemsCount::new(2 * rows * cols)).bench_local(|| {
+        run(ws[next % copies], &act, &mut out, threads);
+        next += 1;
+    });
 }
 
 #[divan::bench(args = SHAPE_NAMES, consts = [1, 2], sample_count = 15)]
@@ -165,6 +174,11 @@ fn q4_0<const T: usize>(b: Bencher, name: &str) {
 #[divan::bench(args = SHAPE_NAMES, consts = [1, 2], sample_count = 15)]
 fn q4_0_repacked<const T: usize>(b: Bencher, name: &str) {
     bench_type(b, GgmlType::Q4_0, name, T, true);
+}
+
+#[divan::bench(args = SHAPE_NAMES, consts = [1, 2], sample_count = 15)]
+fn q8_0_repacked<const T: usize>(b: Bencher, name: &str) {
+    bench_type(b, GgmlType::Q8_0, name, T, true);
 }
 
 /// Memory-read bandwidth: sum a 1 GiB buffer of u64 with 1 or 2 threads.
