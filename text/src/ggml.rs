@@ -67,8 +67,8 @@ pub fn ggml_vocab(tokenizer_json: &str) -> Result<GgmlVocab, TextError> {
         }
     }
 
-    // Token strings and ids as Raven's tokenizer sees them (the `tokenizers` crate assigns added
-    // tokens their ids), so the GGUF arrays always agree with `tokenizer.huggingface.json`.
+    // Token strings and ids as Raven's tokenizer sees them, so the GGUF arrays always agree
+    // with `tokenizer.huggingface.json` (loading also checks the added tokens' declared ids).
     let tok = Tokenizer::from_json(tokenizer_json)?;
     let added = tok.inner().get_added_tokens_decoder();
     let unk = model.get("unk_token").and_then(Value::as_str);
