@@ -150,10 +150,12 @@ fn bench_type(b: Bencher, ty: GgmlType, name: &str, threads: usize, pack: bool) 
     act.prepare(&x, 1, cols, ty);
     let mut out = vec![0f32; rows];
     let mut next = 0;
-    b.counter(BytesCount::new(bytes)).counter(ItemsCount::new(2 * rows * cols)).bench_local(|| {
-        run(ws[next % copies], &act, &mut out, threads);
-        next += 1;
-    });
+    b.counter(BytesCount::new(bytes))
+        .counter(ItemsCount::new(2 * rows * cols))
+        .bench_local(|| {
+            run(ws[next % copies], &act, &mut out, threads);
+            next += 1;
+        });
 }
 
 #[divan::bench(args = SHAPE_NAMES, consts = [1, 2], sample_count = 15)]
@@ -184,8 +186,18 @@ fn q8_0_repacked<const T: usize>(b: Bencher, name: &str) {
 /// Memory-read bandwidth: sum a 1 GiB buffer of u64 with 1 or 2 threads.
 #[divan::bench(consts = [1, 2], sample_count = 10)]
 fn read_bandwidth_probe<const T: usize>(b: Bencher) {
+    probe::<T>(b, 1 << 27);
+}
+
+/// The same over 96 MiB, about the size of one product's weights (fewer TLB misses than 1 GiB).
+#[divan::bench(consts = [1, 2], sample_count = 30)]
+fn read_bandwidth_probe_96mib<const T: usize>(b: Bencher) {
+    probe::<T>(b, 12 << 20);
+}
+
+fn probe<const T: usize>(b: Bencher, words: usize) {
     static BUF: OnceLock<Vec<u64>> = OnceLock::new();
-    let buf = BUF.get_or_init(|| (0..(1usize << 27) as u64).collect());
+    let buf = &BUF.get_or_init(|| (0..(1usize << 27) as u64).collect())[..words];
     b.counter(BytesCount::new(buf.len() * 8)).bench_local(|| {
         let per = buf.len() / T;
         std::thread::scope(|s| {
