@@ -11,6 +11,7 @@
 //!   [`session::Session`] generation over a shared model (sampling in [`sample`]).
 #![deny(missing_docs)]
 
+pub mod capi;
 pub mod checkpoint;
 pub mod config;
 pub mod convert;
@@ -24,6 +25,7 @@ pub mod rng;
 pub mod run;
 pub mod sample;
 pub mod session;
+pub mod synth;
 
 pub use error::{RavenError, Result};
 pub use model::Model;

@@ -270,6 +270,17 @@ impl Model {
         self.gguf.tensors().iter().map(|t| t.n_bytes).sum()
     }
 
+    /// Bytes of weights one core iteration reads: the adapter and the core blocks.
+    pub fn core_iteration_bytes(&self) -> u64 {
+        let c = &self.config;
+        let w = |w: &Weight| self.bytes(w).len() as u64;
+        let mut b = w(&self.adapter);
+        for blk in &self.blocks[c.n_prelude..c.n_prelude + c.n_core] {
+            b += w(&blk.qkv) + w(&blk.attn_out) + w(&blk.gate) + w(&blk.up) + w(&blk.down);
+        }
+        b
+    }
+
     /// Checks that a token id is inside the vocabulary.
     pub fn check_token(&self, t: u32) -> Result<()> {
         if (t as usize) < self.config.n_vocab {

@@ -129,6 +129,8 @@ pub struct TokenOutcome {
     pub budget_capped: bool,
     /// The criterion value at every check.
     pub values: Vec<f32>,
+    /// Milliseconds spent in core iterations (adapter + core blocks).
+    pub core_ms: f64,
 }
 
 /// Runs one token at `pos` through prelude, recurrence (exit policy, budget) and coda + head,
@@ -177,7 +179,11 @@ pub fn run_token(
                 break;
             }
         }
-        timed(&mut timing.iter_ms, &mut || m.core_step(i, cache, ws));
+        let ti = Instant::now();
+        m.core_step(i, cache, ws);
+        let dt = ti.elapsed().as_secs_f64() * 1e3;
+        Timing::add(&mut timing.iter_ms, dt);
+        out.core_ms += dt;
         have_logits = false;
         let done = i + 1;
         if policy.criterion == Criterion::None || done % policy.check_every != 0 {

@@ -91,6 +91,8 @@ pub struct TokenStats {
     pub budget_capped: bool,
     /// Wall time of the step in milliseconds.
     pub ms: f64,
+    /// Of which core iterations (adapter + core blocks).
+    pub core_ms: f64,
 }
 
 /// A generation session.
@@ -195,6 +197,10 @@ impl Session {
     /// [`RavenError::Cancelled`] at the next iteration boundary.
     pub fn set_cancel_flag(&mut self, flag: Arc<AtomicBool>) {
         self.cancel = Some(flag);
+    }
+    /// The session's thread pool.
+    pub fn threads(&self) -> &Arc<Threads> {
+        &self.threads
     }
     /// Bytes of the KV cache (allocated once at creation).
     pub fn kv_bytes(&self) -> u64 {
@@ -347,6 +353,7 @@ impl Session {
             exited_early: r.exited_early,
             budget_capped: r.budget_capped,
             ms: t0.elapsed().as_secs_f64() * 1e3,
+            core_ms: r.core_ms,
         })
     }
 

@@ -14,6 +14,7 @@ use raven::kv::CacheStrategy;
 use raven::run::{LogitsOptions, Threads};
 use raven::Model;
 
+mod bench;
 mod demo;
 mod generate;
 mod inspect;
@@ -68,6 +69,23 @@ enum Cmd {
         chat: bool,
         #[command(flatten)]
         gen: generate::GenArgs,
+    },
+    /// Measure prompt and decode speed, time per core iteration against the memory-bandwidth bound.
+    Bench(bench::BenchArgs),
+    /// Write a model of Huginn-0125's shape (or the fixture's) with random weights.
+    Synth {
+        /// Output GGUF.
+        #[arg(short = 'o', long = "out")]
+        out: PathBuf,
+        /// Weight type: f32, f16, bf16, q8_0, q4_0.
+        #[arg(long = "type", default_value = "q4_0")]
+        ty: String,
+        /// Shape: huginn-0125, or a scaled-down one: huginn-0125/N divides h, F and heads by N.
+        #[arg(long, default_value = "huginn-0125")]
+        shape: String,
+        /// Seed of the weights.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
     /// Chat interactively with the model's chat template.
     Chat {
@@ -292,6 +310,34 @@ fn run() -> Result<()> {
             all,
         } => inspect::run(&model, ctx, steps, all),
         Cmd::Logits(a) => cmd_logits(a),
+        Cmd::Bench(a) => bench::run(&a),
+        Cmd::Synth {
+            out,
+            ty,
+            shape,
+            seed,
+        } => {
+            let mut c = raven::synth::huginn_0125();
+            if let Some(div) = shape.strip_prefix("huginn-0125/") {
+                let d: usize = div
+                    .parse()
+                    .with_context(|| format!("--shape {shape}: expected huginn-0125/N"))?;
+                if d == 0 || c.n_heads % d != 0 {
+                    bail!("--shape {shape}: N must divide the 55 heads (1, 5, 11, 55)");
+                }
+                c.n_embd /= d;
+                c.n_heads /= d;
+                c.n_ff /= d;
+                c.n_ff -= c.n_ff % 32;
+                c.embed_scale = (c.n_embd as f32).sqrt();
+                c.state_init_std = (2.0 / (5.0 * c.n_embd as f64)).sqrt() as f32;
+            } else if shape != "huginn-0125" {
+                bail!("--shape {shape}: use huginn-0125 or huginn-0125/N");
+            }
+            let bytes = raven::synth::write_random(&c, OutType::parse(&ty)?, seed, &out)?;
+            eprintln!("wrote {} ({:.1} MB)", out.display(), bytes as f64 / 1e6);
+            Ok(())
+        }
         Cmd::Run { prompt, chat, gen } => generate::run(&gen, &prompt, chat),
         Cmd::Chat { system, gen } => generate::chat(&gen, system.as_deref()),
     }

@@ -1,0 +1,144 @@
+//! Synthetic models: a GGUF of any Huginn shape with random weights, written straight from Rust,
+//! so full-size speed and memory can be measured without the real checkpoint.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use raven_gguf::{GgufWriter, Value};
+use raven_quant::GgmlType;
+
+use crate::config::{Config, ARCH};
+use crate::convert::OutType;
+use crate::error::{RavenError, Result};
+use crate::rng::Rng;
+
+/// Huginn-0125's shape: h=5280, 55 heads, F=17920, V=65536, 2/4/2 blocks, r̄=32, context 4096.
+pub fn huginn_0125() -> Config {
+    let h = 5280usize;
+    Config {
+        n_embd: h,
+        n_heads: 55,
+        n_ff: 17920,
+        n_vocab: 65536,
+        n_prelude: 2,
+        n_core: 4,
+        n_coda: 2,
+        mean_recurrence: 32,
+        qk_bias: true,
+        rope_base: 50000.0,
+        norm_eps: 1e-6,
+        tied: true,
+        context: 4096,
+        embed_scale: (h as f64).sqrt() as f32,
+        state_init_std: (2.0 / (5.0 * h as f64)).sqrt() as f32,
+    }
+}
+
+/// Writes a model of shape `c` with random weights of type `ty` to `out` (atomically).
+pub fn write_random(c: &Config, ty: OutType, seed: u64, out: &Path) -> Result<u64> {
+    c.validate("synthetic model")?;
+    let h = c.n_embd as u64;
+    let f = c.n_ff as u64;
+    let v = c.n_vocab as u64;
+    let wt = match ty {
+        OutType::F32 => GgmlType::F32,
+        OutType::F16 => GgmlType::F16,
+        OutType::BF16 => GgmlType::BF16,
+        OutType::Q8_0 => GgmlType::Q8_0,
+        OutType::Q4_0 => GgmlType::Q4_0,
+    };
+    let et = if ty == OutType::Q4_0 {
+        GgmlType::Q8_0
+    } else {
+        wt
+    };
+    // (name, dims in ggml order, type, std of the values; 0 = a norm of ones)
+    let mut plan: Vec<(String, Vec<u64>, GgmlType, f32)> = vec![
+        ("token_embd.weight".into(), vec![h, v], et, 0.02),
+        ("output_norm.weight".into(), vec![h], GgmlType::F32, 0.0),
+        ("adapter.weight".into(), vec![2 * h, h], wt, 0.02),
+    ];
+    for b in 0..c.n_blocks() {
+        let n = |s: &str| format!("blk.{b}.{s}");
+        plan.push((n("attn_norm.weight"), vec![h], GgmlType::F32, 0.0));
+        plan.push((n("attn_qkv.weight"), vec![h, 3 * h], wt, 0.02));
+        if c.qk_bias {
+            plan.push((n("attn_q.bias"), vec![h], GgmlType::F32, 0.01));
+            plan.push((n("attn_k.bias"), vec![h], GgmlType::F32, 0.01));
+        }
+        plan.push((n("attn_output.weight"), vec![h, h], wt, 0.02));
+        plan.push((n("attn_post_norm.weight"), vec![h], GgmlType::F32, 0.0));
+        plan.push((n("ffn_norm.weight"), vec![h], GgmlType::F32, 0.0));
+        plan.push((n("ffn_gate.weight"), vec![h, f], wt, 0.02));
+        plan.push((n("ffn_up.weight"), vec![h, f], wt, 0.02));
+        plan.push((n("ffn_down.weight"), vec![f, h], wt, 0.02));
+        plan.push((n("ffn_post_norm.weight"), vec![h], GgmlType::F32, 0.0));
+    }
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        out.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let res = (|| -> Result<()> {
+        let file = File::create(&tmp).map_err(|e| RavenError::io(&tmp, e))?;
+        let mut w = GgufWriter::new(BufWriter::with_capacity(1 << 22, file));
+        w.add_kv("general.architecture", Value::Str(ARCH.into()));
+        w.add_kv("general.name", Value::Str("synthetic-huginn".into()));
+        w.add_kv("general.file_type", Value::U32(ty.file_type()));
+        w.add_kv("general.quantization_version", Value::U32(2));
+        for (k, val) in c.gguf_metadata() {
+            w.add_kv(&k, val);
+        }
+        for (name, dims, t, _) in &plan {
+            w.add_tensor(name, dims, *t)?;
+        }
+        w.write_header()?;
+        for (ti, (name, dims, t, std)) in plan.iter().enumerate() {
+            let cols = dims[0] as usize;
+            let rows: usize = dims[1..].iter().product::<u64>() as usize;
+            let rb = t.row_bytes(cols as u64).expect("whole blocks") as usize;
+            let chunk = (1usize << 24) / rb.max(1) + 1;
+            let mut r0 = 0;
+            let mut buf = Vec::new();
+            while r0 < rows {
+                let r1 = (r0 + chunk).min(rows);
+                buf.resize((r1 - r0) * rb, 0);
+                buf.par_chunks_mut(rb)
+                    .enumerate()
+                    .try_for_each(|(i, dst)| {
+                        let r = r0 + i;
+                        let mut rng = Rng::new(seed ^ ((ti as u64) << 40) ^ r as u64);
+                        let row: Vec<f32> = (0..cols)
+                            .map(|_| if *std == 0.0 { 1.0 } else { rng.normal() * std })
+                            .collect();
+                        raven_quant::quantize_row(*t, &row, dst)
+                    })?;
+                w.write_tensor_part(name, &buf)?;
+                r0 = r1;
+            }
+        }
+        let bw = w.finish()?;
+        let file = bw
+            .into_inner()
+            .map_err(|e| RavenError::io(&tmp, e.into_error()))?;
+        file.sync_all().map_err(|e| RavenError::io(&tmp, e))?;
+        Ok(())
+    })();
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, out).map_err(|e| RavenError::io(out, e))?;
+    Ok(std::fs::metadata(out)
+        .map_err(|e| RavenError::io(out, e))?
+        .len())
+}

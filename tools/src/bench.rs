@@ -1,0 +1,222 @@
+//! `raven bench`: prompt and decode speed, time per core iteration against the memory-bandwidth
+//! bound measured in the same run, peak memory; by threads, steps and exit policy.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use rayon::prelude::*;
+
+use raven::exit::{Criterion, ExitPolicy};
+use raven::kv::CacheStrategy;
+use raven::run::Threads;
+use raven::{Session, SessionParams};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// The GGUF model (e.g. one written by `raven synth`).
+    #[arg(short = 'm', long = "model")]
+    model: PathBuf,
+    /// Prompt tokens processed in one pass.
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 64)]
+    n_prompt: usize,
+    /// Tokens decoded one at a time.
+    #[arg(short = 'n', long = "n-gen", default_value_t = 16)]
+    n_gen: usize,
+    /// Core iterations per token (comma-separated list).
+    #[arg(long, default_value = "32", value_delimiter = ',')]
+    steps: Vec<usize>,
+    /// Thread counts (comma-separated list; 0 = all cores).
+    #[arg(short = 't', long, default_value = "0", value_delimiter = ',')]
+    threads: Vec<usize>,
+    /// Exit criteria (comma-separated list).
+    #[arg(long, default_value = "none", value_delimiter = ',')]
+    exit: Vec<String>,
+    /// KV cache strategy.
+    #[arg(long, default_value = "compress-s4")]
+    cache: String,
+    /// Also decode the prompt's tokens one by one, to compare with the one-pass prompt.
+    #[arg(long = "prompt-one-by-one")]
+    one_by_one: bool,
+    /// Output: md or json.
+    #[arg(short = 'o', long = "output", default_value = "md")]
+    output: String,
+    /// Skip the memory-bandwidth probe.
+    #[arg(long = "no-probe")]
+    no_probe: bool,
+}
+
+/// Read bandwidth in GB/s: sum a 512 MiB buffer from every thread of the pool, best of 3.
+pub fn read_bandwidth(threads: &Threads) -> f64 {
+    let n = 64usize << 20; // u64s: 512 MiB
+    let buf: Vec<u64> = (0..n as u64).collect();
+    let mut best = 0.0f64;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let s: u64 = threads.run(|| {
+            buf.par_chunks(1 << 16)
+                .map(|c| {
+                    let mut a = [0u64; 8];
+                    for x in c.chunks_exact(8) {
+                        for i in 0..8 {
+                            a[i] = a[i].wrapping_add(x[i]);
+                        }
+                    }
+                    a.iter().fold(0u64, |x, y| x.wrapping_add(*y))
+                })
+                .reduce(|| 0, |a, b| a.wrapping_add(b))
+        });
+        std::hint::black_box(s);
+        best = best.max((n * 8) as f64 / t.elapsed().as_secs_f64() / 1e9);
+    }
+    best
+}
+
+struct Row {
+    threads: usize,
+    steps: usize,
+    exit: String,
+    prompt_tps: f64,
+    decode_tps: f64,
+    one_by_one_tps: Option<f64>,
+    mean_iters: f64,
+    ms_per_iter: f64,
+    bound_ms: Option<f64>,
+    bandwidth: Option<f64>,
+    peak_rss: Option<u64>,
+}
+
+pub fn run(a: &BenchArgs) -> Result<()> {
+    if a.n_prompt == 0 || a.n_gen == 0 {
+        bail!("-p and -n must be at least 1");
+    }
+    let model = Arc::new(crate::load_model(&a.model, false)?);
+    let cache = CacheStrategy::parse(&a.cache)?;
+    let v = model.config.n_vocab as u32;
+    let prompt: Vec<u32> = (0..a.n_prompt as u32)
+        .map(|i| (i * 7919 + 13) % v)
+        .collect();
+    let core_bytes = model.core_iteration_bytes();
+    let mut rows = Vec::new();
+    for &t in &a.threads {
+        let threads = Arc::new(Threads::new(t)?);
+        let bw = if a.no_probe {
+            None
+        } else {
+            Some(read_bandwidth(&threads))
+        };
+        for &steps in &a.steps {
+            for exit in &a.exit {
+                let mut p = SessionParams::for_model(&model);
+                p.exit = ExitPolicy {
+                    criterion: Criterion::parse(exit)?,
+                    min_steps: 1,
+                    max_steps: steps,
+                    check_every: 1,
+                };
+                p.cache = cache;
+                p.ctx = a.n_prompt + a.n_gen + 2;
+                p.init_scale = 1.0;
+                let mut s = Session::with_threads(model.clone(), p.clone(), threads.clone())?;
+                let t0 = Instant::now();
+                s.prefill(&prompt)?;
+                let prompt_s = t0.elapsed().as_secs_f64();
+                let mut iters = 0usize;
+                let mut core_ms = 0.0;
+                let t1 = Instant::now();
+                for i in 0..a.n_gen {
+                    let st = s.step(prompt[i % prompt.len()])?;
+                    iters += st.steps;
+                    core_ms += st.core_ms;
+                }
+                let gen_s = t1.elapsed().as_secs_f64();
+                let one_by_one_tps = if a.one_by_one {
+                    let mut s2 = Session::with_threads(model.clone(), p, threads.clone())?;
+                    let t2 = Instant::now();
+                    for &tok in &prompt {
+                        s2.step(tok)?;
+                    }
+                    Some(a.n_prompt as f64 / t2.elapsed().as_secs_f64())
+                } else {
+                    None
+                };
+                rows.push(Row {
+                    threads: threads.count(),
+                    steps,
+                    exit: exit.clone(),
+                    prompt_tps: a.n_prompt as f64 / prompt_s,
+                    decode_tps: a.n_gen as f64 / gen_s,
+                    one_by_one_tps,
+                    mean_iters: iters as f64 / a.n_gen as f64,
+                    ms_per_iter: core_ms / iters.max(1) as f64,
+                    bound_ms: bw.map(|b| core_bytes as f64 / (b * 1e9) * 1e3),
+                    bandwidth: bw,
+                    peak_rss: crate::generate::peak_rss(),
+                });
+            }
+        }
+    }
+    let file_mb = std::fs::metadata(&a.model)
+        .map(|m| m.len() as f64 / 1e6)
+        .unwrap_or(0.0);
+    if a.output == "json" {
+        let arr: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "model": a.model.display().to_string(), "file_mb": file_mb, "isa": raven_quant::isa(),
+                    "threads": r.threads, "steps": r.steps, "exit": r.exit, "cache": a.cache,
+                    "n_prompt": a.n_prompt, "n_gen": a.n_gen,
+                    "prompt_tokens_per_s": r.prompt_tps, "decode_tokens_per_s": r.decode_tps,
+                    "prompt_one_by_one_tokens_per_s": r.one_by_one_tps,
+                    "mean_iterations": r.mean_iters, "ms_per_core_iteration": r.ms_per_iter,
+                    "iterations_per_s": 1e3 / r.ms_per_iter,
+                    "core_iteration_bytes": core_bytes, "read_bandwidth_gb_s": r.bandwidth,
+                    "bandwidth_bound_ms": r.bound_ms, "peak_rss_bytes": r.peak_rss,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&arr)?);
+        return Ok(());
+    }
+    println!(
+        "model {} ({file_mb:.0} MB, {}), kernels {}, cache {}, prompt {} tokens, decode {} tokens; one core iteration reads {:.1} MB",
+        a.model.display(),
+        model.name(),
+        raven_quant::isa(),
+        a.cache,
+        a.n_prompt,
+        a.n_gen,
+        core_bytes as f64 / 1e6
+    );
+    println!("\n| threads | steps | exit | prompt t/s | decode t/s | prompt 1-by-1 t/s | iters/token | ms/iter | bound ms/iter (read GB/s) | iter/bound | peak RSS MB |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {} | {:.2} | {:.3} | {} | {:.2} | {:.2} | {} | {} | {} |",
+            r.threads,
+            r.steps,
+            r.exit,
+            r.prompt_tps,
+            r.decode_tps,
+            r.one_by_one_tps
+                .map(|x| format!("{x:.3}"))
+                .unwrap_or_else(|| "-".into()),
+            r.mean_iters,
+            r.ms_per_iter,
+            match (r.bound_ms, r.bandwidth) {
+                (Some(b), Some(g)) => format!("{b:.2} ({g:.1})"),
+                _ => "-".into(),
+            },
+            r.bound_ms
+                .map(|b| format!("{:.2}", r.ms_per_iter / b))
+                .unwrap_or_else(|| "-".into()),
+            r.peak_rss
+                .map(|b| format!("{:.0}", b as f64 / 1e6))
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+    Ok(())
+}
