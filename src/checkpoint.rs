@@ -109,7 +109,69 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
             "no model*.safetensors shards and no model.safetensors.index.json found",
         ));
     }
+    check_numbered_shards(dir, &out)?;
     Ok(out)
+}
+
+/// `model-00002-of-00003.safetensors` → (2, 3, width of the numbers).
+fn shard_number(name: &str) -> Option<(usize, usize, usize)> {
+    let (n, m) = name
+        .strip_prefix("model-")?
+        .strip_suffix(".safetensors")?
+        .split_once("-of-")?;
+    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !all_digits(n) || !all_digits(m) {
+        return None;
+    }
+    Some((n.parse().ok()?, m.parse().ok()?, n.len()))
+}
+
+/// Without an index, shards named `model-N-of-M` still say how many there must be: name the
+/// missing one rather than the tensors it held.
+fn check_numbered_shards(dir: &Path, files: &[PathBuf]) -> Result<()> {
+    let names: Vec<&str> = files
+        .iter()
+        .filter_map(|p| p.file_name().and_then(|n| n.to_str()))
+        .collect();
+    let numbered: Vec<(&str, (usize, usize, usize))> = names
+        .iter()
+        .filter_map(|n| shard_number(n).map(|x| (*n, x)))
+        .collect();
+    let Some(&(first, (_, total, width))) = numbered.first() else {
+        return Ok(());
+    };
+    if let Some((other, (_, m, _))) = numbered.iter().find(|(_, (_, m, _))| *m != total) {
+        return Err(ckpt_err(
+            dir,
+            format!(
+                "shard names disagree on the shard count: {first} says {total}, {other} says {m}"
+            ),
+        ));
+    }
+    if let Some((bad, (n, _, _))) = numbered.iter().find(|(_, (n, _, _))| *n == 0 || *n > total) {
+        return Err(ckpt_err(
+            dir,
+            format!("shard {bad} is number {n} of {total}: shards count from 1 to {total}"),
+        ));
+    }
+    if total > 100_000 {
+        return Err(ckpt_err(
+            dir,
+            format!("{first} claims {total} shards, more than Raven accepts (100000)"),
+        ));
+    }
+    for i in 1..=total {
+        let want = format!("model-{i:0width$}-of-{total:0width$}.safetensors");
+        if !names.contains(&want.as_str()) {
+            return Err(ckpt_err(
+                dir,
+                format!(
+                    "shard {want} is missing (there is no model.safetensors.index.json, and {first} says there are {total} shards)"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl Checkpoint {

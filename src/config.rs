@@ -56,57 +56,69 @@ impl Config {
         self.n_prelude + self.n_core + self.n_coda
     }
 
-    /// Checks internal consistency and sane bounds (a file may claim anything).
+    /// Checks internal consistency and sane bounds (a file may claim anything). Messages name
+    /// the GGUF metadata keys; `what` names the file.
     pub fn validate(&self, what: &str) -> Result<()> {
+        self.check(what, KeyNames::Gguf)
+    }
+
+    fn check(&self, what: &str, keys: KeyNames) -> Result<()> {
         let bad = |msg: String| RavenError::Model {
             path: what.to_string(),
             msg,
         };
-        let limits: [(&str, usize, usize); 9] = [
-            ("embedding_length", self.n_embd, 1 << 16),
-            ("attention.head_count", self.n_heads, 1 << 12),
-            ("feed_forward_length", self.n_ff, 1 << 18),
-            ("vocab size", self.n_vocab, 1 << 22),
-            ("prelude_block_count", self.n_prelude, 256),
-            ("core_block_count", self.n_core, 256),
-            ("coda_block_count", self.n_coda, 256),
-            ("mean_recurrence", self.mean_recurrence, 4096),
-            ("context_length", self.context, 1 << 22),
+        let k = |key: Key| keys.name(key);
+        let limits: [(Key, usize, usize); 9] = [
+            (Key::Embd, self.n_embd, 1 << 16),
+            (Key::Heads, self.n_heads, 1 << 12),
+            (Key::Ff, self.n_ff, 1 << 18),
+            (Key::Vocab, self.n_vocab, 1 << 22),
+            (Key::Prelude, self.n_prelude, 256),
+            (Key::Core, self.n_core, 256),
+            (Key::Coda, self.n_coda, 256),
+            (Key::Recurrence, self.mean_recurrence, 4096),
+            (Key::Context, self.context, 1 << 22),
         ];
-        for (name, v, max) in limits {
+        for (key, v, max) in limits {
             if v > max {
                 return Err(bad(format!(
-                    "{name} = {v} is larger than Raven accepts ({max})"
+                    "{} = {v} is larger than Raven accepts ({max})",
+                    k(key)
                 )));
             }
         }
-        for (name, v) in [
-            ("embedding_length", self.n_embd),
-            ("attention.head_count", self.n_heads),
-            ("feed_forward_length", self.n_ff),
-            ("vocab size", self.n_vocab),
-            ("core_block_count", self.n_core),
-            ("context_length", self.context),
+        for (key, v) in [
+            (Key::Embd, self.n_embd),
+            (Key::Heads, self.n_heads),
+            (Key::Ff, self.n_ff),
+            (Key::Vocab, self.n_vocab),
+            (Key::Core, self.n_core),
+            (Key::Context, self.context),
         ] {
             if v == 0 {
-                return Err(bad(format!("{name} is 0")));
+                return Err(bad(format!("{} is 0", k(key))));
             }
         }
         if self.n_embd % self.n_heads != 0 || self.head_dim() % 2 != 0 {
             return Err(bad(format!(
-                "embedding_length {} is not a multiple of 2 × head_count {}",
-                self.n_embd, self.n_heads
+                "{} = {} is not a multiple of 2 × {} = {}: the head dimension must be a whole even number",
+                k(Key::Embd),
+                self.n_embd,
+                k(Key::Heads),
+                self.n_heads
             )));
         }
         if !(self.norm_eps.is_finite() && self.norm_eps >= 0.0) {
             return Err(bad(format!(
-                "layer_norm_rms_epsilon {} is not a finite non-negative number",
+                "{} = {} is not a finite non-negative number",
+                k(Key::Eps),
                 self.norm_eps
             )));
         }
         if !(self.rope_base.is_finite() && self.rope_base > 0.0) {
             return Err(bad(format!(
-                "rope.freq_base {} is not a positive number",
+                "{} = {} is not a positive number",
+                k(Key::Rope),
                 self.rope_base
             )));
         }
@@ -114,7 +126,10 @@ impl Config {
             && self.state_init_std.is_finite()
             && self.state_init_std >= 0.0)
         {
-            return Err(bad("embedding_scale or state_init_std is not finite".into()));
+            return Err(bad(format!(
+                "{ARCH}.embedding_scale ({}) or {ARCH}.state_init_std ({}) is not finite",
+                self.embed_scale, self.state_init_std
+            )));
         }
         Ok(())
     }
@@ -196,7 +211,7 @@ impl Config {
             embed_scale: (n_embd as f64).sqrt() as f32,
             state_init_std: (2.0 / (5.0 * n_embd as f64)).sqrt() as f32,
         };
-        cfg.validate(&path.display().to_string())?;
+        cfg.check(&path.display().to_string(), KeyNames::HfJson)?;
         Ok(cfg)
     }
 
@@ -310,5 +325,57 @@ impl Config {
             (k("embedding_scale"), Value::F32(self.embed_scale)),
             (k("state_init_std"), Value::F32(self.state_init_std)),
         ]
+    }
+}
+
+/// A hyperparameter, for messages that name it as the file does.
+#[derive(Clone, Copy)]
+enum Key {
+    Embd,
+    Heads,
+    Ff,
+    Vocab,
+    Prelude,
+    Core,
+    Coda,
+    Recurrence,
+    Context,
+    Eps,
+    Rope,
+}
+
+/// Which file's key names to use in messages.
+#[derive(Clone, Copy)]
+enum KeyNames {
+    Gguf,
+    HfJson,
+}
+
+impl KeyNames {
+    fn name(self, k: Key) -> &'static str {
+        match (self, k) {
+            (KeyNames::Gguf, Key::Embd) => "huginn.embedding_length",
+            (KeyNames::Gguf, Key::Heads) => "huginn.attention.head_count",
+            (KeyNames::Gguf, Key::Ff) => "huginn.feed_forward_length",
+            (KeyNames::Gguf, Key::Vocab) => "the vocabulary (rows of token_embd.weight)",
+            (KeyNames::Gguf, Key::Prelude) => "huginn.prelude_block_count",
+            (KeyNames::Gguf, Key::Core) => "huginn.core_block_count",
+            (KeyNames::Gguf, Key::Coda) => "huginn.coda_block_count",
+            (KeyNames::Gguf, Key::Recurrence) => "huginn.mean_recurrence",
+            (KeyNames::Gguf, Key::Context) => "huginn.context_length",
+            (KeyNames::Gguf, Key::Eps) => "huginn.attention.layer_norm_rms_epsilon",
+            (KeyNames::Gguf, Key::Rope) => "huginn.rope.freq_base",
+            (KeyNames::HfJson, Key::Embd) => "n_embd",
+            (KeyNames::HfJson, Key::Heads) => "n_heads",
+            (KeyNames::HfJson, Key::Ff) => "intermediate_size",
+            (KeyNames::HfJson, Key::Vocab) => "padded_vocab_size (or vocab_size)",
+            (KeyNames::HfJson, Key::Prelude) => "n_layers_in_prelude",
+            (KeyNames::HfJson, Key::Core) => "n_layers_in_recurrent_block",
+            (KeyNames::HfJson, Key::Coda) => "n_layers_in_coda",
+            (KeyNames::HfJson, Key::Recurrence) => "mean_recurrence",
+            (KeyNames::HfJson, Key::Context) => "block_size",
+            (KeyNames::HfJson, Key::Eps) => "norm_eps",
+            (KeyNames::HfJson, Key::Rope) => "rope_base",
+        }
     }
 }

@@ -343,22 +343,32 @@ fn tokenizer_metadata(
     let tcfg = read_json_opt(&dir.join("tokenizer_config.json"))?;
     let gen = read_json_opt(&dir.join("generation_config.json"))?;
     // Special ids: generation_config.json, then config.json, then tokenizer_config.json's names.
-    let id_of = |key: &str, name_key: &str| -> Vec<u32> {
-        for src in [gen.as_ref(), Some(&cfg_json)].into_iter().flatten() {
-            match src.get(key) {
+    // Each comes with the file it was read from, for messages. Ids beyond u32 saturate so the
+    // range check below reports them.
+    let id_of = |key: &str, name_key: &str| -> (Vec<u32>, &'static str) {
+        let to_u32 = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+        for (src, file) in [
+            (gen.as_ref(), "generation_config.json"),
+            (Some(&cfg_json), "config.json"),
+        ] {
+            match src.and_then(|s| s.get(key)) {
                 Some(serde_json::Value::Number(n)) => {
-                    return n.as_u64().map(|x| vec![x as u32]).unwrap_or_default()
+                    return (
+                        n.as_u64().map(|x| vec![to_u32(x)]).unwrap_or_default(),
+                        file,
+                    )
                 }
                 Some(serde_json::Value::Array(a)) => {
-                    return a
-                        .iter()
-                        .filter_map(|x| x.as_u64().map(|x| x as u32))
-                        .collect()
+                    return (
+                        a.iter().filter_map(|x| x.as_u64().map(to_u32)).collect(),
+                        file,
+                    )
                 }
                 _ => {}
             }
         }
-        tcfg.as_ref()
+        let ids = tcfg
+            .as_ref()
             .and_then(|t| t.get(name_key))
             .and_then(|n| {
                 n.as_str()
@@ -366,11 +376,12 @@ fn tokenizer_metadata(
             })
             .and_then(|s| tok.token_to_id(s))
             .map(|x| vec![x])
-            .unwrap_or_default()
+            .unwrap_or_default();
+        (ids, "tokenizer_config.json")
     };
-    let bos = id_of("bos_token_id", "bos_token");
-    let eos = id_of("eos_token_id", "eos_token");
-    let pad = id_of("pad_token_id", "pad_token");
+    let (bos, bos_src) = id_of("bos_token_id", "bos_token");
+    let (eos, eos_src) = id_of("eos_token_id", "eos_token");
+    let (pad, pad_src) = id_of("pad_token_id", "pad_token");
     kv.push(("tokenizer.ggml.model".into(), Value::Str("gpt2".into())));
     kv.push((
         "tokenizer.ggml.tokens".into(),
@@ -384,13 +395,17 @@ fn tokenizer_metadata(
         "tokenizer.ggml.merges".into(),
         Value::Array(Array::Str(vocab.merges)),
     ));
-    for (key, ids) in [("bos", &bos), ("eos", &eos), ("padding", &pad)] {
+    for (key, ids, src) in [
+        ("bos", &bos, bos_src),
+        ("eos", &eos, eos_src),
+        ("padding", &pad, pad_src),
+    ] {
         for &id in ids.iter() {
             if id as usize >= ck.config.n_vocab {
                 return Err(RavenError::Checkpoint {
-                    path: dir.into(),
+                    path: dir.join(src),
                     msg: format!(
-                        "{key} token id {id} is outside the vocabulary ({})",
+                        "{key} token id {id} is outside the vocabulary (0..{})",
                         ck.config.n_vocab
                     ),
                 });
@@ -430,6 +445,29 @@ pub fn convert(
     ty: OutType,
     progress: &mut dyn Progress,
 ) -> Result<ConvertReport> {
+    // The output path first: a conversion that cannot be written fails before reading anything.
+    let out_dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let file_name = out
+        .file_name()
+        .ok_or_else(|| RavenError::arg("-o", format!("{} names no file", out.display())))?;
+    if !out_dir.is_dir() {
+        return Err(RavenError::io(
+            out,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the output directory does not exist",
+            ),
+        ));
+    }
+    if out.is_dir() {
+        return Err(RavenError::io(
+            out,
+            std::io::Error::other("the output path is a directory, not a file name"),
+        ));
+    }
     let ck = Checkpoint::open(dir)?;
     let mut notes = Vec::new();
     let plans = plan(&ck, ty, &mut notes);
@@ -451,22 +489,6 @@ pub fn convert(
         progress.note(n);
     }
 
-    let out_dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    if !out_dir.is_dir() {
-        return Err(RavenError::io(
-            out,
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "the output directory does not exist",
-            ),
-        ));
-    }
-    let file_name = out
-        .file_name()
-        .ok_or_else(|| RavenError::arg("-o", "the output path names no file"))?;
     let tmp = out_dir.join(format!(
         ".{}.{}.tmp",
         file_name.to_string_lossy(),
