@@ -309,16 +309,36 @@ fn read_vocab(g: &Gguf, c: &Config, what: &str) -> Result<Vocab> {
         }
     };
     let mut eos: Vec<u32> = id("tokenizer.ggml.eos_token_id")?.into_iter().collect();
-    if let Some(raven_gguf::Value::Array(raven_gguf::Array::U32(more))) =
-        g.get("huginn.eos_token_ids")
-    {
-        for &e in more {
-            if e as usize >= c.n_vocab {
+    if let Some(v) = g.get("huginn.eos_token_ids") {
+        use raven_gguf::{Array, Value};
+        // Any integer array (gguf-py writes Python ints as i32 or u64 arrays); values are
+        // widened to i128 so negative and huge ids are reported, not wrapped.
+        let more: Vec<i128> = match v {
+            Value::Array(Array::U32(a)) => a.iter().map(|&x| x.into()).collect(),
+            Value::Array(Array::I32(a)) => a.iter().map(|&x| x.into()).collect(),
+            Value::Array(Array::U64(a)) => a.iter().map(|&x| x.into()).collect(),
+            Value::Array(Array::I64(a)) => a.iter().map(|&x| x.into()).collect(),
+            other => {
                 return Err(RavenError::Model {
                     path: what.into(),
-                    msg: format!("huginn.eos_token_ids holds {e}, outside the vocabulary"),
+                    msg: format!(
+                        "huginn.eos_token_ids is {}, expected an array of token ids",
+                        other.type_name()
+                    ),
+                })
+            }
+        };
+        for e in more {
+            if e < 0 || e >= c.n_vocab as i128 {
+                return Err(RavenError::Model {
+                    path: what.into(),
+                    msg: format!(
+                        "huginn.eos_token_ids holds {e}, outside the vocabulary (0..{})",
+                        c.n_vocab
+                    ),
                 });
             }
+            let e = e as u32;
             if !eos.contains(&e) {
                 eos.push(e);
             }
