@@ -43,6 +43,10 @@ pub struct BenchArgs {
     /// Output: md or json.
     #[arg(short = 'o', long = "output", default_value = "md")]
     output: String,
+    /// Budget check: after the unconstrained decode, decode again with --budget-ms set to half
+    /// the median unconstrained token time and report how many tokens met budget + 10%.
+    #[arg(long = "budget-check")]
+    budget_check: bool,
     /// Skip the memory-bandwidth probe.
     #[arg(long = "no-probe")]
     no_probe: bool,
@@ -86,6 +90,7 @@ struct Row {
     bound_ms: Option<f64>,
     bandwidth: Option<f64>,
     peak_rss: Option<u64>,
+    budget: Option<(f64, f64, f64, f64)>,
 }
 
 pub fn run(a: &BenchArgs) -> Result<()> {
@@ -125,13 +130,34 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                 let prompt_s = t0.elapsed().as_secs_f64();
                 let mut iters = 0usize;
                 let mut core_ms = 0.0;
+                let mut token_ms = Vec::new();
                 let t1 = Instant::now();
                 for i in 0..a.n_gen {
                     let st = s.step(prompt[i % prompt.len()])?;
                     iters += st.steps;
                     core_ms += st.core_ms;
+                    token_ms.push(st.ms);
                 }
                 let gen_s = t1.elapsed().as_secs_f64();
+                let budget = if a.budget_check {
+                    token_ms.sort_by(|x, y| x.total_cmp(y));
+                    let median = token_ms[token_ms.len() / 2];
+                    let b = median / 2.0;
+                    let mut pb = p.clone();
+                    pb.budget_ms = Some(b);
+                    let mut sb = Session::with_threads(model.clone(), pb, threads.clone())?;
+                    sb.prefill(&prompt)?;
+                    let (mut within, mut iters_b) = (0usize, 0usize);
+                    for i in 0..a.n_gen {
+                        let st = sb.step(prompt[i % prompt.len()])?;
+                        within += (st.ms <= b * 1.1) as usize;
+                        iters_b += st.steps;
+                    }
+                    let pct = 100.0 * within as f64 / a.n_gen as f64;
+                    Some((median, b, pct, iters_b as f64 / a.n_gen as f64))
+                } else {
+                    None
+                };
                 let one_by_one_tps = if a.one_by_one {
                     let mut s2 = Session::with_threads(model.clone(), p, threads.clone())?;
                     let t2 = Instant::now();
@@ -154,6 +180,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                     bound_ms: bw.map(|b| core_bytes as f64 / (b * 1e9) * 1e3),
                     bandwidth: bw,
                     peak_rss: crate::generate::peak_rss(),
+                    budget,
                 });
             }
         }
@@ -175,6 +202,8 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                     "iterations_per_s": 1e3 / r.ms_per_iter,
                     "core_iteration_bytes": core_bytes, "read_bandwidth_gb_s": r.bandwidth,
                     "bandwidth_bound_ms": r.bound_ms, "peak_rss_bytes": r.peak_rss,
+                    "budget_check": r.budget.map(|(med, b, pct, it)| serde_json::json!({
+                        "median_token_ms": med, "budget_ms": b, "pct_within_budget_plus_10": pct, "mean_iterations": it})),
                 })
             })
             .collect();
@@ -216,6 +245,13 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             r.peak_rss
                 .map(|b| format!("{:.0}", b as f64 / 1e6))
                 .unwrap_or_else(|| "-".into()),
+        );
+    }
+    for r in rows.iter().filter(|r| r.budget.is_some()) {
+        let (med, b, pct, it) = r.budget.unwrap_or_default();
+        println!(
+            "\nbudget check ({} threads, {} steps, exit {}): unconstrained median {med:.2} ms/token; with --budget-ms {b:.2}: {pct:.1}% of tokens within budget + 10%, {it:.2} iterations/token",
+            r.threads, r.steps, r.exit
         );
     }
     Ok(())
