@@ -37,22 +37,28 @@ def sample_recurrence(gen: torch.Generator, mean: int, backprop: int) -> tuple[i
 
 
 class Batcher:
-    """Encodes puzzles to fixed-length id rows: prompt ids followed by the answer id."""
+    """Encodes puzzles to id rows: prompt ids followed by the reply ids (answers one per line,
+    then <|end_turn|>). All rows of one call have the same shape."""
 
     def __init__(self, tok):
         self.tok = tok
         self.end_turn = tok.token_to_id("<|end_turn|>")
 
     def encode(self, items: list[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Single-answer items -> (prompt+answer ids [B, T], answer ids [B])."""
+        ids, reply = self.encode_multi([(p, [a]) for p, a in items])
+        return ids[:, : ids.shape[1] - 1], reply[:, 0]
+
+    def encode_multi(self, items: list[tuple[str, list[str]]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (prompt + reply ids [B, T], reply ids [B, R]); the reply's first token is the
+        first answer, predicted at the last prompt position."""
         prompts = self.tok.encode_batch([task.chat_prompt(p) for p, _ in items])
-        answers = self.tok.encode_batch([a for _, a in items])
-        rows, ans = [], []
-        for p, a in zip(prompts, answers):
-            if len(a.ids) != 1:
-                raise ValueError(f"answer is not one token: {a.tokens}")
-            rows.append(p.ids + a.ids)
-            ans.append(a.ids[0])
-        return torch.tensor(rows), torch.tensor(ans)
+        replies = self.tok.encode_batch(["\n".join(a) for _, a in items])
+        rows, reps = [], []
+        for p, r in zip(prompts, replies):
+            rows.append(p.ids + r.ids + [self.end_turn])
+            reps.append(r.ids + [self.end_turn])
+        return torch.tensor(rows), torch.tensor(reps)
 
 
 def write_tokenizer_files(tok, out: str, cfg: HuginnConfig) -> None:
@@ -104,6 +110,10 @@ def main() -> None:
     ap.add_argument("--mean-recurrence", type=int, default=12)
     ap.add_argument("--backprop-depth", type=int, default=4)
     ap.add_argument("--max-level", type=int, default=6, help="hardest level trained on")
+    ap.add_argument("--start-level", type=int, default=1, help="curriculum: first hardest level")
+    ap.add_argument("--curriculum-threshold", type=float, default=0.6)
+    ap.add_argument("--multi", type=int, default=6, help="questions per multi-question puzzle")
+    ap.add_argument("--single-frac", type=float, default=0.25, help="share of single-question steps")
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -121,7 +131,7 @@ def main() -> None:
     rng = random.Random(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
 
-    tok = task.build_tokenizer(seed=args.seed)
+    tok = task.build_tokenizer()
     batcher = Batcher(tok)
     cfg = HuginnConfig(
         n_embd=args.n_embd,
@@ -161,7 +171,8 @@ def main() -> None:
         t = (step - args.warmup) / max(1, args.steps - args.warmup)
         return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
-    end_turn = batcher.end_turn
+    cur_max = args.start_level
+    acc_ema = 0.0
     t0 = time.time()
     losses = []
     log = []
@@ -169,25 +180,46 @@ def main() -> None:
     for step in range(total):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        levels = [rng.randint(1, args.max_level) for _ in range(args.batch)]
-        ids, ans = batcher.encode([task.make_puzzle(rng, lv) for lv in levels])
+        levels = [rng.randint(1, cur_max) for _ in range(args.batch)]
+        n_starts = 1 if rng.random() < args.single_frac else args.multi
+        items = []
+        for lv in levels:
+            if n_starts == 1:
+                p, a = task.make_puzzle(rng, lv)
+                items.append((p, [a]))
+            else:
+                p, answers, _ = task.make_multi_puzzle(rng, lv, n_starts)
+                items.append((p, answers))
+        rows, reply = batcher.encode_multi(items)
+        R = reply.shape[1]
+        ids = rows[:, :-1]
+        ans = reply[:, 0]
         n_free, n_grad = sample_recurrence(gen, args.mean_recurrence, args.backprop_depth)
         logits = model(ids, n_free + n_grad, n_grad=n_grad, init_scale=1.0, generator=gen)
-        loss = F.cross_entropy(logits[:, -2], ans) + F.cross_entropy(
-            logits[:, -1], torch.full_like(ans, end_turn)
-        )
+        out = logits[:, -R:]
+        loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), reply.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         losses.append(loss.item())
+        # Curriculum: admit the next level once the current hardest is answered well.
+        with torch.no_grad():
+            hit = (out[:, 0].argmax(-1) == ans).float()
+            lv_t = torch.tensor(levels)
+            if (lv_t == cur_max).any():
+                acc_ema = 0.9 * acc_ema + 0.1 * hit[lv_t == cur_max].mean().item()
+        if cur_max < args.max_level and acc_ema > args.curriculum_threshold:
+            cur_max += 1
+            acc_ema = 0.0
+            print(f"step {step + 1}: curriculum now levels 1..{cur_max}", flush=True)
         elapsed = time.time() - t0
         if args.bench:
             print(f"step {step} r={n_free + n_grad} loss {loss.item():.3f} {elapsed:.1f}s", flush=True)
             continue
         if (step + 1) % 50 == 0:
             print(
-                f"step {step + 1} loss {sum(losses[-50:]) / 50:.4f} lr {lr_at(step):.2e} {elapsed / 60:.1f} min",
+                f"step {step + 1} loss {sum(losses[-50:]) / 50:.4f} lr {lr_at(step):.2e} levels 1..{cur_max} {elapsed / 60:.1f} min",
                 flush=True,
             )
         last = step + 1 == args.steps or elapsed > args.time_budget
