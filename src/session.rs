@@ -403,4 +403,169 @@ impl Session {
         }
         Ok(all)
     }
+
+    /// Self-speculative greedy decoding (the reference's `generate_speculative`): draft
+    /// `lookahead` tokens one at a time with `draft_steps` iterations, verify them in one batched
+    /// pass with the full iterations (each weight read once for all of them), keep the prefix the
+    /// full model agrees with plus its own next token. With greedy sampling and `init_scale` 0 the
+    /// output is exactly that of [`Session::generate`]. Returns the stats of every emitted token
+    /// (drafting and verification time is spread over the tokens of a round).
+    pub fn generate_speculative(
+        &mut self,
+        prompt: &[u32],
+        max_new: usize,
+        stops: &[u32],
+        draft_steps: usize,
+        lookahead: usize,
+        mut on_token: impl FnMut(u32, &TokenStats) -> bool,
+    ) -> Result<Vec<TokenStats>> {
+        if self.params.sampling.temperature != 0.0 {
+            return Err(RavenError::arg(
+                "--draft-steps",
+                "speculative decoding is greedy: use --temp 0",
+            ));
+        }
+        if self.params.warm_start {
+            return Err(RavenError::arg(
+                "--draft-steps",
+                "speculative decoding cannot be combined with --warm-start",
+            ));
+        }
+        let full = self.params.exit.max_steps;
+        if draft_steps == 0 || draft_steps > full {
+            return Err(RavenError::arg(
+                "--draft-steps",
+                format!("{draft_steps} must be between 1 and --steps ({full})"),
+            ));
+        }
+        if lookahead == 0 || lookahead > 64 {
+            return Err(RavenError::arg(
+                "--lookahead",
+                format!("{lookahead} must be between 1 and 64"),
+            ));
+        }
+        self.prefill(prompt)?;
+        let mut all = Vec::new();
+        let mut next = self.sample();
+        let m = self.model.clone();
+        let v = m.config.n_vocab;
+        let mut round_ms = 0.0;
+        while all.len() < max_new {
+            // `next` is the full model's choice: emit it, then feed it with the drafts.
+            if self.is_stop(next, stops) {
+                break;
+            }
+            let st = TokenStats {
+                token: next,
+                steps: full,
+                ms: round_ms,
+                ..Default::default()
+            };
+            let go = on_token(next, &st);
+            all.push(st);
+            if !go || all.len() >= max_new {
+                break;
+            }
+            if self.cancelled() {
+                return Err(RavenError::Cancelled);
+            }
+            let t0 = Instant::now();
+            let l = self.history.len();
+            let k = lookahead.min(max_new - all.len());
+            if l + k > self.cache.ctx() {
+                return Err(RavenError::ContextOverflow {
+                    needed: l + k,
+                    context: self.cache.ctx(),
+                });
+            }
+            let init_scale = self.params.init_scale;
+            let threads = self.threads.clone();
+            let (cache, ws, rng, timing) = (
+                &mut self.cache,
+                &mut self.ws,
+                &mut self.rng,
+                &mut self.timing,
+            );
+            let (drafts, preds) = threads.run(|| {
+                // Draft k tokens one at a time with few iterations.
+                let ctl = TokenControl {
+                    policy: ExitPolicy::fixed(draft_steps),
+                    budget_ms: None,
+                    start: t0,
+                    cancel: None,
+                };
+                let mut drafts = Vec::with_capacity(k);
+                let mut tok = next;
+                for j in 0..k {
+                    run_token(
+                        &m,
+                        tok,
+                        l + j,
+                        Init::Random(init_scale, rng),
+                        &ctl,
+                        timing,
+                        cache,
+                        ws,
+                    );
+                    tok = crate::exit::argmax(&ws.logits) as u32;
+                    drafts.push(tok);
+                }
+                cache.truncate(l);
+                // Verify [next, d1 .. d(k-1)] in one pass with the full iterations.
+                let mut batch = Vec::with_capacity(k);
+                batch.push(next);
+                batch.extend_from_slice(&drafts[..k - 1]);
+                m.embed_prelude(&batch, l, cache, ws);
+                m.init_state(init_scale, rng, ws);
+                for i in 0..full {
+                    m.core_step(i, cache, ws);
+                }
+                m.coda_head(k, cache, ws);
+                let preds: Vec<u32> = ws
+                    .logits
+                    .chunks_exact(v)
+                    .map(|r| crate::exit::argmax(r) as u32)
+                    .collect();
+                (drafts, preds)
+            });
+            // Row j of the verification predicts the token after batch[j]; drafts[j] is the
+            // draft's guess for it. Keep next and the drafts the full model agrees with.
+            let matched = preds
+                .iter()
+                .zip(&drafts)
+                .take_while(|(p, d)| p == d)
+                .count();
+            let committed = (matched + 1).min(k);
+            self.cache.truncate(l + committed);
+            self.cache.set_len(l + committed);
+            self.history.push(next);
+            self.history.extend_from_slice(&drafts[..committed - 1]);
+            self.logits.clear();
+            self.logits
+                .extend_from_slice(&self.ws.logits[(committed - 1) * v..committed * v]);
+            next = if matched == k {
+                drafts[k - 1]
+            } else {
+                preds[matched]
+            };
+            round_ms = t0.elapsed().as_secs_f64() * 1e3 / committed as f64;
+            for &t in &drafts[..committed - 1] {
+                if self.is_stop(t, stops) {
+                    return Ok(all);
+                }
+                let st = TokenStats {
+                    token: t,
+                    steps: full,
+                    ms: round_ms,
+                    ..Default::default()
+                };
+                let go = on_token(t, &st);
+                all.push(st);
+                if !go || all.len() >= max_new {
+                    return Ok(all);
+                }
+            }
+        }
+        Ok(all)
+    }
 }

@@ -200,3 +200,39 @@ fn warm_start_changes_and_reproduces() {
     assert_eq!(run(true), run(true));
     assert_ne!(run(true), run(false));
 }
+
+/// Self-speculative decoding gives exactly the greedy output of plain decoding.
+#[test]
+fn speculative_decoding_matches_plain_greedy() {
+    let m = model();
+    let mut p = SessionParams::for_model(&m);
+    p.init_scale = 0.0;
+    p.sampling = SamplingParams::greedy();
+    p.exit = ExitPolicy::fixed(8);
+    p.cache = CacheStrategy::Full;
+    for prompt in 0..3 {
+        let toks = reference().prompt(prompt);
+        let mut plain = Vec::new();
+        Session::new(m.clone(), p.clone())
+            .unwrap()
+            .generate(&toks, 20, &[], |t, _| {
+                plain.push(t);
+                true
+            })
+            .unwrap();
+        for (draft, look) in [(1, 4), (2, 3), (4, 8), (8, 5)] {
+            let mut spec = Vec::new();
+            Session::new(m.clone(), p.clone())
+                .unwrap()
+                .generate_speculative(&toks, 20, &[], draft, look, |t, _| {
+                    spec.push(t);
+                    true
+                })
+                .unwrap();
+            assert_eq!(
+                plain, spec,
+                "prompt {prompt}, draft {draft} lookahead {look}"
+            );
+        }
+    }
+}
