@@ -7,7 +7,7 @@
 
 use rayon::prelude::*;
 
-use raven_quant::{Activations, Matrix};
+use raven_quant::{Activations, Weights};
 
 use crate::kv::{KvCache, Slot};
 use crate::model::{Block, Model, Weight};
@@ -86,8 +86,8 @@ fn chunk_rows(rows: usize) -> usize {
 
 /// `out[t][r] = W[r] · x[t]` for the `n` prepared activations, rows split across the threads of
 /// the current rayon pool. The one seam through which every weight product goes.
-fn matmul(w: &Matrix, act: &Activations, out: &mut [f32], scatter: &mut Vec<f32>) {
-    let rows = w.rows;
+fn matmul(w: Weights<'_>, act: &Activations, out: &mut [f32], scatter: &mut Vec<f32>) {
+    let rows = w.rows();
     let n = act.n();
     debug_assert_eq!(out.len(), n * rows);
     let chunk = chunk_rows(rows);
@@ -133,7 +133,7 @@ impl Model {
     ) {
         resize(out, n * w.rows);
         act.prepare(x, n, w.cols, w.ty);
-        matmul(&self.matrix(w), act, out, scatter);
+        matmul(self.weights(w), act, out, scatter);
     }
 
     fn set_rope(&self, ws: &mut Workspace) {

@@ -20,6 +20,8 @@ pub struct Weight {
     pub cols: usize,
     /// Index of the tensor in the GGUF tensor table.
     index: usize,
+    /// The rows repacked at load for the int8 kernels, when that pays on this CPU.
+    packed: Option<std::sync::Arc<raven_quant::PackedMatrix>>,
 }
 
 /// The weights of one sandwich block (SPEC §1), GGUF names `blk.N.*`.
@@ -85,17 +87,53 @@ pub struct Model {
     tokenizer: std::sync::OnceLock<std::result::Result<raven_text::Tokenizer, String>>,
 }
 
+/// How a model file is brought into memory.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    /// Memory-map the file (else read it into memory: `--no-mmap`).
+    pub mmap: bool,
+    /// Repack Q4_0/Q8_0 block weights for the int8 kernels when that pays on this CPU.
+    pub repack: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            mmap: true,
+            repack: true,
+        }
+    }
+}
+
 impl Model {
-    /// Memory-maps and validates a GGUF model.
+    /// Memory-maps, validates and prepares a GGUF model with the default [`LoadOptions`].
     pub fn load(path: &Path) -> Result<Model> {
-        let g = Gguf::open(path)?;
-        Model::from_gguf(g, &path.display().to_string())
+        Model::load_with(path, LoadOptions::default())
     }
 
     /// Reads a GGUF model into memory without mapping it (`--no-mmap`).
     pub fn load_no_mmap(path: &Path) -> Result<Model> {
-        let g = Gguf::read(path)?;
-        Model::from_gguf(g, &path.display().to_string())
+        Model::load_with(
+            path,
+            LoadOptions {
+                mmap: false,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Loads with explicit options.
+    pub fn load_with(path: &Path, o: LoadOptions) -> Result<Model> {
+        let g = if o.mmap {
+            Gguf::open(path)?
+        } else {
+            Gguf::read(path)?
+        };
+        let mut m = Model::from_gguf(g, &path.display().to_string())?;
+        if o.repack {
+            m.repack();
+        }
+        Ok(m)
     }
 
     /// Builds the model from an opened GGUF file; `what` names it in errors.
@@ -138,6 +176,7 @@ impl Model {
                 rows,
                 cols,
                 index,
+                packed: None,
             })
         };
         let vector = |name: &str| -> Result<Vec<f32>> {
@@ -198,6 +237,50 @@ impl Model {
             tokenizer: std::sync::OnceLock::new(),
             gguf: g,
         })
+    }
+
+    /// Repacks the Q4_0/Q8_0 block weights into the interleaved layout of the int8 kernels (when
+    /// they have one) and releases the file pages they came from, so memory stays at about the
+    /// file's size. The embedding and head stay memory-mapped views.
+    pub fn repack(&mut self) {
+        let gguf = &self.gguf;
+        for b in self.blocks.iter_mut() {
+            for w in [
+                &mut b.qkv,
+                &mut b.attn_out,
+                &mut b.gate,
+                &mut b.up,
+                &mut b.down,
+            ] {
+                if w.packed.is_some() {
+                    continue;
+                }
+                let t = &gguf.tensors()[w.index];
+                let Ok(m) = Matrix::new(w.ty, w.rows, w.cols, gguf.tensor_data(t)) else {
+                    continue;
+                };
+                if let Some(p) = raven_quant::repack(&m) {
+                    w.packed = Some(std::sync::Arc::new(p));
+                    gguf.release_tensor_pages(t);
+                }
+            }
+        }
+        let w = &mut self.adapter;
+        let t = &gguf.tensors()[w.index];
+        if let Ok(m) = Matrix::new(w.ty, w.rows, w.cols, gguf.tensor_data(t)) {
+            if let Some(p) = raven_quant::repack(&m) {
+                w.packed = Some(std::sync::Arc::new(p));
+                gguf.release_tensor_pages(t);
+            }
+        }
+    }
+
+    /// The weights a product runs on: the repacked rows when there are, else the file's.
+    pub fn weights<'a>(&'a self, w: &'a Weight) -> raven_quant::Weights<'a> {
+        match &w.packed {
+            Some(p) => raven_quant::Weights::Packed(p),
+            None => raven_quant::Weights::Plain(self.matrix(w)),
+        }
     }
 
     /// The matrix view of a weight.

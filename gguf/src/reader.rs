@@ -252,6 +252,35 @@ impl Gguf {
         self.storage.bytes().len() as u64
     }
 
+    /// Lets the operating system drop the resident pages that lie wholly inside tensor `t`'s
+    /// data (after the caller made its own copy, e.g. a repacked layout), so they stop counting
+    /// towards the process's memory. Reading the tensor again later still works: the pages are
+    /// read back from the file. A no-op for files read into memory and on non-Unix systems.
+    pub fn release_tensor_pages(&self, t: &TensorInfo) {
+        #[cfg(unix)]
+        if let Storage::Mmap(m) = &self.storage {
+            let data = self.tensor_data(t);
+            if data.is_empty() {
+                return;
+            }
+            let base = m.as_ptr() as usize;
+            let start = data.as_ptr() as usize - base;
+            let end = start + data.len();
+            const PAGE: usize = 4096;
+            let (a, b) = (start.div_ceil(PAGE) * PAGE, end / PAGE * PAGE);
+            if b > a {
+                // SAFETY: the map is read-only and private, so MADV_DONTNEED cannot discard
+                // modifications: the pages are read back from the file, unchanged, on the next
+                // access. No reference into the map is invalidated.
+                let _ = unsafe {
+                    m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, a, b - a)
+                };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = t;
+    }
+
     /// True when the bytes are memory-mapped ([`open`](Self::open)).
     pub fn is_mmap(&self) -> bool {
         matches!(self.storage, Storage::Mmap(_))

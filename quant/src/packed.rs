@@ -51,6 +51,16 @@ pub struct PackedMatrix {
     tail: Vec<u8>,
 }
 
+impl std::fmt::Debug for PackedMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedMatrix")
+            .field("ty", &self.ty)
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .finish_non_exhaustive()
+    }
+}
+
 impl PackedMatrix {
     /// The element type of the original matrix.
     pub fn ty(&self) -> GgmlType {

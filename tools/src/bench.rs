@@ -47,6 +47,15 @@ pub struct BenchArgs {
     /// the median unconstrained token time and report how many tokens met budget + 10%.
     #[arg(long = "budget-check")]
     budget_check: bool,
+    /// Also decode greedily with self-speculative decoding (draft iterations) and compare.
+    #[arg(long = "draft-steps")]
+    draft_steps: Option<usize>,
+    /// Drafted tokens per verification.
+    #[arg(long = "lookahead", default_value_t = 8)]
+    lookahead: usize,
+    /// Keep Q4_0/Q8_0 weights in the file's row layout (no load-time repacking).
+    #[arg(long = "no-repack")]
+    no_repack: bool,
     /// Skip the memory-bandwidth probe.
     #[arg(long = "no-probe")]
     no_probe: bool,
@@ -91,13 +100,20 @@ struct Row {
     bandwidth: Option<f64>,
     peak_rss: Option<u64>,
     budget: Option<(f64, f64, f64, f64)>,
+    spec: Option<(f64, f64, bool)>,
 }
 
 pub fn run(a: &BenchArgs) -> Result<()> {
     if a.n_prompt == 0 || a.n_gen == 0 {
         bail!("-p and -n must be at least 1");
     }
-    let model = Arc::new(crate::load_model(&a.model, false)?);
+    let model = Arc::new(crate::load_model_with(
+        &a.model,
+        raven::model::LoadOptions {
+            mmap: true,
+            repack: !a.no_repack,
+        },
+    )?);
     let cache = CacheStrategy::parse(&a.cache)?;
     let v = model.config.n_vocab as u32;
     let prompt: Vec<u32> = (0..a.n_prompt as u32)
@@ -159,7 +175,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                     None
                 };
                 let one_by_one_tps = if a.one_by_one {
-                    let mut s2 = Session::with_threads(model.clone(), p, threads.clone())?;
+                    let mut s2 = Session::with_threads(model.clone(), p.clone(), threads.clone())?;
                     let t2 = Instant::now();
                     for &tok in &prompt {
                         s2.step(tok)?;
@@ -167,6 +183,35 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                     Some(a.n_prompt as f64 / t2.elapsed().as_secs_f64())
                 } else {
                     None
+                };
+                let spec = match a.draft_steps {
+                    None => None,
+                    Some(d) => {
+                        let mut pg = p.clone();
+                        pg.init_scale = 0.0;
+                        pg.sampling = raven::sample::SamplingParams::greedy();
+                        pg.ctx = a.n_prompt + a.n_gen + a.lookahead + 2;
+                        let run = |spec: bool| -> Result<(f64, Vec<u32>)> {
+                            let mut s =
+                                Session::with_threads(model.clone(), pg.clone(), threads.clone())?;
+                            let mut toks = Vec::new();
+                            let t = Instant::now();
+                            let f = |tok: u32, _: &raven::session::TokenStats| {
+                                toks.push(tok);
+                                true
+                            };
+                            if spec {
+                                s.generate_speculative(&prompt, a.n_gen, &[], d, a.lookahead, f)?;
+                            } else {
+                                s.generate(&prompt, a.n_gen, &[], f)?;
+                            }
+                            let secs = t.elapsed().as_secs_f64();
+                            Ok((toks.len() as f64 / secs, toks))
+                        };
+                        let (plain_tps, plain) = run(false)?;
+                        let (spec_tps, spec) = run(true)?;
+                        Some((plain_tps, spec_tps, plain == spec))
+                    }
                 };
                 rows.push(Row {
                     threads: threads.count(),
@@ -181,6 +226,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                     bandwidth: bw,
                     peak_rss: crate::generate::peak_rss(),
                     budget,
+                    spec,
                 });
             }
         }
@@ -245,6 +291,18 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             r.peak_rss
                 .map(|b| format!("{:.0}", b as f64 / 1e6))
                 .unwrap_or_else(|| "-".into()),
+        );
+    }
+    for r in rows.iter().filter(|r| r.spec.is_some()) {
+        let (plain, spec, same) = r.spec.unwrap_or_default();
+        println!(
+            "\nspeculative ({} threads, {} steps, draft {} iterations, lookahead {}): plain greedy {plain:.2} tokens/s (incl. prompt), speculative {spec:.2} tokens/s: {:.2}x, output {}",
+            r.threads,
+            r.steps,
+            a.draft_steps.unwrap_or(0),
+            a.lookahead,
+            spec / plain,
+            if same { "identical" } else { "DIFFERS" }
         );
     }
     for r in rows.iter().filter(|r| r.budget.is_some()) {

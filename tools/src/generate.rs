@@ -84,6 +84,13 @@ pub struct GenArgs {
     /// Read the model into memory instead of mapping it.
     #[arg(long = "no-mmap")]
     pub no_mmap: bool,
+    /// Self-speculative decoding: draft with this many iterations, verify at full depth
+    /// (greedy only; identical output, faster).
+    #[arg(long = "draft-steps")]
+    pub draft_steps: Option<usize>,
+    /// Tokens drafted per verification with --draft-steps.
+    #[arg(long = "lookahead", default_value_t = 8)]
+    pub lookahead: usize,
     /// Show the iterations each token used, as [n] after it.
     #[arg(long = "show-steps")]
     pub show_steps: bool,
@@ -206,7 +213,7 @@ fn stream_generate(
     let mut prompt_secs = 0.0;
     let mut first = true;
     let mut io_err = None;
-    let stats = session.generate(prompt, a.n_predict, &stops, |t, st| {
+    let on_token = |t: u32, st: &TokenStats| {
         if first {
             prompt_secs = t0.elapsed().as_secs_f64() - st.ms / 1e3;
             first = false;
@@ -227,7 +234,13 @@ fn stream_generate(
             return false;
         }
         true
-    })?;
+    };
+    let stats = match a.draft_steps {
+        Some(d) => {
+            session.generate_speculative(prompt, a.n_predict, &stops, d, a.lookahead, on_token)?
+        }
+        None => session.generate(prompt, a.n_predict, &stops, on_token)?,
+    };
     if let Some(e) = io_err {
         return Err(e);
     }

@@ -171,6 +171,16 @@ impl Progress for Bar {
 }
 
 pub(crate) fn load_model(path: &Path, no_mmap: bool) -> Result<Model> {
+    load_model_with(
+        path,
+        raven::model::LoadOptions {
+            mmap: !no_mmap,
+            repack: true,
+        },
+    )
+}
+
+pub(crate) fn load_model_with(path: &Path, o: raven::model::LoadOptions) -> Result<Model> {
     if !path.exists() {
         bail!(
             "{}: no such file (convert a checkpoint first with `raven convert HF_DIR -o {}`)",
@@ -178,12 +188,10 @@ pub(crate) fn load_model(path: &Path, no_mmap: bool) -> Result<Model> {
             path.display()
         );
     }
-    let m = if no_mmap {
-        Model::load_no_mmap(path)
-    } else {
-        Model::load(path)
-    };
-    m.with_context(|| format!("cannot load model {}", path.display()))
+    if path.is_dir() {
+        bail!("{}: is a directory, not a GGUF model file", path.display());
+    }
+    Model::load_with(path, o).with_context(|| format!("cannot load model {}", path.display()))
 }
 
 fn parse_tokens(s: &str) -> Result<Vec<u32>> {
@@ -215,6 +223,29 @@ fn write_logits(path: &Path, logits: &[f32], t: usize, v: usize, steps: &[i32]) 
     ];
     let bytes = safetensors::serialize(views, None)?;
     write_atomic(path, &bytes)
+}
+
+/// Fails early, naming `flag`, when `path` cannot be an output file: its directory is missing or
+/// it is itself a directory. Saves computing a result that could not be written.
+pub(crate) fn check_output(flag: &str, path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if path.file_name().is_none() {
+        bail!("{flag} {}: names no file", path.display());
+    }
+    if !dir.is_dir() {
+        bail!(
+            "{flag} {}: the directory {} does not exist",
+            path.display(),
+            dir.display()
+        );
+    }
+    if path.is_dir() {
+        bail!("{flag} {}: is a directory, not a file name", path.display());
+    }
+    Ok(())
 }
 
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -250,7 +281,18 @@ fn cmd_logits(a: LogitsArgs) -> Result<()> {
     if a.exit.is_some() && a.decode_from.is_some() {
         bail!("--decode-from cannot be combined with --exit (with --exit every token is processed on its own)");
     }
+    check_output("-o", &a.out)?;
     let m = load_model(&a.model, a.no_mmap)?;
+    let (v, ctx) = (m.config.n_vocab, m.config.context);
+    if let Some(t) = tokens.iter().find(|&&t| t as usize >= v) {
+        bail!("--tokens: id {t} is outside the model's vocabulary (0..{v})");
+    }
+    if tokens.len() > ctx {
+        bail!(
+            "--tokens: {} tokens, more than the model's context of {ctx}",
+            tokens.len()
+        );
+    }
     let steps = a.steps.unwrap_or(m.config.mean_recurrence);
     let exit = match &a.exit {
         None => None,
@@ -343,11 +385,29 @@ fn run() -> Result<()> {
     }
 }
 
+/// `a: b: c` like anyhow's `{:#}`, but without a cause its parent's message already shows (an
+/// I/O error quoted by the error that wraps it would otherwise appear twice).
+fn report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    let mut prev = String::new();
+    for cause in e.chain() {
+        let t = cause.to_string();
+        if !prev.contains(&t) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&t);
+        }
+        prev = t;
+    }
+    out
+}
+
 fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", report(&e));
             ExitCode::FAILURE
         }
     }
