@@ -437,6 +437,14 @@ fn tokenizer_metadata(
     Ok(())
 }
 
+/// The writer knows no path: name the output file in its I/O errors (disk full, file too large).
+fn write_err(out: &Path, e: raven_gguf::GgufError) -> RavenError {
+    match e {
+        raven_gguf::GgufError::Io { source, .. } => RavenError::io(out, source),
+        e => e.into(),
+    }
+}
+
 /// Converts the checkpoint in `dir` to `out` with weights of type `ty`. Writes `out` atomically:
 /// on any error no file is left behind.
 pub fn convert(
@@ -503,7 +511,7 @@ pub fn convert(
     for p in &plans {
         w.add_tensor(&p.gguf_name, &p.dims, p.ty)?;
     }
-    w.write_header()?;
+    w.write_header().map_err(|e| write_err(out, e))?;
 
     let in_bytes =
         |p: &Plan| (p.rows.len() * p.dims[0] as usize * p.src.dtype.bitsize() / 8) as u64;
@@ -529,13 +537,14 @@ pub fn convert(
             {
                 raven_quant::quantize_row(p.ty, src, dst)?;
             }
-            w.write_tensor_part(&p.gguf_name, &qbuf)?;
+            w.write_tensor_part(&p.gguf_name, &qbuf)
+                .map_err(|e| write_err(out, e))?;
             r = e;
         }
         done += in_bytes(p);
         progress.advance(done, &p.gguf_name);
     }
-    let buf = w.finish()?;
+    let buf = w.finish().map_err(|e| write_err(out, e))?;
     let file = buf
         .into_inner()
         .map_err(|e| RavenError::io(&tmp, e.into_error()))?;
