@@ -1,0 +1,679 @@
+//! The `raven` binary as scripts call it (SPEC §4): `raven convert` then `raven logits` with the
+//! flags exactly as the SPEC writes them, checked against the library; `raven inspect`; and bad
+//! invocations, which must exit with code 1 (not a panic's 101, not a signal), print `error: …`
+//! naming the flag or file, and leave no output file (nor a temporary one) behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use raven::exit::{Criterion, ExitPolicy};
+use raven::kv::CacheStrategy;
+use raven::run::{LogitsOptions, Threads};
+use raven::Model;
+use safetensors::{Dtype, SafeTensors};
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-huginn")
+}
+
+/// A fresh directory under the system temp dir, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("raven-cli-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    fn path(&self) -> &Path {
+        &self.0
+    }
+    fn join(&self, s: &str) -> PathBuf {
+        self.0.join(s)
+    }
+    /// Names of the entries, sorted.
+    fn entries(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&self.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn raven(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_raven"))
+        .args(args)
+        .output()
+        .expect("run raven")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[track_caller]
+fn ok(args: &[&str]) -> Output {
+    let o = raven(args);
+    assert!(
+        o.status.success(),
+        "raven {args:?} failed ({:?}): {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+/// Runs `raven args`, expects exit code 1 with `error: …` on stderr naming each of `needles`,
+/// and returns stderr.
+#[track_caller]
+fn fails(args: &[&str], needles: &[&str]) -> String {
+    let o = raven(args);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    eprintln!("raven {args:?}\n  -> {:?}: {}", o.status.code(), err.trim());
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "raven {args:?}: expected exit code 1, got {:?}; stderr: {err}",
+        o.status
+    );
+    assert!(!err.contains("panicked"), "raven {args:?} panicked: {err}");
+    assert!(err.starts_with("error: "), "raven {args:?}: stderr {err:?}");
+    for n in needles {
+        assert!(
+            err.contains(n),
+            "raven {args:?}: {err:?} does not name {n:?}"
+        );
+    }
+    let parts: Vec<&str> = err.trim().split(": ").collect();
+    assert!(
+        parts.windows(2).all(|w| w[0] != w[1]),
+        "raven {args:?}: a cause is repeated in {err:?}"
+    );
+    err
+}
+
+/// The fixture converted by `raven convert … --type f32`, once per test binary.
+fn model() -> &'static Path {
+    static DIR: OnceLock<TempDir> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let d = TempDir::new("model");
+        let out = d.join("tiny-f32.gguf");
+        ok(&["convert", s(&fixture()), "-o", s(&out), "--type", "f32"]);
+        d
+    });
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| dir.join("tiny-f32.gguf"))
+}
+
+fn library_model() -> &'static Model {
+    static M: OnceLock<Model> = OnceLock::new();
+    M.get_or_init(|| Model::load(model()).unwrap())
+}
+
+/// `logits` f32 [T, V] and `steps` i32 [T] from a `raven logits` output file.
+fn read_logits(p: &Path) -> (Vec<usize>, Vec<f32>, Vec<i32>) {
+    let bytes = std::fs::read(p).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut names = st.names();
+    names.sort();
+    assert_eq!(names, ["logits", "steps"]);
+    let l = st.tensor("logits").unwrap();
+    let k = st.tensor("steps").unwrap();
+    assert_eq!(l.dtype(), Dtype::F32);
+    assert_eq!(k.dtype(), Dtype::I32);
+    assert_eq!(k.shape(), &l.shape()[..1]);
+    let logits = l
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let steps = k
+        .data()
+        .chunks_exact(4)
+        .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    (l.shape().to_vec(), logits, steps)
+}
+
+/// Runs `raven logits -m MODEL <args> -o OUT` and the library with `o`; both must agree.
+#[track_caller]
+fn logits_match_library(args: &[&str], tokens: &[u32], o: &LogitsOptions) -> Vec<i32> {
+    let dir = TempDir::new("logits");
+    let out = dir.join("out.safetensors");
+    let mut full = vec!["logits", "-m", s(model())];
+    full.extend_from_slice(args);
+    full.extend_from_slice(&["-o", s(&out)]);
+    ok(&full);
+    assert_eq!(dir.entries(), ["out.safetensors"], "stray files");
+    let (shape, logits, steps) = read_logits(&out);
+    let m = library_model();
+    assert_eq!(shape, [tokens.len(), m.config.n_vocab]);
+    let want = raven::run::logits(m, tokens, o, &Threads::new(0).unwrap()).unwrap();
+    assert_eq!(steps, want.steps, "steps differ for {args:?}");
+    let d = logits
+        .iter()
+        .zip(&want.logits)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(d <= 1e-5, "{args:?}: logits differ from the library by {d}");
+    assert!(logits.iter().all(|x| x.is_finite()));
+    steps
+}
+
+fn opts(steps: usize) -> LogitsOptions {
+    LogitsOptions {
+        steps,
+        init_scale: 0.0,
+        seed: 0,
+        exit: None,
+        cache: CacheStrategy::Full,
+        decode_from: None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SPEC §4 as written.
+
+#[test]
+fn logits_as_spec_writes_it() {
+    let steps = logits_match_library(
+        &["--tokens", "1,2,3", "--steps", "4", "--init-scale", "0"],
+        &[1, 2, 3],
+        &opts(4),
+    );
+    assert_eq!(steps, [4, 4, 4]);
+}
+
+#[test]
+fn logits_with_exit_and_max_steps() {
+    let o = LogitsOptions {
+        exit: Some(ExitPolicy {
+            criterion: Criterion::Kl(1e-3),
+            min_steps: 1,
+            max_steps: 8,
+            check_every: 1,
+        }),
+        ..opts(4)
+    };
+    let steps = logits_match_library(
+        &[
+            "--tokens",
+            "1,2,3",
+            "--steps",
+            "4",
+            "--init-scale",
+            "0",
+            "--exit",
+            "kl:1e-3",
+            "--max-steps",
+            "8",
+        ],
+        &[1, 2, 3],
+        &o,
+    );
+    assert!(steps.iter().all(|&k| (1..=8).contains(&k)), "{steps:?}");
+}
+
+#[test]
+fn logits_with_compressed_cache() {
+    let o = LogitsOptions {
+        cache: CacheStrategy::Compress(4),
+        decode_from: Some(1),
+        ..opts(4)
+    };
+    logits_match_library(
+        &[
+            "--tokens",
+            "1,2,3",
+            "--steps",
+            "4",
+            "--init-scale",
+            "0",
+            "--cache",
+            "compress-s4",
+            "--decode-from",
+            "1",
+        ],
+        &[1, 2, 3],
+        &o,
+    );
+}
+
+#[test]
+fn logits_with_decode_from() {
+    let o = LogitsOptions {
+        decode_from: Some(2),
+        ..opts(4)
+    };
+    logits_match_library(
+        &[
+            "--tokens",
+            "1,2,3",
+            "--steps",
+            "4",
+            "--init-scale",
+            "0",
+            "--decode-from",
+            "2",
+        ],
+        &[1, 2, 3],
+        &o,
+    );
+}
+
+#[test]
+fn logits_with_seeded_state_and_no_mmap() {
+    let o = LogitsOptions {
+        init_scale: 1.0,
+        seed: 7,
+        ..opts(3)
+    };
+    logits_match_library(
+        &[
+            "--tokens",
+            "5, 6,7",
+            "--steps",
+            "3",
+            "--seed",
+            "7",
+            "--no-mmap",
+        ],
+        &[5, 6, 7],
+        &o,
+    );
+}
+
+#[test]
+fn logits_overwrites_an_existing_output() {
+    let dir = TempDir::new("overwrite");
+    let out = dir.join("out.safetensors");
+    std::fs::write(&out, b"old").unwrap();
+    ok(&[
+        "logits",
+        "-m",
+        s(model()),
+        "--tokens",
+        "1",
+        "--steps",
+        "1",
+        "-o",
+        s(&out),
+    ]);
+    assert_eq!(read_logits(&out).0, [1, 1024]);
+    assert_eq!(dir.entries(), ["out.safetensors"]);
+}
+
+#[test]
+fn inspect_prints_tensors_and_cache_predictions() {
+    let o = ok(&["inspect", s(model())]);
+    let out = String::from_utf8(o.stdout).unwrap();
+    for want in [
+        "general.architecture",
+        "\"huginn\"",
+        "huginn.block_count",
+        "tensors:",
+        "token_embd.weight",
+        "output_norm.weight",
+        "adapter.weight",
+        "blk.0.attn_q.bias",
+        "blk.7.ffn_post_norm.weight",
+        "1024 × 64",
+        "parameters:",
+        "KV cache",
+        "full",
+        "compress-s4",
+        "latest-m4",
+    ] {
+        assert!(out.contains(want), "inspect output lacks {want:?}:\n{out}");
+    }
+    // Every tensor appears in the table.
+    let g = raven_gguf::Gguf::open(model()).unwrap();
+    for t in g.tensors() {
+        assert!(
+            out.contains(&format!("  {} ", t.name)),
+            "{} missing",
+            t.name
+        );
+    }
+    let o = ok(&["inspect", s(model()), "--ctx", "4096", "--steps", "64"]);
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert!(out.contains("4096 tokens, up to 64 iterations"), "{out}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad `raven logits` invocations: exit 1, `error:` naming the flag or file, no output.
+
+/// `raven logits -m MODEL --tokens 1,2,3 <extra> -o DIR/out.safetensors` must fail naming
+/// `needles` and leave DIR empty.
+#[track_caller]
+fn logits_fails(extra: &[&str], needles: &[&str]) {
+    logits_fails_with(s(model()), "1,2,3", extra, needles);
+}
+
+#[track_caller]
+fn logits_fails_with(model: &str, tokens: &str, extra: &[&str], needles: &[&str]) {
+    let dir = TempDir::new("bad-logits");
+    let out = dir.join("out.safetensors");
+    let mut args = vec!["logits", "-m", model, "--tokens", tokens];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["-o", s(&out)]);
+    fails(&args, needles);
+    assert!(dir.entries().is_empty(), "left behind: {:?}", dir.entries());
+}
+
+#[test]
+fn rejects_unknown_exit_criterion() {
+    logits_fails(&["--exit", "bogus"], &["--exit", "bogus"]);
+    logits_fails(&["--exit", "kl:"], &["--exit"]);
+    logits_fails(&["--exit", "none:3"], &["--exit", "none"]);
+}
+
+#[test]
+fn rejects_negative_exit_threshold() {
+    logits_fails(&["--exit", "kl:-1e-3"], &["--exit", "-1e-3"]);
+    logits_fails(&["--exit", "latent-diff:nan"], &["--exit", "nan"]);
+    logits_fails(&["--exit", "argmax-stability:0"], &["--exit"]);
+}
+
+#[test]
+fn rejects_bogus_cache() {
+    logits_fails(&["--cache", "bogus"], &["--cache", "bogus"]);
+    logits_fails(&["--cache", "compress-s0"], &["--cache"]);
+    logits_fails(&["--cache", "latest-m3"], &["--cache", "latest-m3"]);
+}
+
+#[test]
+fn rejects_bad_step_options() {
+    logits_fails(&["--steps", "0"], &["--steps"]);
+    logits_fails(&["--exit", "kl", "--max-steps", "0"], &["--max-steps"]);
+    logits_fails(&["--exit", "kl", "--check-every", "0"], &["--check-every"]);
+    logits_fails(
+        &["--exit", "kl", "--max-steps", "4", "--min-steps", "5"],
+        &["--min-steps"],
+    );
+    logits_fails(&["--init-scale=-1"], &["--init-scale"]);
+    logits_fails(&["--init-scale", "inf"], &["--init-scale"]);
+}
+
+#[test]
+fn rejects_decode_from_out_of_range() {
+    logits_fails(&["--decode-from", "0"], &["--decode-from", "0"]);
+    logits_fails(&["--decode-from", "4"], &["--decode-from", "4"]);
+    logits_fails(&["--exit", "kl", "--decode-from", "2"], &["--decode-from"]);
+}
+
+#[test]
+fn rejects_tokens_that_are_not_ids() {
+    logits_fails_with(s(model()), "1,x", &[], &["--tokens", "\"x\""]);
+    logits_fails_with(s(model()), "1,-2", &[], &["--tokens", "-2"]);
+    logits_fails_with(s(model()), "4294967296", &[], &["--tokens"]);
+    logits_fails_with(s(model()), "", &[], &["--tokens"]);
+}
+
+#[test]
+fn rejects_token_id_out_of_range() {
+    logits_fails_with(
+        s(model()),
+        "1,1024",
+        &[],
+        &["--tokens", "1024", "vocabulary"],
+    );
+}
+
+#[test]
+fn rejects_more_tokens_than_the_context() {
+    let toks: Vec<String> = (0..257).map(|i| (i % 1000).to_string()).collect();
+    logits_fails_with(
+        s(model()),
+        &toks.join(","),
+        &[],
+        &["--tokens", "257", "256"],
+    );
+}
+
+#[test]
+fn rejects_missing_model_file() {
+    let dir = TempDir::new("no-model");
+    let m = dir.join("nope.gguf");
+    logits_fails_with(s(&m), "1,2", &[], &["nope.gguf", "no such file"]);
+    fails(&["inspect", s(&m)], &["nope.gguf"]);
+}
+
+#[test]
+fn rejects_malformed_model_files() {
+    let dir = TempDir::new("bad-model");
+    let good = std::fs::read(model()).unwrap();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("empty.gguf", Vec::new()),
+        ("magic-only.gguf", b"GGUF".to_vec()),
+        ("text.gguf", b"not a model at all\n".to_vec()),
+        ("truncated.gguf", good[..good.len() / 2].to_vec()),
+        ("header-cut.gguf", good[..100].to_vec()),
+        (
+            "checkpoint.gguf",
+            std::fs::read(fixture().join("model-00003-of-00003.safetensors")).unwrap(),
+        ),
+        ("version-9.gguf", {
+            let mut b = good.clone();
+            b[4..8].copy_from_slice(&9u32.to_le_bytes());
+            b
+        }),
+        ("tensors-huge.gguf", {
+            let mut b = good.clone();
+            b[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+            b
+        }),
+    ];
+    for (name, bytes) in cases {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        logits_fails_with(s(&p), "1,2", &[], &[name]);
+        fails(&["inspect", s(&p)], &[name]);
+    }
+    // A directory given as the model.
+    logits_fails_with(s(dir.path()), "1", &[], &[s(dir.path()), "is a directory"]);
+}
+
+#[test]
+fn rejects_output_in_missing_directory() {
+    let dir = TempDir::new("out-missing");
+    let out = dir.join("no/such/out.safetensors");
+    fails(
+        &[
+            "logits",
+            "-m",
+            s(model()),
+            "--tokens",
+            "1",
+            "--steps",
+            "1",
+            "-o",
+            s(&out),
+        ],
+        &["-o", "no/such"],
+    );
+    assert!(dir.entries().is_empty());
+}
+
+#[test]
+fn rejects_output_that_is_a_directory() {
+    let dir = TempDir::new("out-dir");
+    let out = dir.join("out.safetensors");
+    std::fs::create_dir(&out).unwrap();
+    fails(
+        &[
+            "logits",
+            "-m",
+            s(model()),
+            "--tokens",
+            "1",
+            "--steps",
+            "1",
+            "-o",
+            s(&out),
+        ],
+        &["-o", "directory"],
+    );
+    assert_eq!(dir.entries(), ["out.safetensors"]);
+    assert!(out.is_dir());
+}
+
+#[test]
+fn failed_logits_keeps_an_existing_output() {
+    let dir = TempDir::new("keep");
+    let out = dir.join("out.safetensors");
+    std::fs::write(&out, b"previous").unwrap();
+    fails(
+        &[
+            "logits",
+            "-m",
+            s(model()),
+            "--tokens",
+            "1,5000",
+            "-o",
+            s(&out),
+        ],
+        &["--tokens"],
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), b"previous");
+    assert_eq!(dir.entries(), ["out.safetensors"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad `raven convert` invocations.
+
+/// A copy of the fixture checkpoint (without the reference outputs).
+fn checkpoint_copy(dir: &TempDir) -> PathBuf {
+    let ck = dir.join("tiny-huginn");
+    std::fs::create_dir(&ck).unwrap();
+    for e in std::fs::read_dir(fixture()).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_str().unwrap().to_string();
+        if !name.starts_with("reference.") {
+            std::fs::copy(&p, ck.join(name)).unwrap();
+        }
+    }
+    ck
+}
+
+#[test]
+fn convert_rejects_unknown_type() {
+    let dir = TempDir::new("type");
+    let out = dir.join("m.gguf");
+    fails(
+        &["convert", s(&fixture()), "-o", s(&out), "--type", "q3_k"],
+        &["--type", "q3_k"],
+    );
+    assert!(dir.entries().is_empty());
+}
+
+#[test]
+fn convert_rejects_missing_checkpoint() {
+    let dir = TempDir::new("no-ckpt");
+    let out = dir.join("m.gguf");
+    fails(
+        &["convert", s(&dir.join("nowhere")), "-o", s(&out)],
+        &["nowhere"],
+    );
+    assert!(dir.entries().is_empty());
+}
+
+#[test]
+fn convert_rejects_output_in_missing_directory() {
+    let dir = TempDir::new("convert-out");
+    let out = dir.join("no/such/m.gguf");
+    fails(
+        &["convert", s(&fixture()), "-o", s(&out)],
+        &["no/such/m.gguf", "does not exist"],
+    );
+    assert!(dir.entries().is_empty());
+}
+
+#[test]
+fn failed_convert_leaves_nothing() {
+    // A checkpoint whose last shard is truncated: refused, naming the shard; no output, no
+    // temporary file.
+    let dir = TempDir::new("convert-trunc");
+    let ck = checkpoint_copy(&dir);
+    let shard = ck.join("model-00003-of-00003.safetensors");
+    let bytes = std::fs::read(&shard).unwrap();
+    std::fs::write(&shard, &bytes[..bytes.len() - 4096]).unwrap();
+    let out_dir = TempDir::new("convert-trunc-out");
+    let out = out_dir.join("m.gguf");
+    fails(
+        &["convert", s(&ck), "-o", s(&out), "--type", "f16"],
+        &["model-00003-of-00003.safetensors"],
+    );
+    assert!(!out.exists());
+    assert!(out_dir.entries().is_empty(), "{:?}", out_dir.entries());
+}
+
+/// Runs `raven convert` under a file-size limit of 64 KiB (the f32 output is ~1.7 MB), with
+/// SIGXFSZ ignored (`write` then fails with EFBIG) or at its default (the process is killed
+/// mid-write).
+fn convert_with_size_limit(out: &Path, ignore_signal: bool) -> Output {
+    let script = format!(
+        "ulimit -f 128; {} exec \"$0\" convert \"$1\" -o \"$2\" --type f32",
+        if ignore_signal { "trap '' XFSZ;" } else { "" }
+    );
+    Command::new("sh")
+        .args([
+            "-c",
+            &script,
+            env!("CARGO_BIN_EXE_raven"),
+            s(&fixture()),
+            s(out),
+        ])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn convert_failing_mid_write_leaves_nothing() {
+    let dir = TempDir::new("convert-efbig");
+    let out = dir.join("m.gguf");
+    let o = convert_with_size_limit(&out, true);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{:?}: {err}", o.status);
+    assert!(
+        err.starts_with("error: ") && err.contains("m.gguf"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    assert!(dir.entries().is_empty(), "{:?}", dir.entries());
+}
+
+#[test]
+fn convert_killed_mid_write_leaves_no_output() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = TempDir::new("convert-killed");
+    let out = dir.join("m.gguf");
+    let o = convert_with_size_limit(&out, false);
+    assert_eq!(
+        o.status.signal(),
+        Some(25),
+        "expected SIGXFSZ: {:?}",
+        o.status
+    );
+    // The output path never exists half-written. A killed process cannot remove its temporary
+    // file, which is hidden and named after the output and the process id.
+    assert!(!out.exists());
+    for e in dir.entries() {
+        assert!(
+            e.starts_with(".m.gguf.") && e.ends_with(".tmp"),
+            "unexpected {e}"
+        );
+    }
+}
