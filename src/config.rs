@@ -99,7 +99,8 @@ impl Config {
                 return Err(bad(format!("{} is 0", k(key))));
             }
         }
-        if self.n_embd % self.n_heads != 0 || self.head_dim() % 2 != 0 {
+        // (No `%`: clippy wants is_multiple_of, which is newer than some MSRVs of this crate.)
+        if self.head_dim() * self.n_heads != self.n_embd || self.head_dim() & 1 == 1 {
             return Err(bad(format!(
                 "{} = {} is not a multiple of 2 × {} = {}: the head dimension must be a whole even number",
                 k(Key::Embd),

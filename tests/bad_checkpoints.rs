@@ -400,7 +400,7 @@ fn rejects_safetensors_offsets_out_of_order() {
     let mut header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
     header["transformer.ln_f.weight"]["data_offsets"] = serde_json::json!([0, 1u64 << 40]);
     let mut h = serde_json::to_vec(&header).unwrap();
-    while h.len() % 8 != 0 {
+    while h.len() & 7 != 0 {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();
