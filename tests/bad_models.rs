@@ -113,16 +113,10 @@ impl Parts {
     }
 }
 
-fn scratch() -> &'static TempDir {
-    static D: OnceLock<TempDir> = OnceLock::new();
-    D.get_or_init(|| TempDir::new("bad-models"))
-}
-
-/// Writes `p` as `<name>.gguf`, loads it both ways, and checks both refuse it with a message
-/// naming the file and each of `needles`.
 #[track_caller]
 fn refused(name: &str, p: &Parts, needles: &[&str]) -> String {
-    let path = scratch().path().join(format!("{name}.gguf"));
+    let dir = TempDir::new("bad-model");
+    let path = dir.path().join(format!("{name}.gguf"));
     p.write(&path);
     refused_file(&path, needles, true)
 }
@@ -161,7 +155,8 @@ fn key(k: &str) -> String {
 #[test]
 fn the_rewritten_fixture_loads() {
     // The rewriting itself loses nothing: without edits the file loads and matches the original.
-    let path = scratch().path().join("unchanged.gguf");
+    let dir = TempDir::new("bad-model");
+    let path = dir.path().join("unchanged.gguf");
     Parts::good().write(&path);
     let m = Model::load(&path).unwrap();
     let orig = Model::load(&tiny_gguf("f32")).unwrap();
@@ -458,7 +453,8 @@ fn rejects_huge_vocabulary_claim() {
     // itself be the allocation under test.)
     let rows: u64 = (1 << 22) + 1;
     let mut p = Parts::good();
-    let path = scratch().path().join("vocab-huge.gguf");
+    let dir = TempDir::new("bad-model");
+    let path = dir.path().join("vocab-huge.gguf");
     {
         let mut w = GgufWriter::new(BufWriter::new(File::create(&path).unwrap()));
         for (k, v) in &p.kv {
@@ -489,7 +485,8 @@ fn rejects_huge_vocabulary_claim() {
 
 #[test]
 fn rejects_truncated_model_file() {
-    let path = scratch().path().join("truncated.gguf");
+    let dir = TempDir::new("bad-model");
+    let path = dir.path().join("truncated.gguf");
     Parts::good().write(&path);
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() - 1000]).unwrap();
@@ -572,7 +569,8 @@ fn accepts_extra_eos_as_other_integer_arrays() {
     {
         let mut p = Parts::good();
         p.set(&key("eos_token_ids"), Value::Array(a));
-        let path = scratch().path().join(format!("eos-int-{i}.gguf"));
+        let dir = TempDir::new("bad-model");
+        let path = dir.path().join(format!("eos-int-{i}.gguf"));
         p.write(&path);
         let m = Model::load(&path).unwrap();
         assert!(

@@ -104,17 +104,15 @@ fn fails(args: &[&str], needles: &[&str]) -> String {
     err
 }
 
-/// The fixture converted by `raven convert … --type f32`, once per test binary.
+/// The fixture converted by `raven convert … --type f32`, once per test binary, into cargo's
+/// scratch directory for integration tests (a static is never dropped, so not a TempDir).
 fn model() -> &'static Path {
-    static DIR: OnceLock<TempDir> = OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let d = TempDir::new("model");
-        let out = d.join("tiny-f32.gguf");
-        ok(&["convert", s(&fixture()), "-o", s(&out), "--type", "f32"]);
-        d
-    });
     static P: OnceLock<PathBuf> = OnceLock::new();
-    P.get_or_init(|| dir.join("tiny-f32.gguf"))
+    P.get_or_init(|| {
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-tiny-f32.gguf");
+        ok(&["convert", s(&fixture()), "-o", s(&out), "--type", "f32"]);
+        out
+    })
 }
 
 fn library_model() -> &'static Model {
