@@ -16,6 +16,7 @@ use raven::Model;
 
 mod bench;
 mod demo;
+mod eval;
 mod generate;
 mod inspect;
 
@@ -87,6 +88,8 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Accuracy of the demo task by difficulty against iterations and exit policies.
+    Eval(eval::EvalArgs),
     /// Chat interactively with the model's chat template.
     Chat {
         /// A system message.
@@ -353,6 +356,7 @@ fn run() -> Result<()> {
         } => inspect::run(&model, ctx, steps, all),
         Cmd::Logits(a) => cmd_logits(a),
         Cmd::Bench(a) => bench::run(&a),
+        Cmd::Eval(a) => eval::run(&a),
         Cmd::Synth {
             out,
             ty,
