@@ -1,0 +1,341 @@
+//! The C ABI end to end: `include/raven.h` is what cbindgen makes of src/capi.rs today, and C
+//! programs (tests/c/*.c), compiled with the system `cc` against the library cargo built
+//! (libraven.a), run under valgrind when it is installed:
+//!
+//! - `generate.c`: greedy decoding with a zero initial state and 8 iterations gives the
+//!   official tokens of the fixture's `decode.full.p0.r8` case;
+//! - `threads.c`: four sessions on one model in four threads all give them;
+//! - `cancel.c`: a generation cancelled from another thread returns `RAVEN_ERR_CANCELLED`
+//!   promptly;
+//! - `misuse.c`: NULLs, bad parameters, missing and malformed files give error codes with
+//!   messages.
+//!
+//! When the tests are cross-compiled (aarch64 under qemu) the host `cc` cannot link the
+//! library: the C programs are then skipped with a note.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn generated_header() -> String {
+    let config = cbindgen::Config::from_file(root().join("cbindgen.toml")).unwrap();
+    let bindings = cbindgen::Builder::new()
+        .with_config(config)
+        .with_src(root().join("src/capi.rs"))
+        .generate()
+        .expect("cbindgen cannot read src/capi.rs");
+    let mut out = Vec::new();
+    bindings.write(&mut out);
+    String::from_utf8(out).unwrap()
+}
+
+/// include/raven.h is checked in; it must be what cbindgen makes of src/capi.rs.
+#[test]
+fn header_is_up_to_date() {
+    let path = root().join("include/raven.h");
+    let want = generated_header();
+    if std::env::var_os("RAVEN_UPDATE_HEADER").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &want).unwrap();
+        eprintln!("wrote {}", path.display());
+        return;
+    }
+    let have = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        have == want,
+        "include/raven.h is stale: it differs from what cbindgen generates from src/capi.rs.\n\
+         Regenerate it with `RAVEN_UPDATE_HEADER=1 cargo test --test capi header` and commit it."
+    );
+}
+
+/// What the C tests need: the compiler, the library, the fixture model, valgrind or not.
+struct CEnv {
+    lib: PathBuf,
+    model: PathBuf,
+    valgrind: bool,
+}
+
+/// None (with a note) when the host `cc` cannot build for the architecture of this test binary.
+fn c_env() -> Option<&'static CEnv> {
+    static ENV: OnceLock<Option<CEnv>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let machine = Command::new("cc").arg("-dumpmachine").output();
+        let machine = match machine {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            _ => panic!("the C ABI tests need a C compiler: install one as `cc` (e.g. apt-get install gcc)"),
+        };
+        let arch = std::env::consts::ARCH;
+        if !machine.starts_with(arch) || !cfg!(target_os = "linux") {
+            eprintln!(
+                "note: skipping the C programs: this test binary is {arch}-{}, the host cc builds for {machine}",
+                std::env::consts::OS
+            );
+            return None;
+        }
+        let valgrind = Command::new("valgrind")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !valgrind {
+            eprintln!("note: valgrind is not installed; the C programs run without it");
+        }
+        Some(CEnv {
+            lib: static_lib(),
+            model: tiny_gguf("f32"),
+            valgrind,
+        })
+    })
+    .as_ref()
+}
+
+/// libraven.a of this build: the newest of deps/libraven*.a beside this test binary (where
+/// `cargo test` writes it) and target/<profile>/libraven.a (where `cargo build` puts it).
+fn static_lib() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap();
+    let profile_dir = deps.parent().unwrap();
+    std::fs::read_dir(deps)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n == "libraven.a" || (n.starts_with("libraven-") && n.ends_with(".a"))
+        })
+        .chain(Some(profile_dir.join("libraven.a")).filter(|p| p.exists()))
+        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no libraven.a in {} or {}: the library's crate-type must include staticlib",
+                deps.display(),
+                profile_dir.display()
+            )
+        })
+}
+
+/// Compiles tests/c/NAME.c into `dir` against include/raven.h and libraven.a, strict warnings
+/// as errors.
+fn build(env: &CEnv, dir: &TempDir, name: &str) -> PathBuf {
+    let exe = dir.path().join(name);
+    let src = root().join(format!("tests/c/{name}.c"));
+    let out = Command::new("cc")
+        .args([
+            "-std=c11",
+            "-g",
+            "-O1",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-pedantic",
+        ])
+        .arg("-I")
+        .arg(root().join("include"))
+        .arg(&src)
+        .arg(&env.lib)
+        .args(["-lpthread", "-ldl", "-lm"])
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cc {} failed:\n{}",
+        src.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    exe
+}
+
+/// Runs a C test program (under valgrind when available), failing on a non-zero exit, a
+/// valgrind error or leak, or a hang.
+fn run(env: &CEnv, exe: &Path, args: &[String]) {
+    let mut cmd = if env.valgrind {
+        let mut c = Command::new("valgrind");
+        c.args([
+            "-q",
+            "--error-exitcode=99",
+            "--leak-check=full",
+            // Only definite leaks fail: hashbrown tables in lazily initialised statics (the
+            // tokenizer's byte maps) are held through interior pointers, which valgrind
+            // reports as "possibly lost" although they stay reachable until exit.
+            "--errors-for-leak-kinds=definite",
+            "--show-possibly-lost=no",
+        ])
+        .arg(exe);
+        c
+    } else {
+        Command::new(exe)
+    };
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let t0 = Instant::now();
+    let mut child = cmd.spawn().unwrap();
+    let limit = Duration::from_secs(if env.valgrind { 900 } else { 300 });
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            panic!("{} did not finish in {limit:?}", exe.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "{} ({}, {:.1} s):\n{stdout}{stderr}",
+        exe.file_name().unwrap().to_string_lossy(),
+        if env.valgrind { "valgrind" } else { "native" },
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(
+        out.status.success(),
+        "{} failed ({}):\n{stdout}{stderr}",
+        exe.display(),
+        out.status
+    );
+}
+
+fn ids(v: &[u32]) -> String {
+    v.iter()
+        .map(|t| t.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Prompt 0 of the fixture (ids and text) and the official greedy tokens of
+/// `decode.full.p0.r8`.
+fn decode_case() -> (Vec<u32>, String, Vec<u32>) {
+    let r = reference();
+    let case = r
+        .cases()
+        .find(|c| c["name"] == "decode.full.p0.r8")
+        .expect("the fixture has decode.full.p0.r8");
+    assert_eq!(case["prompt"], 0);
+    assert_eq!(case["num_steps"], 8);
+    assert_eq!(case["init_scale"], 0.0);
+    let new = list(&case["new_tokens"])
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    let text = r.json["prompts"][0].as_str().unwrap().to_string();
+    (r.prompt(0), text, new)
+}
+
+#[test]
+fn c_greedy_generation_matches_official_tokens() {
+    let Some(env) = c_env() else { return };
+    let (prompt, text, new) = decode_case();
+    let dir = TempDir::new("capi-generate");
+    let exe = build(env, &dir, "generate");
+    run(
+        env,
+        &exe,
+        &[
+            env.model.display().to_string(),
+            ids(&prompt),
+            ids(&new),
+            text,
+        ],
+    );
+}
+
+#[test]
+fn c_four_threads_share_one_model() {
+    let Some(env) = c_env() else { return };
+    let (prompt, _, new) = decode_case();
+    let dir = TempDir::new("capi-threads");
+    let exe = build(env, &dir, "threads");
+    run(
+        env,
+        &exe,
+        &[env.model.display().to_string(), ids(&prompt), ids(&new)],
+    );
+}
+
+#[test]
+fn c_cancel_from_another_thread_is_prompt() {
+    let Some(env) = c_env() else { return };
+    let (prompt, _, _) = decode_case();
+    let dir = TempDir::new("capi-cancel");
+    let exe = build(env, &dir, "cancel");
+    // Cancellation is checked at every core iteration, which takes well under a millisecond
+    // for the tiny model (a few under valgrind); the limits leave room for a loaded machine.
+    let limit_ms = if env.valgrind { 5000 } else { 500 };
+    run(
+        env,
+        &exe,
+        &[
+            env.model.display().to_string(),
+            ids(&prompt),
+            limit_ms.to_string(),
+        ],
+    );
+}
+
+#[test]
+fn c_misuse_returns_errors_not_crashes() {
+    let Some(env) = c_env() else { return };
+    let dir = TempDir::new("capi-misuse");
+    let exe = build(env, &dir, "misuse");
+    let missing = dir.path().join("no-such-model.gguf");
+    let garbage = dir.path().join("garbage.gguf");
+    std::fs::write(&garbage, b"\x00\x01garbage, not GGUF\xff").unwrap();
+    run(
+        env,
+        &exe,
+        &[
+            env.model.display().to_string(),
+            missing.display().to_string(),
+            garbage.display().to_string(),
+        ],
+    );
+}
+
+/// The header is also valid C++ (its declarations are `extern "C"`).
+#[test]
+fn header_compiles_as_cpp() {
+    if c_env().is_none() {
+        return;
+    }
+    let Ok(o) = Command::new("c++").arg("--version").output() else {
+        eprintln!("note: no c++ compiler; skipping the C++ header check");
+        return;
+    };
+    if !o.status.success() {
+        return;
+    }
+    let dir = TempDir::new("capi-cpp");
+    let src = dir.path().join("t.cpp");
+    std::fs::write(
+        &src,
+        "#include \"raven.h\"\nint main() { raven_session_params p = raven_session_default_params(); return p.n_ctx; }\n",
+    )
+    .unwrap();
+    let out = Command::new("c++")
+        .args([
+            "-std=c++11",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-fsyntax-only",
+            "-I",
+        ])
+        .arg(root().join("include"))
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "raven.h does not compile as C++:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
