@@ -289,7 +289,7 @@ impl From<RavenError> for Error {
     fn from(e: RavenError) -> Error {
         let status = match &e {
             RavenError::Io { .. } => RAVEN_ERR_IO,
-            RavenError::Gguf(g) if matches!(g, raven_gguf::GgufError::Io { .. }) => RAVEN_ERR_IO,
+            RavenError::Gguf(raven_gguf::GgufError::Io { .. }) => RAVEN_ERR_IO,
             RavenError::Gguf(_)
             | RavenError::Json { .. }
             | RavenError::Checkpoint { .. }
