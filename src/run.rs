@@ -186,7 +186,7 @@ pub fn run_token(
         out.core_ms += dt;
         have_logits = false;
         let done = i + 1;
-        if policy.criterion == Criterion::None || done % policy.check_every != 0 {
+        if policy.criterion == Criterion::None || !done.is_multiple_of(policy.check_every) {
             continue;
         }
         let (v, exit) = if policy.criterion.needs_logits() {

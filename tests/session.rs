@@ -174,7 +174,7 @@ fn exit_policies_report_iterations_and_respect_bounds() {
         let st = s.step(5).unwrap();
         assert!((3..=20).contains(&st.steps), "{crit}: {}", st.steps);
         assert!(
-            st.steps == 20 || st.steps % 2 == 0,
+            st.steps == 20 || st.steps.is_multiple_of(2),
             "{crit}: checks every 2: {}",
             st.steps
         );

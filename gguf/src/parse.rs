@@ -389,7 +389,7 @@ impl<'a> Parser<'a> {
     ) -> Result<()> {
         let file_len = self.buf.len() as u64;
         for t in tensors {
-            if t.offset % alignment != 0 {
+            if !t.offset.is_multiple_of(alignment) {
                 return Err(GgufError::MisalignedTensor {
                     path: self.path(),
                     tensor: t.name.clone(),
@@ -400,7 +400,7 @@ impl<'a> Parser<'a> {
             let end = data_offset
                 .checked_add(t.offset)
                 .and_then(|s| s.checked_add(t.n_bytes));
-            if end.map_or(true, |end| end > file_len) {
+            if end.is_none_or(|end| end > file_len) {
                 return Err(GgufError::TensorPastEnd {
                     path: self.path(),
                     tensor: t.name.clone(),

@@ -368,7 +368,7 @@ fn run() -> Result<()> {
                 let d: usize = div
                     .parse()
                     .with_context(|| format!("--shape {shape}: expected huginn-0125/N"))?;
-                if d == 0 || c.n_heads % d != 0 {
+                if d == 0 || !c.n_heads.is_multiple_of(d) {
                     bail!("--shape {shape}: N must divide the 55 heads (1, 5, 11, 55)");
                 }
                 c.n_embd /= d;

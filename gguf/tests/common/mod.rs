@@ -138,7 +138,7 @@ impl RawFile {
 
     pub fn bytes(&self) -> Vec<u8> {
         let mut v = self.header_and_infos();
-        while v.len() as u64 % self.alignment != 0 {
+        while !(v.len() as u64).is_multiple_of(self.alignment) {
             v.push(0);
         }
         v.extend_from_slice(&self.data);

@@ -67,13 +67,13 @@ fn sets_on_this_cpu() {
 #[test]
 fn activation_quantizers_are_bit_identical() {
     let mut rng = Rng::new(1);
-    for case in 0..200 {
+    for case in 0..200usize {
         let nb = 1 + rng.below(12);
         let mut x = values(&mut rng, nb * 32);
-        if case % 10 == 0 {
+        if case.is_multiple_of(10) {
             // Values that land exactly on halves after scaling.
             for (i, v) in x.iter_mut().enumerate() {
-                *v = (i % 64) as f32 * 0.5 - 16.0 + if i % 32 == 0 { 127.0 } else { 0.0 };
+                *v = (i % 64) as f32 * 0.5 - 16.0 + if i.is_multiple_of(32) { 127.0 } else { 0.0 };
             }
         }
         let mut want = (vec![0i8; nb * 32], vec![0f32; nb], vec![0i32; nb]);

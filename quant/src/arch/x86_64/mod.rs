@@ -455,7 +455,7 @@ unsafe fn group_q8_0x16<const NT: usize, const VNNI: bool>(
                 for k in 0..8 {
                     let ak = _mm256_set1_epi32(a.add(k).read_unaligned());
                     let sk = if VNNI { ak } else { _mm256_sign_epi8(ak, c[k]) };
-                    if k % 2 == 0 {
+                    if k.is_multiple_of(2) {
                         s0 = dot4::<VNNI>(s0, u[k], sk);
                     } else {
                         s1 = dot4::<VNNI>(s1, u[k], sk);
