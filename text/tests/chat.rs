@@ -199,7 +199,16 @@ fn long_real_conversations_fit_the_budget() {
     let t = fixture_template();
     let turn = "A reasonably long message about ravens, 🐦‍⬛, and thought. ".repeat(200);
     let chat: Vec<ChatMessage> = (0..200usize)
-        .map(|i| ChatMessage::new(if i.is_multiple_of(2) { "user" } else { "Huginn" }, turn.as_str()))
+        .map(|i| {
+            ChatMessage::new(
+                if i.is_multiple_of(2) {
+                    "user"
+                } else {
+                    "Huginn"
+                },
+                turn.as_str(),
+            )
+        })
         .collect();
     let out = t
         .render(&chat, true)
