@@ -46,6 +46,8 @@ step "converter output read by gguf-py (tools/gguf_py_check.py)"
 python3 tools/gguf_py_check.py tests/fixtures/tiny-huginn
 
 if [[ -z "${RAVEN_TEST_QUICK:-}" ]]; then
+    step "clippy for aarch64 (the NEON and dotprod kernels)"
+    cargo clippy -p raven-quant --all-targets --target aarch64-unknown-linux-gnu -- -D warnings
     for cpu in cortex-a72 max; do
         step "tests for aarch64 under qemu -cpu $cpu"
         CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu $cpu" \
