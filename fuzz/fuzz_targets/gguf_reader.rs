@@ -18,7 +18,8 @@ fuzz_target!(|data: &[u8]| {
         g.path(),
     );
     let _ = format!("{g:?}");
-    assert!(g.data_offset() <= g.file_len());
+    // Without tensors the (aligned) data section may start past the end of the file.
+    assert!(g.tensors().is_empty() || g.data_offset() <= g.file_len());
     for (k, v) in g.metadata() {
         assert!(std::ptr::eq(g.get(k).expect("listed key"), v), "{k}");
         let _ = (
