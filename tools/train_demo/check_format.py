@@ -3,6 +3,7 @@ directory has exactly the layout of the fixture checkpoint (tests/fixtures/tiny-
 
     python check_format.py                      # model vs fixture reference outputs only
     python check_format.py ../../models/demo/hf # ... plus the layout of that directory
+    python check_format.py --layout-only DIR    # the layout only
 
 Exit status 0 when everything agrees.
 """
@@ -202,10 +203,12 @@ def check_layout(hf_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(2)
-    check_model_against_reference()
-    if len(sys.argv) > 1:
-        check_layout(sys.argv[1])
+    torch.set_num_threads(1)
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    if "--layout-only" not in sys.argv:
+        check_model_against_reference()
+    if args:
+        check_layout(args[0])
     if failures:
         print(f"{len(failures)} check(s) failed")
         sys.exit(1)

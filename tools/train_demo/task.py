@@ -1,28 +1,26 @@
-"""The synthetic reasoning task: follow a chain of links to its end.
+"""The synthetic reasoning task: track a ball under shuffled cups.
 
-A puzzle names a start letter and lists N_EDGES links between letters, each written as a
-two-letter word `xy` meaning "x leads to y" (two tokens), in random order. The links form
-N_CHAINS disjoint chains; the answer is the last letter of the start's chain. The difficulty level
-is the number of hops from the start to the end of its chain. Every puzzle has the same number of
-links (so every prompt has the same length whatever the level) and the same number of chains (so
-guessing among chain ends gives 1/N_CHAINS at any level).
+A ball starts under one of N_CUPS cups; then a list of swaps follows, each written `ij` (swap the
+cups at places i and j, one token). The answer is where the ball ends up. The difficulty level is
+the number of swaps: every swap depends on where the previous ones left the ball, so a model that
+follows the swaps one after the other needs more sequential steps (core iterations) the longer the
+list. Guessing gives 1/N_CUPS at any level.
 
-    Start: q. Links: qd kw dm wb mr ...   ->   r      (q>d>m>r: level 3)
+    Ball: 3. Swaps: 13 45 12 34   ->   4      (3 -> 1 -> 1 -> 2 -> 2: level 4)
 
 Prompts use Huginn's chat template (the fixture's), so `raven chat` sees the same text:
-    <|begin_text|><|begin_header|>user<|end_header|>\n\n{puzzle}<|end_turn|><|begin_header|>Huginn<|end_header|>\n\n
+    <|begin_text|><|begin_header|>user<|end_header|>\\n\\n{puzzle}<|end_turn|><|begin_header|>Huginn<|end_header|>\\n\\n
 and the reply is `{answer}<|end_turn|>`.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
-import string
 
-N_EDGES = 12
-N_CHAINS = 5
-LETTERS = string.ascii_lowercase
-MAX_LEVEL = N_EDGES - (N_CHAINS - 1)  # distractor chains need one link each
+N_CUPS = 5
+CUPS = [str(i) for i in range(1, N_CUPS + 1)]
+SWAPS = [a + b for a, b in itertools.combinations(CUPS, 2)]
 
 SPECIAL_TOKENS = [
     "<|begin_text|>",
@@ -40,46 +38,19 @@ CHAT_TEMPLATE = (
 )
 
 
-def make_graph(rng: random.Random, level: int) -> list[list[str]]:
-    """N_CHAINS disjoint chains with N_EDGES links in all; the first has `level` links."""
-    if not 1 <= level <= MAX_LEVEL:
-        raise ValueError(f"level {level} outside 1..{MAX_LEVEL}")
-    # Split the remaining links among the distractor chains, at least one each.
-    rest = N_EDGES - level
-    cuts = sorted(rng.sample(range(1, rest), N_CHAINS - 2)) if N_CHAINS > 2 else []
-    lengths = [level] + [b - a for a, b in zip([0] + cuts, cuts + [rest])]
-    nodes = rng.sample(LETTERS, N_EDGES + N_CHAINS)
-    chains, i = [], 0
-    for n in lengths:
-        chains.append(nodes[i : i + n + 1])
-        i += n + 1
-    return chains
-
-
-def links_text(rng: random.Random, chains: list[list[str]]) -> str:
-    edges = [a + b for chain in chains for a, b in zip(chain, chain[1:])]
-    rng.shuffle(edges)
-    return " ".join(edges)
-
-
 def make_puzzle(rng: random.Random, level: int) -> tuple[str, str]:
-    """Returns (puzzle text, answer letter) whose start is `level` hops from its chain's end."""
-    chains = make_graph(rng, level)
-    return f"Start: {chains[0][0]}. Links: {links_text(rng, chains)}", chains[0][-1]
-
-
-def make_multi_puzzle(rng: random.Random, level: int, n_starts: int) -> tuple[str, list[str], list[int]]:
-    """Training variant with several questions on one graph (denser supervision): the first
-    start is `level` hops from its end, the others are random non-final letters. Returns
-    (puzzle, answers, levels); the reply is the answers one per line."""
-    chains = make_graph(rng, level)
-    starts = [(0, 0)]
-    others = [(c, j) for c, chain in enumerate(chains) for j in range(len(chain) - 1) if (c, j) != (0, 0)]
-    starts += rng.sample(others, n_starts - 1)
-    letters = " ".join(chains[c][j] for c, j in starts)
-    answers = [chains[c][-1] for c, _ in starts]
-    levels = [len(chains[c]) - 1 - j for c, j in starts]
-    return f"Start: {letters}. Links: {links_text(rng, chains)}", answers, levels
+    """Returns (puzzle text, answer) with `level` swaps."""
+    if level < 1:
+        raise ValueError(f"level {level} must be at least 1")
+    ball = rng.choice(CUPS)
+    swaps = [rng.choice(SWAPS) for _ in range(level)]
+    pos = ball
+    for s in swaps:
+        if pos == s[0]:
+            pos = s[1]
+        elif pos == s[1]:
+            pos = s[0]
+    return f"Ball: {ball}. Swaps: {' '.join(swaps)}", pos
 
 
 def chat_prompt(puzzle: str) -> str:
@@ -91,15 +62,14 @@ def chat_prompt(puzzle: str) -> str:
     )
 
 
-WORDS = ["Start", " Links", "user", "Huginn"]
+WORDS = ["Ball", " Swaps", "user", "Huginn"]
 
 
 def build_tokenizer():
     """A byte-level BPE with the fixture's pre-tokenizer, post-processor and decoder, and Huginn's
-    special tokens at the top of the id range. The merges are written out, not learned: first
-    ` x` for every letter, then the few template words, built left to right. So a link `xy` is
-    always two tokens, `Ġx` (the same token as a start letter) and `y` (the same token as an
-    answer), and no word merge can reach into a link."""
+    special tokens at the top of the id range. The merges are written out, not learned: ` i` for
+    every cup, ` ij` for every swap, then the few template words, built left to right. So every
+    swap is one token, a start cup is the token ` i` and an answer the single digit `i`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
@@ -111,8 +81,10 @@ def build_tokenizer():
             merges.append((a, b))
             vocab[a + b] = len(vocab)
 
-    for c in LETTERS:
+    for c in CUPS:
         add("\u0120", c)
+    for s in SWAPS:
+        add("\u0120" + s[0], s[1])
     add("\u010a", "\u010a")  # "\n\n"
     for w in WORDS:
         w = w.replace(" ", "\u0120")
@@ -122,9 +94,8 @@ def build_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
     tok.post_processor = processors.ByteLevel(add_prefix_space=True, trim_offsets=False, use_regex=True)
     tok.decoder = decoders.ByteLevel(add_prefix_space=True, trim_offsets=True, use_regex=True)
-    for a in LETTERS:
-        for b in LETTERS:
-            if a != b and tok.encode(" " + a + b).tokens != ["\u0120" + a, b]:
-                raise RuntimeError(f"link {a}{b} is not two tokens: {tok.encode(' ' + a + b).tokens}")
+    for s in SWAPS:
+        if tok.encode(" " + s).tokens != ["\u0120" + s]:
+            raise RuntimeError(f"swap {s} is not one token: {tok.encode(' ' + s).tokens}")
     tok.add_special_tokens(SPECIAL_TOKENS)
     return tok

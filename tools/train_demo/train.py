@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 import task
-from huginn import Huginn, HuginnConfig, save_hf
+from huginn import Huginn, HuginnConfig, load_hf, save_hf
 
 
 def sample_recurrence(gen: torch.Generator, mean: int, backprop: int) -> tuple[int, int]:
@@ -109,20 +109,20 @@ def main() -> None:
     ap.add_argument("--coda", type=int, default=1)
     ap.add_argument("--mean-recurrence", type=int, default=12)
     ap.add_argument("--backprop-depth", type=int, default=4)
-    ap.add_argument("--max-level", type=int, default=6, help="hardest level trained on")
+    ap.add_argument("--max-level", type=int, default=12, help="hardest level (number of swaps) trained on")
     ap.add_argument("--start-level", type=int, default=1, help="curriculum: first hardest level")
+    ap.add_argument("--init-from", default="", help="HF checkpoint directory to continue from")
+    ap.add_argument("--stop-at", type=int, default=0, help="stop after this many steps (schedule unchanged)")
     ap.add_argument("--curriculum-threshold", type=float, default=0.6)
-    ap.add_argument("--multi", type=int, default=6, help="questions per multi-question puzzle")
-    ap.add_argument("--single-frac", type=float, default=0.25, help="share of single-question steps")
     ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--weight-decay", type=float, default=0.1)
     ap.add_argument("--time-budget", type=float, default=40 * 60, help="seconds; stop early after this")
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--threads", type=int, default=1, help="1 is fastest while others use the cores")
-    ap.add_argument("--no-compile", action="store_true", help="skip torch.compile of the core block")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the core block (little gain here)")
     ap.add_argument("--bench", type=int, default=0, help="only time this many steps")
     args = ap.parse_args()
 
@@ -150,9 +150,12 @@ def main() -> None:
     )
     model = Huginn(cfg)
     model.init_weights(gen)
+    if args.init_from:
+        # Continue from an earlier checkpoint of this script (same shape); optimizer state restarts.
+        model.load_state_dict(load_hf(args.init_from).state_dict())
     n_params = sum(p.numel() for p in model.parameters())
-    if not args.no_compile:
-        model.core = torch.compile(model.core, dynamic=False)
+    if args.compile:
+        model.core = torch.compile(model.core, dynamic=True)
     print(f"config {cfg}\nparameters {n_params:,}", flush=True)
 
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -180,17 +183,9 @@ def main() -> None:
     for step in range(total):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        levels = [rng.randint(1, cur_max) for _ in range(args.batch)]
-        n_starts = 1 if rng.random() < args.single_frac else args.multi
-        items = []
-        for lv in levels:
-            if n_starts == 1:
-                p, a = task.make_puzzle(rng, lv)
-                items.append((p, [a]))
-            else:
-                p, answers, _ = task.make_multi_puzzle(rng, lv, n_starts)
-                items.append((p, answers))
-        rows, reply = batcher.encode_multi(items)
+        # One level per step (prompts of a level share one length); curriculum 1..cur_max.
+        level = rng.randint(1, cur_max)
+        rows, reply = batcher.encode_multi([(p, [a]) for p, a in (task.make_puzzle(rng, level) for _ in range(args.batch))])
         R = reply.shape[1]
         ids = rows[:, :-1]
         ans = reply[:, 0]
@@ -204,11 +199,9 @@ def main() -> None:
         opt.step()
         losses.append(loss.item())
         # Curriculum: admit the next level once the current hardest is answered well.
-        with torch.no_grad():
-            hit = (out[:, 0].argmax(-1) == ans).float()
-            lv_t = torch.tensor(levels)
-            if (lv_t == cur_max).any():
-                acc_ema = 0.9 * acc_ema + 0.1 * hit[lv_t == cur_max].mean().item()
+        if level == cur_max:
+            hit = (out[:, 0].argmax(-1) == ans).float().mean().item()
+            acc_ema = 0.9 * acc_ema + 0.1 * hit
         if cur_max < args.max_level and acc_ema > args.curriculum_threshold:
             cur_max += 1
             acc_ema = 0.0
@@ -222,10 +215,11 @@ def main() -> None:
                 f"step {step + 1} loss {sum(losses[-50:]) / 50:.4f} lr {lr_at(step):.2e} levels 1..{cur_max} {elapsed / 60:.1f} min",
                 flush=True,
             )
-        last = step + 1 == args.steps or elapsed > args.time_budget
+        last = step + 1 == (args.stop_at or args.steps) or elapsed > args.time_budget
         if (step + 1) % args.eval_every == 0 or last:
-            acc = quick_eval(model, batcher, [1, args.max_level // 2, args.max_level], [1, 4, 8, 16, 32], 128)
-            rows = {f"L{lv}": " ".join(f"{acc[(lv, r)]:.2f}" for r in (1, 4, 8, 16, 32)) for lv in (1, args.max_level // 2, args.max_level)}
+            eval_levels = [1, args.max_level // 2, args.max_level, args.max_level + 4]
+            acc = quick_eval(model, batcher, eval_levels, [1, 4, 8, 16, 32], 128)
+            rows = {f"L{lv}": " ".join(f"{acc[(lv, r)]:.2f}" for r in (1, 4, 8, 16, 32)) for lv in eval_levels}
             print(f"  eval r=1,4,8,16,32: {rows}", flush=True)
             log.append({"step": step + 1, "minutes": elapsed / 60, "loss": sum(losses[-50:]) / 50,
                         "acc": {f"{k[0]}/{k[1]}": v for k, v in acc.items()}})
@@ -238,7 +232,18 @@ def main() -> None:
     save_hf(model, args.out)
     write_tokenizer_files(tok, args.out, cfg)
     with open(os.path.join(args.out, "..", "train_log.json"), "w") as f:
-        json.dump({"args": vars(args), "parameters": n_params, "minutes": (time.time() - t0) / 60, "log": log}, f, indent=1)
+        json.dump(
+            {
+                "args": vars(args),
+                "parameters": n_params,
+                "steps_done": step + 1,
+                "curriculum_reached": cur_max,
+                "minutes": (time.time() - t0) / 60,
+                "log": log,
+            },
+            f,
+            indent=1,
+        )
     print(f"saved to {args.out} after {(time.time() - t0) / 60:.1f} min", flush=True)
 
 
