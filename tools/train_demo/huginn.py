@@ -289,7 +289,7 @@ class Huginn(nn.Module):
         out_std = std / math.sqrt(2 * self.cfg.effective_expected_depth)
         F_ = self.cfg.intermediate_size
         for name, p in self.named_parameters():
-            if name.endswith("norm_1.weight") or "norm_" in name or name.endswith("ln_f.weight"):
+            if "norm_" in name or name.endswith("ln_f.weight"):
                 nn.init.ones_(p)
             elif name.endswith("qk_bias"):
                 nn.init.zeros_(p)

@@ -101,9 +101,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "..", "models", "demo", "hf"))
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--n-embd", type=int, default=128)
+    ap.add_argument("--n-embd", type=int, default=64)
     ap.add_argument("--n-heads", type=int, default=4)
-    ap.add_argument("--intermediate", type=int, default=384)
+    ap.add_argument("--intermediate", type=int, default=128)
     ap.add_argument("--prelude", type=int, default=1)
     ap.add_argument("--core", type=int, default=2)
     ap.add_argument("--coda", type=int, default=1)
@@ -112,15 +112,15 @@ def main() -> None:
     ap.add_argument("--max-level", type=int, default=12, help="hardest level (number of swaps) trained on")
     ap.add_argument("--start-level", type=int, default=1, help="curriculum: first hardest level")
     ap.add_argument("--init-from", default="", help="HF checkpoint directory to continue from")
-    ap.add_argument("--stop-at", type=int, default=0, help="stop after this many steps (schedule unchanged)")
+    ap.add_argument("--stop-at", type=int, default=2668, help="stop after this many steps (schedule unchanged); 0: run all")
     ap.add_argument("--curriculum-threshold", type=float, default=0.6)
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--weight-decay", type=float, default=0.1)
-    ap.add_argument("--time-budget", type=float, default=40 * 60, help="seconds; stop early after this")
-    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--time-budget", type=float, default=0, help="seconds; stop early after this (0: none)")
+    ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1, help="1 is fastest while others use the cores")
     ap.add_argument("--compile", action="store_true", help="torch.compile the core block (little gain here)")
     ap.add_argument("--bench", type=int, default=0, help="only time this many steps")
@@ -215,7 +215,7 @@ def main() -> None:
                 f"step {step + 1} loss {sum(losses[-50:]) / 50:.4f} lr {lr_at(step):.2e} levels 1..{cur_max} {elapsed / 60:.1f} min",
                 flush=True,
             )
-        last = step + 1 == (args.stop_at or args.steps) or elapsed > args.time_budget
+        last = step + 1 == (args.stop_at or args.steps) or (args.time_budget > 0 and elapsed > args.time_budget)
         if (step + 1) % args.eval_every == 0 or last:
             eval_levels = [1, args.max_level // 2, args.max_level, args.max_level + 4]
             acc = quick_eval(model, batcher, eval_levels, [1, 4, 8, 16, 32], 128)
