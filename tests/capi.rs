@@ -21,6 +21,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::*;
+use raven::convert::{convert, NoProgress, OutType};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -60,7 +61,6 @@ fn header_is_up_to_date() {
 /// What the C tests need: the compiler, the library, the fixture model, valgrind or not.
 struct CEnv {
     lib: PathBuf,
-    model: PathBuf,
     valgrind: bool,
 }
 
@@ -92,7 +92,6 @@ fn c_env() -> Option<&'static CEnv> {
         }
         Some(CEnv {
             lib: static_lib(),
-            model: tiny_gguf("f32"),
             valgrind,
         })
     })
@@ -204,6 +203,19 @@ fn run(env: &CEnv, exe: &Path, args: &[String]) {
     );
 }
 
+/// The fixture converted to f32 GGUF in the test's own directory (removed with it).
+fn model(dir: &TempDir) -> String {
+    let out = dir.path().join("tiny-f32.gguf");
+    convert(
+        &tiny_dir(),
+        &out,
+        OutType::parse("f32").unwrap(),
+        &mut NoProgress,
+    )
+    .unwrap();
+    out.display().to_string()
+}
+
 fn ids(v: &[u32]) -> String {
     v.iter()
         .map(|t| t.to_string())
@@ -236,16 +248,7 @@ fn c_greedy_generation_matches_official_tokens() {
     let (prompt, text, new) = decode_case();
     let dir = TempDir::new("capi-generate");
     let exe = build(env, &dir, "generate");
-    run(
-        env,
-        &exe,
-        &[
-            env.model.display().to_string(),
-            ids(&prompt),
-            ids(&new),
-            text,
-        ],
-    );
+    run(env, &exe, &[model(&dir), ids(&prompt), ids(&new), text]);
 }
 
 #[test]
@@ -254,11 +257,7 @@ fn c_four_threads_share_one_model() {
     let (prompt, _, new) = decode_case();
     let dir = TempDir::new("capi-threads");
     let exe = build(env, &dir, "threads");
-    run(
-        env,
-        &exe,
-        &[env.model.display().to_string(), ids(&prompt), ids(&new)],
-    );
+    run(env, &exe, &[model(&dir), ids(&prompt), ids(&new)]);
 }
 
 #[test]
@@ -273,11 +272,7 @@ fn c_cancel_from_another_thread_is_prompt() {
     run(
         env,
         &exe,
-        &[
-            env.model.display().to_string(),
-            ids(&prompt),
-            limit_ms.to_string(),
-        ],
+        &[model(&dir), ids(&prompt), limit_ms.to_string()],
     );
 }
 
@@ -293,7 +288,7 @@ fn c_misuse_returns_errors_not_crashes() {
         env,
         &exe,
         &[
-            env.model.display().to_string(),
+            model(&dir),
             missing.display().to_string(),
             garbage.display().to_string(),
         ],
