@@ -7,7 +7,7 @@
 //!   [`raven_session_new`] / [`raven_session_free`].
 //! - Every call returns a [`raven_status`] (or a size, for the buffer-filling calls) and leaves a
 //!   message for [`raven_last_error`] when it fails. Every export runs inside one
-//!   `catch_unwind` wrapper ([`guard`]), so no panic crosses into the caller.
+//!   `catch_unwind` wrapper (`guard`), so no panic crosses into the caller.
 //! - "Enum" parameters are plain `int32_t` typedefs with `#define`d values, not C enums: a value
 //!   outside the list is then an error the library reports, not undefined behaviour in Rust.
 //!
