@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use rayon::prelude::*;
 
 use raven::exit::{argmax, Criterion, ExitPolicy};
 use raven::kv::CacheStrategy;
@@ -40,6 +39,9 @@ pub struct EvalArgs {
     /// Maximum iterations under an exit policy.
     #[arg(long = "max-steps", default_value_t = 32)]
     max_steps: usize,
+    /// KV cache strategy (full, as the PyTorch evaluation; compress-sK shares slots).
+    #[arg(long, default_value = "full")]
+    cache: String,
     /// Evaluate at most this many instances per level.
     #[arg(long = "per-level")]
     per_level: Option<usize>,
@@ -103,31 +105,55 @@ fn read_set(path: &Path, per_level: Option<usize>) -> Result<Vec<Item>> {
     Ok(out)
 }
 
-fn params(m: &Model, max_steps: usize) -> SessionParams {
+fn params(m: &Model, max_steps: usize, cache: CacheStrategy, ctx: usize) -> SessionParams {
     let mut p = SessionParams::for_model(m);
     p.init_scale = 0.0;
     p.threads = 1;
-    p.cache = CacheStrategy::Compress(m.config.n_core);
+    p.cache = cache;
     p.exit = ExitPolicy::fixed(max_steps);
-    p.ctx = 512.min(m.config.context);
+    p.ctx = ctx;
     p
 }
 
 /// (correct, iterations) per item.
+/// Maps `f` over `items` on plain scoped threads, one per core. (Not rayon's global pool: each
+/// session enters its own pool, and a global-pool worker waiting in `install` would steal
+/// further items and nest without bound.)
+fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> Result<R> + Sync) -> Result<Vec<R>> {
+    let n = raven::run::default_threads().max(1);
+    let chunk = items.len().div_ceil(n).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| s.spawn(|| part.iter().map(&f).collect::<Result<Vec<R>>>()))
+            .collect();
+        let mut out = Vec::with_capacity(items.len());
+        for h in handles {
+            out.extend(
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("an evaluation thread panicked"))??,
+            );
+        }
+        Ok(out)
+    })
+}
+
 fn run_fixed(
     m: &Arc<Model>,
     items: &[Item],
     steps: usize,
+    cache: CacheStrategy,
     pool: &Arc<Threads>,
 ) -> Result<Vec<(bool, usize)>> {
-    items
-        .par_iter()
-        .map(|it| {
-            let mut s = Session::with_threads(m.clone(), params(m, steps), pool.clone())?;
-            s.prefill(&it.prompt)?;
-            Ok((argmax(s.logits()) as u32 == it.answer, steps))
-        })
-        .collect()
+    par_map(items, |it| {
+        let mut s = Session::with_threads(
+            m.clone(),
+            params(m, steps, cache, it.prompt.len()),
+            pool.clone(),
+        )?;
+        s.prefill(&it.prompt)?;
+        Ok((argmax(s.logits()) as u32 == it.answer, steps))
+    })
 }
 
 fn run_exit(
@@ -135,28 +161,26 @@ fn run_exit(
     items: &[Item],
     crit: Criterion,
     max: usize,
+    cache: CacheStrategy,
     pool: &Arc<Threads>,
 ) -> Result<Vec<(bool, usize)>> {
-    items
-        .par_iter()
-        .map(|it| {
-            let mut p = params(m, max);
-            p.exit = ExitPolicy {
-                criterion: crit,
-                min_steps: 1,
-                max_steps: max,
-                check_every: 1,
-            };
-            let mut s = Session::with_threads(m.clone(), p, pool.clone())?;
-            let n = it.prompt.len();
-            if n < 2 {
-                bail!("an instance has a prompt of {n} token(s)");
-            }
-            s.prefill(&it.prompt[..n - 1])?;
-            let st = s.step(it.prompt[n - 1])?;
-            Ok((argmax(s.logits()) as u32 == it.answer, st.steps))
-        })
-        .collect()
+    par_map(items, |it| {
+        let mut p = params(m, max, cache, it.prompt.len());
+        p.exit = ExitPolicy {
+            criterion: crit,
+            min_steps: 1,
+            max_steps: max,
+            check_every: 1,
+        };
+        let mut s = Session::with_threads(m.clone(), p, pool.clone())?;
+        let n = it.prompt.len();
+        if n < 2 {
+            bail!("an instance has a prompt of {n} token(s)");
+        }
+        s.prefill(&it.prompt[..n - 1])?;
+        let st = s.step(it.prompt[n - 1])?;
+        Ok((argmax(s.logits()) as u32 == it.answer, st.steps))
+    })
 }
 
 fn by_level(items: &[Item], res: &[(bool, usize)]) -> BTreeMap<usize, (f64, f64)> {
@@ -186,6 +210,7 @@ pub fn run(a: &EvalArgs) -> Result<()> {
         None => crate::demo::load()?,
     });
     let items = read_set(&a.set, a.per_level)?;
+    let cache = CacheStrategy::parse(&a.cache)?;
     let pool = Arc::new(Threads::new(1)?);
     let levels: Vec<usize> = {
         let mut l: Vec<usize> = items.iter().map(|i| i.level).collect();
@@ -198,25 +223,33 @@ pub fn run(a: &EvalArgs) -> Result<()> {
         if r == 0 {
             bail!("--steps: 0 is not an iteration count");
         }
-        let res = run_fixed(&model, &items, r, &pool)?;
+        let res = run_fixed(&model, &items, r, cache, &pool)?;
         fixed.push((r, overall(&res).0, by_level(&items, &res)));
     }
     let mut exits = Vec::new();
-    let fixed_max = run_fixed(&model, &items, a.max_steps, &pool)?;
+    let fixed_max = run_fixed(&model, &items, a.max_steps, cache, &pool)?;
     exits.push((
         format!("none (r={})", a.max_steps),
         overall(&fixed_max),
         by_level(&items, &fixed_max),
     ));
     for e in &a.exit {
-        let res = run_exit(&model, &items, Criterion::parse(e)?, a.max_steps, &pool)?;
+        let res = run_exit(
+            &model,
+            &items,
+            Criterion::parse(e)?,
+            a.max_steps,
+            cache,
+            &pool,
+        )?;
         exits.push((e.clone(), overall(&res), by_level(&items, &res)));
     }
     // Markdown.
     let mut md = String::new();
     md += &format!(
-        "Accuracy (%) by level and core iterations r ({} instances, zero initial state, greedy, {}).\n\n",
+        "Accuracy (%) by level and core iterations r ({} instances, zero initial state, greedy, {} cache, {}).\n\n",
         items.len(),
+        cache,
         model.name()
     );
     md += &format!(
