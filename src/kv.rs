@@ -61,15 +61,20 @@ impl CacheStrategy {
     /// Number of core slots for at most `max_steps` iterations.
     pub fn core_slots(self, c: &Config, max_steps: usize) -> usize {
         match self {
-            CacheStrategy::Full | CacheStrategy::Latest(_) => max_steps * c.n_core,
-            CacheStrategy::Compress(k) => k.min(max_steps * c.n_core).max(1),
+            CacheStrategy::Full | CacheStrategy::Latest(_) => max_steps.saturating_mul(c.n_core),
+            CacheStrategy::Compress(k) => k.min(max_steps.saturating_mul(c.n_core)).max(1),
         }
     }
 
     /// Bytes of K and V (f32) for a context of `ctx` tokens and at most `max_steps` iterations.
     pub fn bytes(self, c: &Config, ctx: usize, max_steps: usize) -> u64 {
-        let slots = (c.n_prelude + self.core_slots(c, max_steps) + c.n_coda) as u64;
-        slots * ctx as u64 * c.n_embd as u64 * 2 * 4
+        // Saturating: an absurd request reports u64::MAX bytes rather than wrapping.
+        [ctx as u64, c.n_embd as u64, 2, 4].iter().fold(
+            (c.n_prelude as u64)
+                .saturating_add(self.core_slots(c, max_steps) as u64)
+                .saturating_add(c.n_coda as u64),
+            |acc, &x| acc.saturating_mul(x),
+        )
     }
 }
 
@@ -117,6 +122,15 @@ pub struct KvCache {
     len: usize,
 }
 
+/// `vec![x; n]`, or `None` when the allocation fails. The trial reservation is only address
+/// space; `vec!` then allocates zeroed memory lazily, as before.
+fn filled<T: Clone>(n: usize, x: T) -> Option<Vec<T>> {
+    let mut probe: Vec<T> = Vec::new();
+    probe.try_reserve_exact(n).ok()?;
+    drop(probe);
+    Some(vec![x; n])
+}
+
 impl KvCache {
     /// Allocates the cache for `ctx` positions and at most `max_steps` core iterations.
     pub fn new(
@@ -130,11 +144,27 @@ impl KvCache {
             return Err(RavenError::arg("--max-steps", "must be at least 1"));
         }
         let core_slots = strategy.core_slots(c, max_steps);
-        let n_slots = c.n_prelude + core_slots + c.n_coda;
-        let floats = n_slots
-            .checked_mul(ctx)
-            .and_then(|x| x.checked_mul(c.n_embd))
-            .ok_or_else(|| RavenError::arg("--ctx", "the KV cache size overflows"))?;
+        // Sizes are checked and the buffers allocated fallibly: a huge --steps or context is an
+        // error naming the size, not an overflow or an out-of-memory abort.
+        let too_large = || {
+            RavenError::arg(
+                "KV cache size",
+                format!(
+                    "{ctx} positions × {max_steps} iterations need {} bytes of keys and values, \
+                     more than can be allocated (use fewer iterations, a smaller context or \
+                     --cache compress-sK)",
+                    strategy.bytes(c, ctx, max_steps)
+                ),
+            )
+        };
+        let n_slots = c
+            .n_prelude
+            .checked_add(core_slots)
+            .and_then(|x| x.checked_add(c.n_coda))
+            .ok_or_else(too_large)?;
+        let positions = n_slots.checked_mul(ctx).ok_or_else(too_large)?;
+        let floats = positions.checked_mul(c.n_embd).ok_or_else(too_large)?;
+        let depth_len = c.n_core.checked_mul(ctx).ok_or_else(too_large)?;
         Ok(KvCache {
             strategy,
             n_prelude: c.n_prelude,
@@ -144,10 +174,10 @@ impl KvCache {
             h: c.n_embd,
             ctx,
             n_slots,
-            k: vec![0.0; floats],
-            v: vec![0.0; floats],
-            present: vec![false; n_slots * ctx],
-            depth: vec![0; c.n_core * ctx],
+            k: filled(floats, 0.0).ok_or_else(too_large)?,
+            v: filled(floats, 0.0).ok_or_else(too_large)?,
+            present: filled(positions, false).ok_or_else(too_large)?,
+            depth: filled(depth_len, 0).ok_or_else(too_large)?,
             len: 0,
         })
     }

@@ -1,0 +1,51 @@
+//! Regression tests for inputs that crashed Raven, each named after what it broke (issue #8:
+//! fuzzing and resource limits). See fuzz/README.md.
+
+use raven::config::Config;
+use raven::kv::{CacheStrategy, KvCache};
+
+/// The tiny shape of fuzz/seeds/base/*.gguf.
+fn tiny_config() -> Config {
+    Config {
+        n_embd: 32,
+        n_heads: 2,
+        n_ff: 32,
+        n_vocab: 8,
+        n_prelude: 1,
+        n_core: 4,
+        n_coda: 1,
+        mean_recurrence: 4,
+        qk_bias: true,
+        rope_base: 5e4,
+        norm_eps: 1e-6,
+        tied: true,
+        context: 16,
+        embed_scale: 32f32.sqrt(),
+        state_init_std: (2.0f32 / 160.0).sqrt(),
+    }
+}
+
+/// `raven logits --steps 100000000000` aborted the process ("memory allocation of
+/// 25600000000512 bytes failed"); with more core layers the slot count overflowed.
+#[test]
+fn kv_cache_of_a_huge_step_count_is_an_error_not_an_abort() {
+    let c = tiny_config();
+    for (ctx, steps) in [
+        (2, 1_000_000_000_000), // 1e15 bytes: more than the address space
+        (2, usize::MAX),
+        (usize::MAX, 2),
+        (1 << 40, 1 << 20),
+    ] {
+        for strategy in [CacheStrategy::Full, CacheStrategy::Latest(4)] {
+            let e = KvCache::new(&c, strategy, ctx, steps)
+                .err()
+                .unwrap_or_else(|| panic!("{ctx} × {steps} allocated"));
+            let msg = e.to_string();
+            assert!(msg.contains("KV cache"), "{msg}");
+            assert!(strategy.bytes(&c, ctx, steps) > 1 << 40);
+        }
+    }
+    // Compress bounds the core slots, so a huge step count with few positions is fine.
+    let kv = KvCache::new(&c, CacheStrategy::Compress(2), 3, usize::MAX).expect("compress");
+    assert_eq!(kv.bytes(), (1 + 2 + 1) * 3 * 32 * 2 * 4);
+}
