@@ -252,13 +252,12 @@ impl Config {
         let n_core = u("core_block_count")?;
         let n_coda = u("coda_block_count")?;
         let blocks = u("block_count")?;
-        if blocks != n_prelude + n_core + n_coda {
+        // u128: three counts near u64::MAX must not overflow before the limits are checked.
+        let sum = n_prelude as u128 + n_core as u128 + n_coda as u128;
+        if blocks as u128 != sum {
             return Err(RavenError::Model {
                 path: what.into(),
-                msg: format!(
-                    "{ARCH}.block_count = {blocks} but prelude + core + coda = {}",
-                    n_prelude + n_core + n_coda
-                ),
+                msg: format!("{ARCH}.block_count = {blocks} but prelude + core + coda = {sum}"),
             });
         }
         let tok_embd = g

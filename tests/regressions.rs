@@ -49,3 +49,26 @@ fn kv_cache_of_a_huge_step_count_is_an_error_not_an_abort() {
     let kv = KvCache::new(&c, CacheStrategy::Compress(2), 3, usize::MAX).expect("compress");
     assert_eq!(kv.bytes(), (1 + 2 + 1) * 3 * 32 * 2 * 4);
 }
+
+/// Block counts near u64::MAX overflowed `prelude + core + coda` in `Config::from_gguf`
+/// (a panic in builds with overflow checks) before any limit was checked.
+#[test]
+fn block_counts_near_u64_max_are_refused_not_overflowed() {
+    use raven_gguf::{Gguf, GgufWriter, Value};
+    let mut w = GgufWriter::new(Vec::new());
+    w.add_kv("general.architecture", Value::Str("huginn".into()));
+    w.add_kv("huginn.embedding_length", Value::U32(32));
+    w.add_kv("huginn.attention.head_count", Value::U32(2));
+    w.add_kv("huginn.prelude_block_count", Value::U64(u64::MAX));
+    w.add_kv("huginn.core_block_count", Value::U64(u64::MAX));
+    w.add_kv("huginn.coda_block_count", Value::U64(2));
+    w.add_kv("huginn.block_count", Value::U64(0));
+    w.write_header().expect("header");
+    let g = Gguf::from_bytes(w.finish().expect("finish")).expect("valid GGUF");
+    let e = Config::from_gguf(&g, "huge.gguf").expect_err("refused");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("huginn.block_count") && msg.contains("huge.gguf"),
+        "{msg}"
+    );
+}
