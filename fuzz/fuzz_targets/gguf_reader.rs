@@ -71,6 +71,12 @@ fuzz_target!(|data: &[u8]| {
 /// Writes what was read with `GgufWriter`; if the writer takes it, the reader must read the
 /// same metadata, tensors and data back.
 fn round_trip(g: &Gguf) {
+    // The writer honours the file's alignment: `general.alignment` = 1 GiB in a file without
+    // tensors is valid and tiny, but rewriting it pads the header to 1 GiB. No Raven path
+    // rewrites a file it read, so that is not a finding.
+    if g.alignment() > 1 << 20 {
+        return;
+    }
     let mut w = GgufWriter::new(Vec::new());
     for (k, v) in g.metadata() {
         w.add_kv(k, v.clone());
