@@ -1,0 +1,143 @@
+//! Helpers shared by the benches: random weights at Huginn-0125's shapes, huge-page buffers,
+//! a threaded mat-vec and the memory-read probe.
+
+#![allow(dead_code)] // each bench uses a subset
+
+use raven_quant::{matmul, Activations, GgmlType, Weights};
+
+/// Huginn-0125's weight shapes (rows × cols) and their names.
+pub const SHAPES: [(&str, usize, usize); 5] = [
+    ("17920x5280", 17920, 5280),
+    ("5280x17920", 5280, 17920),
+    ("5280x5280", 5280, 5280),
+    ("15840x5280", 15840, 5280),
+    ("65536x5280", 65536, 5280),
+];
+
+/// `(rows, cols)` of a shape name.
+pub fn shape(name: &str) -> (usize, usize) {
+    let (_, r, c) = SHAPES.iter().find(|s| s.0 == name).expect("known shape");
+    (*r, *c)
+}
+
+/// Asks Linux for transparent huge pages on the 2 MiB-aligned interior of a fresh allocation
+/// (as `raven_quant::repack` does for the model's weights), before it is first written.
+pub fn advise_huge<T>(v: &mut Vec<T>) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: advice on the 2 MiB-aligned interior of our own allocation (its capacity); it
+    // changes how the kernel backs the pages, never their contents.
+    unsafe {
+        let start = v.as_mut_ptr() as usize;
+        let end = start + v.capacity() * std::mem::size_of::<T>();
+        let a = start.next_multiple_of(2 << 20);
+        let b = end / (2 << 20) * (2 << 20);
+        if b > a {
+            libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_HUGEPAGE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = v;
+}
+
+/// Bytes of a `rows × cols` matrix of `ty`.
+pub fn matrix_bytes(ty: GgmlType, rows: usize, cols: usize) -> usize {
+    rows * cols / ty.block_size() * ty.type_size()
+}
+
+/// Random weights with sane scales (fast to make; the values do not change the speed).
+pub fn weights(ty: GgmlType, rows: usize, cols: usize, copy: usize) -> Vec<u8> {
+    let bytes = matrix_bytes(ty, rows, cols);
+    let mut state = 0x1234_5678_9abc_def1 ^ bytes as u64 ^ (copy as u64) << 40;
+    let mut v: Vec<u8> = Vec::with_capacity(bytes + 8);
+    advise_huge(&mut v);
+    while v.len() < bytes {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        v.extend_from_slice(&state.to_le_bytes());
+    }
+    v.truncate(bytes);
+    let scale = half::f16::from_f32(0.01).to_bits().to_le_bytes();
+    match ty {
+        GgmlType::F16 => {
+            for c in v.chunks_exact_mut(2) {
+                c[1] &= 0x3b; // |x| < 1
+            }
+        }
+        _ => {
+            for c in v.chunks_exact_mut(ty.type_size()) {
+                c[..2].copy_from_slice(&scale);
+            }
+        }
+    }
+    v
+}
+
+/// Copies needed for `bytes`-sized matrices to stream from memory (≥ 256 MiB in all, well past
+/// the 32 MiB L3).
+pub fn copies_for(bytes: usize) -> usize {
+    (256usize << 20).div_ceil(bytes)
+}
+
+/// Activations for `cols` values prepared for weights of `ty`.
+pub fn activations(ty: GgmlType, cols: usize) -> Activations {
+    let x: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.37).sin()).collect();
+    let mut act = Activations::new();
+    act.prepare(&x, 1, cols, ty);
+    act
+}
+
+/// One mat-vec over all rows on `threads` threads (rows split in multiples of 16).
+pub fn run(w: Weights<'_>, act: &Activations, out: &mut [f32], threads: usize) {
+    run_rows(w, act, w.rows(), out, threads)
+}
+
+/// [`run`] over the first `rows` rows only.
+pub fn run_rows(w: Weights<'_>, act: &Activations, rows: usize, out: &mut [f32], threads: usize) {
+    if threads == 1 {
+        matmul(w, act, 0..rows, out);
+        return;
+    }
+    let per = rows.div_ceil(threads).div_ceil(16) * 16;
+    std::thread::scope(|s| {
+        for (i, out) in out[..rows].chunks_mut(per).enumerate() {
+            let r0 = i * per;
+            let r1 = (r0 + per).min(rows);
+            s.spawn(move || matmul(w, act, r0..r1, out));
+        }
+    });
+}
+
+/// A 1 GiB buffer for [`probe`] (huge pages where Linux gives them).
+pub fn probe_buffer() -> Vec<u64> {
+    let n = 1usize << 27;
+    let mut v: Vec<u64> = Vec::with_capacity(n);
+    advise_huge(&mut v);
+    v.extend(0..n as u64);
+    v
+}
+
+/// Memory-read probe: sums `buf` on `threads` threads; returns the sum (keep it alive).
+pub fn probe(buf: &[u64], threads: usize) -> u64 {
+    let per = buf.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let hs: Vec<_> = buf
+            .chunks(per)
+            .map(|c| {
+                s.spawn(move || {
+                    // Eight lanes so the compiler vectorizes the sum.
+                    let mut acc = [0u64; 8];
+                    for ch in c.chunks_exact(8) {
+                        for i in 0..8 {
+                            acc[i] = acc[i].wrapping_add(ch[i]);
+                        }
+                    }
+                    acc.iter().fold(0u64, |a, b| a.wrapping_add(*b))
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap())
+            .fold(0u64, u64::wrapping_add)
+    })
+}
