@@ -92,7 +92,10 @@ pub struct Model {
 pub struct LoadOptions {
     /// Memory-map the file (else read it into memory: `--no-mmap`).
     pub mmap: bool,
-    /// Repack Q4_0/Q8_0 block weights for the int8 kernels when that pays on this CPU.
+    /// Repack Q4_0/Q8_0 block weights for the int8 kernels when that pays on this CPU. Only
+    /// for mapped files: the mapped pages of a repacked tensor are released (the file backs
+    /// them), so memory stays at about the file's size; a file read into memory would be held
+    /// twice, so `mmap: false` keeps the file's row layout and memory at the file's size.
     pub repack: bool,
 }
 
@@ -130,7 +133,7 @@ impl Model {
             Gguf::read(path)?
         };
         let mut m = Model::from_gguf(g, &path.display().to_string())?;
-        if o.repack {
+        if o.repack && o.mmap {
             m.repack();
         }
         Ok(m)

@@ -127,6 +127,16 @@ fn advise_huge_pages(start: usize, len: usize) {
     let _ = (start, len);
 }
 
+/// A vector of `n` copies of `fill` that Linux backs with transparent huge pages where it can
+/// (see `advise_huge_pages`); elsewhere an ordinary vector. For large buffers that are streamed
+/// through: weights, and the benchmarks' bandwidth probes.
+pub fn huge_page_vec<T: Clone>(n: usize, fill: T) -> Vec<T> {
+    let mut v = Vec::with_capacity(n);
+    advise_huge_pages(v.as_mut_ptr() as usize, n * std::mem::size_of::<T>());
+    v.resize(n, fill);
+    v
+}
+
 /// Repacks `w` into the layout the chosen kernels multiply fastest, or `None` when there is
 /// none for its type on this CPU (Q4_0 and Q8_0 are repacked, and only where an int8
 /// dot-product instruction makes it pay: AVX-512 VNNI, AVX2, NEON dotprod). Use the result with
@@ -150,9 +160,7 @@ pub(crate) fn repack_always(w: &Matrix<'_>) -> Option<PackedMatrix> {
     let row_bytes = nb * bb;
     let n_groups = w.rows / GROUP;
     let gb = group_bytes_of(w.ty, nb);
-    let mut groups: Vec<Line> = Vec::with_capacity(n_groups * gb / 64);
-    advise_huge_pages(groups.as_mut_ptr() as usize, n_groups * gb);
-    groups.resize(n_groups * gb / 64, Line([0; 64]));
+    let mut groups = huge_page_vec(n_groups * gb / 64, Line([0; 64]));
     let bytes = bytemuck_lines_mut(&mut groups);
     for (g, dst) in bytes.chunks_exact_mut(gb).enumerate() {
         let (qs, scales) = dst.split_at_mut(nb * qs_bytes);

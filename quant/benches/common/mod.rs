@@ -3,7 +3,7 @@
 
 #![allow(dead_code)] // each bench uses a subset
 
-use raven_quant::{matmul, Activations, GgmlType, Weights};
+use raven_quant::{huge_page_vec, matmul, Activations, GgmlType, Weights};
 
 /// Huginn-0125's weight shapes (rows × cols) and their names.
 pub const SHAPES: [(&str, usize, usize); 5] = [
@@ -20,25 +20,6 @@ pub fn shape(name: &str) -> (usize, usize) {
     (*r, *c)
 }
 
-/// Asks Linux for transparent huge pages on the 2 MiB-aligned interior of a fresh allocation
-/// (as `raven_quant::repack` does for the model's weights), before it is first written.
-pub fn advise_huge<T>(v: &mut Vec<T>) {
-    #[cfg(target_os = "linux")]
-    // SAFETY: advice on the 2 MiB-aligned interior of our own allocation (its capacity); it
-    // changes how the kernel backs the pages, never their contents.
-    unsafe {
-        let start = v.as_mut_ptr() as usize;
-        let end = start + v.capacity() * std::mem::size_of::<T>();
-        let a = start.next_multiple_of(2 << 20);
-        let b = end / (2 << 20) * (2 << 20);
-        if b > a {
-            libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_HUGEPAGE);
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = v;
-}
-
 /// Bytes of a `rows × cols` matrix of `ty`.
 pub fn matrix_bytes(ty: GgmlType, rows: usize, cols: usize) -> usize {
     rows * cols / ty.block_size() * ty.type_size()
@@ -48,15 +29,13 @@ pub fn matrix_bytes(ty: GgmlType, rows: usize, cols: usize) -> usize {
 pub fn weights(ty: GgmlType, rows: usize, cols: usize, copy: usize) -> Vec<u8> {
     let bytes = matrix_bytes(ty, rows, cols);
     let mut state = 0x1234_5678_9abc_def1 ^ bytes as u64 ^ (copy as u64) << 40;
-    let mut v: Vec<u8> = Vec::with_capacity(bytes + 8);
-    advise_huge(&mut v);
-    while v.len() < bytes {
+    let mut v = huge_page_vec(bytes, 0u8);
+    for c in v.chunks_mut(8) {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
-        v.extend_from_slice(&state.to_le_bytes());
+        c.copy_from_slice(&state.to_le_bytes()[..c.len()]);
     }
-    v.truncate(bytes);
     let scale = half::f16::from_f32(0.01).to_bits().to_le_bytes();
     match ty {
         GgmlType::F16 => {
@@ -110,10 +89,10 @@ pub fn run_rows(w: Weights<'_>, act: &Activations, rows: usize, out: &mut [f32],
 
 /// A 1 GiB buffer for [`probe`] (huge pages where Linux gives them).
 pub fn probe_buffer() -> Vec<u64> {
-    let n = 1usize << 27;
-    let mut v: Vec<u64> = Vec::with_capacity(n);
-    advise_huge(&mut v);
-    v.extend(0..n as u64);
+    let mut v = huge_page_vec(1usize << 27, 0u64);
+    for (i, x) in v.iter_mut().enumerate() {
+        *x = i as u64;
+    }
     v
 }
 

@@ -72,8 +72,14 @@ unsafe fn quantize_q8(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [i32]) {
         let amax = _mm_cvtss_f32(m);
         let dd = amax / 127.0;
         let id = _mm256_set1_ps(if dd != 0.0 { 1.0 / dd } else { 0.0 });
-        let q: [__m256i; 4] =
-            core::array::from_fn(|i| _mm256_cvtps_epi32(round_away(_mm256_mul_ps(v[i], id))));
+        // Not `array::from_fn`: its closure does not inherit the target features, so the
+        // intrinsics inside were compiled as out-of-line calls (seen in a decode profile).
+        let q = [
+            _mm256_cvtps_epi32(round_away(_mm256_mul_ps(v[0], id))),
+            _mm256_cvtps_epi32(round_away(_mm256_mul_ps(v[1], id))),
+            _mm256_cvtps_epi32(round_away(_mm256_mul_ps(v[2], id))),
+            _mm256_cvtps_epi32(round_away(_mm256_mul_ps(v[3], id))),
+        ];
         let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
         let sum = _mm_add_epi32(
             _mm256_castsi256_si128(sum),
