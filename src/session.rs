@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::error::{RavenError, Result};
-use crate::exit::ExitPolicy;
+use crate::exit::{Criterion, ExitPolicy};
 use crate::forward::Workspace;
 use crate::kv::{CacheStrategy, KvCache};
 use crate::model::Model;
@@ -377,6 +377,10 @@ impl Session {
     /// Prefills `prompt` (appended to the context) and generates up to `max_new` tokens,
     /// calling `on_token(token, stats)` for each; it returns false to stop. Stops before a
     /// stop token (which is neither reported nor fed).
+    ///
+    /// With an exit criterion or a latency budget, the prompt's last token goes through
+    /// [`Session::step`] rather than the one-pass prefill, so the first answer token is chosen
+    /// with the same adaptive compute and deadline as the others (as `raven eval` measures).
     pub fn generate(
         &mut self,
         prompt: &[u32],
@@ -384,7 +388,21 @@ impl Session {
         stops: &[u32],
         mut on_token: impl FnMut(u32, &TokenStats) -> bool,
     ) -> Result<Vec<TokenStats>> {
-        self.prefill(prompt)?;
+        let adaptive =
+            self.params.exit.criterion != Criterion::None || self.params.budget_ms.is_some();
+        match prompt.split_last() {
+            Some((&last, rest)) if adaptive => {
+                for &t in prompt {
+                    self.model.check_token(t)?;
+                }
+                self.check_room(prompt.len())?;
+                if !rest.is_empty() {
+                    self.prefill(rest)?;
+                }
+                self.step(last)?;
+            }
+            _ => self.prefill(prompt)?,
+        }
         let mut all = Vec::new();
         for _ in 0..max_new {
             if self.cancelled() {

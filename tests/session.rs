@@ -236,3 +236,49 @@ fn speculative_decoding_matches_plain_greedy() {
         }
     }
 }
+
+/// With an exit criterion, `generate` decodes the prompt's last token with `step` (the exit
+/// policy applies to the first answer token too): its output is that of prefill(all but the
+/// last) + step(last) + steps, and differs in logits from a fixed-step prefill of everything.
+#[test]
+fn generate_decodes_the_last_prompt_token_with_the_exit_policy() {
+    let m = model();
+    let mut p = SessionParams::for_model(&m);
+    p.init_scale = 0.0;
+    p.threads = 1;
+    p.exit = ExitPolicy {
+        criterion: Criterion::parse("latent-diff:0.5").unwrap(),
+        min_steps: 1,
+        max_steps: 16,
+        check_every: 1,
+    };
+    let prompt = reference().prompt(0);
+    let mut g = Session::new(m.clone(), p.clone()).unwrap();
+    let mut got = Vec::new();
+    let stats = g
+        .generate(&prompt, 6, &[], |t, _| {
+            got.push(t);
+            true
+        })
+        .unwrap();
+    assert!(stats.iter().all(|s| s.steps < 16), "the exit fires at 0.5");
+    let mut s = Session::new(m.clone(), p.clone()).unwrap();
+    let (last, rest) = prompt.split_last().unwrap();
+    s.prefill(rest).unwrap();
+    let first = s.step(*last).unwrap();
+    assert!(first.exited_early);
+    let mut want = Vec::new();
+    for _ in 0..6 {
+        let t = s.sample();
+        want.push(t);
+        s.step(t).unwrap();
+    }
+    assert_eq!(got, want);
+    // A one-pass prefill runs all 16 iterations for the last token: other logits.
+    let mut f = Session::new(m, p).unwrap();
+    f.prefill(&prompt).unwrap();
+    let mut a = Session::new(f.model().clone(), f.params().clone()).unwrap();
+    a.prefill(rest).unwrap();
+    a.step(*last).unwrap();
+    assert_ne!(f.logits(), a.logits());
+}
