@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Raven's whole test suite: formatting, lints, tests natively, with the scalar kernels forced,
 # cross-compiled for aarch64 under qemu (a Pi 4's Cortex-A72 and a dotprod/i8mm core), the
-# gguf-py cross-check, and the mobile static libraries.
+# gguf-py cross-check, a short fuzz run of every fuzz target, and the mobile static libraries.
 #
 #   tools/test.sh --setup   installs what it needs first (apt, rustup targets, pip), then tests
 #   tools/test.sh           tests only
-#   RAVEN_TEST_QUICK=1      skips the aarch64 and mobile steps
+#   RAVEN_TEST_QUICK=1      skips the aarch64, fuzz and mobile steps
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,6 +55,8 @@ if [[ -z "${RAVEN_TEST_QUICK:-}" ]]; then
         CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu $cpu" \
             cargo test --workspace --exclude raven-cli --target aarch64-unknown-linux-gnu
     done
+    step "fuzz smoke: every cargo-fuzz target on its seeds (tools/fuzz_smoke.sh)"
+    FUZZ_SECONDS="${FUZZ_SECONDS:-20}" tools/fuzz_smoke.sh
     for target in aarch64-linux-android aarch64-apple-ios; do
         step "static library for $target"
         cargo rustc -p raven --lib --release --target "$target" --crate-type staticlib

@@ -64,7 +64,14 @@ fuzz_target!(|data: &[u8]| {
         }
         g.release_tensor_pages(t);
     }
-    assert!(g.get_tensor("no.such.tensor").is_err());
+    // A name the file does not use is an error (the fuzzer once named a tensor
+    // "no.such.tensor" itself: artifact crash-679e0c17…, a harness false positive).
+    let absent = "no.such.tensor";
+    if g.tensors().iter().all(|t| t.name != absent) {
+        assert!(g.get_tensor(absent).is_err());
+    } else {
+        assert!(g.get_tensor(absent).is_ok());
+    }
     round_trip(&g);
 });
 

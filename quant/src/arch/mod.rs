@@ -4,6 +4,34 @@
 //! can only be obtained from its module's `kernels()`, which returns `None` unless the CPU has
 //! the features its `#[target_feature]` functions need: holding a [`Kernels`] proves it.
 
+/// Runs `$body` for every tile of up to `$maxt` (≤ 4) tokens of `$n`, with `$t` the tile's first
+/// token and `$nt` its size as a constant, so kernels are instantiated per tile size.
+macro_rules! tile_tokens {
+    ($n:expr, $maxt:expr, |$t:ident, $nt:ident| $body:expr) => {{
+        let mut $t = 0;
+        while $t < $n {
+            let rem = $n - $t;
+            if rem >= 4 && $maxt >= 4 {
+                const $nt: usize = 4;
+                $body;
+                $t += 4;
+            } else if rem >= 3 && $maxt >= 3 {
+                const $nt: usize = 3;
+                $body;
+                $t += 3;
+            } else if rem >= 2 {
+                const $nt: usize = 2;
+                $body;
+                $t += 2;
+            } else {
+                const $nt: usize = 1;
+                $body;
+                $t += 1;
+            }
+        }
+    }};
+}
+
 pub(crate) mod scalar;
 
 #[cfg(target_arch = "x86_64")]
@@ -44,6 +72,48 @@ impl<'a> Q8View<'a> {
             nb,
         }
     }
+}
+
+/// Checks the activation lengths the unchecked kernel loops rely on.
+fn check_act(act: &Q8View<'_>) {
+    assert!(
+        act.qs.len() >= act.n * act.nb * 32
+            && act.d.len() >= act.n * act.nb
+            && act.s.len() >= act.n * act.nb
+    );
+}
+
+/// Checks what a plain-row kernel indexes unchecked: `rows` rows of `nb` blocks of
+/// `block_bytes` in `w`, the activations, and room in `out` for `rows` values per token at
+/// stride `ldo`.
+#[allow(dead_code)] // not every target has SIMD kernels
+pub(crate) fn check_q8(
+    w: &[u8],
+    rows: usize,
+    block_bytes: usize,
+    act: &Q8View<'_>,
+    out: &[f32],
+    ldo: usize,
+) {
+    assert!(w.len() >= rows * act.nb * block_bytes);
+    check_act(act);
+    assert!(act.n == 0 || rows == 0 || out.len() >= (act.n - 1) * ldo + rows);
+}
+
+/// Checks what a packed kernel indexes unchecked: `groups` interleaved groups of `gb` bytes in
+/// `w`, the activations, and room in `out` for 16 rows per group per token at stride `ldo`.
+#[allow(dead_code)] // not every target has SIMD kernels
+pub(crate) fn check_packed(
+    w: &[u8],
+    groups: usize,
+    gb: usize,
+    act: &Q8View<'_>,
+    out: &[f32],
+    ldo: usize,
+) {
+    assert!(w.len() >= groups * gb);
+    check_act(act);
+    assert!(act.n == 0 || groups == 0 || out.len() >= (act.n - 1) * ldo + 16 * groups);
 }
 
 /// f32 activations: `n` tokens of `cols` values.

@@ -10,7 +10,7 @@ pub(crate) mod neon;
 use core::arch::aarch64::*;
 use core::arch::asm;
 
-use super::{F32View, Q8View};
+use super::{check_packed, check_q8, F32View, Q8View};
 use crate::blocks::{f16_to_f32, f32_to_f16, QK};
 use crate::packed::{group_bytes, group_bytes_q8};
 
@@ -127,43 +127,6 @@ unsafe fn axpy_f32(alpha: f32, x: &[f32], y: &mut [f32]) {
         *py.add(i) += alpha * *px.add(i);
         i += 1;
     }
-}
-
-fn check_q8(w: &[u8], rows: usize, block_bytes: usize, act: &Q8View<'_>, out: &[f32], ldo: usize) {
-    assert!(w.len() >= rows * act.nb * block_bytes);
-    assert!(
-        act.qs.len() >= act.n * act.nb * QK
-            && act.d.len() >= act.n * act.nb
-            && act.s.len() >= act.n * act.nb
-    );
-    assert!(act.n == 0 || rows == 0 || out.len() >= (act.n - 1) * ldo + rows);
-}
-
-/// Calls the body for every tile of up to `MAXT` tokens with `NT` a constant.
-macro_rules! tile_tokens {
-    ($n:expr, $maxt:expr, |$t:ident, $nt:ident| $body:expr) => {{
-        let mut $t = 0;
-        while $t < $n {
-            let rem = $n - $t;
-            if rem >= 4 && $maxt >= 4 {
-                const $nt: usize = 4;
-                $body;
-                $t += 4;
-            } else if rem >= 3 && $maxt >= 3 {
-                const $nt: usize = 3;
-                $body;
-                $t += 3;
-            } else if rem >= 2 {
-                const $nt: usize = 2;
-                $body;
-                $t += 2;
-            } else {
-                const $nt: usize = 1;
-                $body;
-                $t += 1;
-            }
-        }
-    }};
 }
 
 /// One Q8_0 or Q4_0 row against `NT` tokens starting at token `t0`.
@@ -351,13 +314,7 @@ unsafe fn group_q4_0x16<const NT: usize>(
 #[inline(always)]
 unsafe fn mm_q4_0x16(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) {
     let gb = group_bytes(act.nb);
-    assert!(w.len() >= groups * gb);
-    assert!(
-        act.qs.len() >= act.n * act.nb * QK
-            && act.d.len() >= act.n * act.nb
-            && act.s.len() >= act.n * act.nb
-    );
-    assert!(act.n == 0 || groups == 0 || out.len() >= (act.n - 1) * ldo + 16 * groups);
+    check_packed(w, groups, gb, &act, out, ldo);
     let o = out.as_mut_ptr();
     for g in 0..groups {
         let gp = w.as_ptr().add(g * gb);
@@ -416,13 +373,7 @@ unsafe fn group_q8_0x16<const NT: usize>(
 #[inline(always)]
 unsafe fn mm_q8_0x16(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) {
     let gb = group_bytes_q8(act.nb);
-    assert!(w.len() >= groups * gb);
-    assert!(
-        act.qs.len() >= act.n * act.nb * QK
-            && act.d.len() >= act.n * act.nb
-            && act.s.len() >= act.n * act.nb
-    );
-    assert!(act.n == 0 || groups == 0 || out.len() >= (act.n - 1) * ldo + 16 * groups);
+    check_packed(w, groups, gb, &act, out, ldo);
     let o = out.as_mut_ptr();
     for g in 0..groups {
         let gp = w.as_ptr().add(g * gb);

@@ -4,6 +4,7 @@
 
 use core::arch::x86_64::*;
 
+use crate::arch::check_packed;
 use crate::blocks::QK;
 use crate::packed::{group_bytes, group_bytes_q8};
 
@@ -85,45 +86,6 @@ unsafe fn group<const NT: usize>(g: *const u8, act: &Q8View<'_>, t0: usize) -> [
     acc
 }
 
-/// # Safety
-/// Needs AVX-512 F/BW/VL/VNNI (and F16C); slice lengths are checked here.
-#[inline(always)]
-unsafe fn zmm_q4_0x16(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) {
-    let gb = group_bytes(act.nb);
-    assert!(w.len() >= groups * gb);
-    assert!(
-        act.qs.len() >= act.n * act.nb * QK
-            && act.d.len() >= act.n * act.nb
-            && act.s.len() >= act.n * act.nb
-    );
-    assert!(act.n == 0 || groups == 0 || out.len() >= (act.n - 1) * ldo + 16 * groups);
-    let o = out.as_mut_ptr();
-    for g in 0..groups {
-        let gp = w.as_ptr().add(g * gb);
-        let mut t = 0;
-        while t < act.n {
-            let rem = act.n - t;
-            if rem >= 4 {
-                let acc = group::<4>(gp, &act, t);
-                for (j, a) in acc.iter().enumerate() {
-                    _mm512_storeu_ps(o.add((t + j) * ldo + 16 * g), *a);
-                }
-                t += 4;
-            } else if rem >= 2 {
-                let acc = group::<2>(gp, &act, t);
-                for (j, a) in acc.iter().enumerate() {
-                    _mm512_storeu_ps(o.add((t + j) * ldo + 16 * g), *a);
-                }
-                t += 2;
-            } else {
-                let acc = group::<1>(gp, &act, t);
-                _mm512_storeu_ps(o.add(t * ldo + 16 * g), acc[0]);
-                t += 1;
-            }
-        }
-    }
-}
-
 /// One group of 16 interleaved Q8_0 rows against `NT` tokens: weights offset to unsigned
 /// (`w + 128`) for `vpdpbusd`, and `128 · Σ a` subtracted, exactly per lane.
 #[inline(always)]
@@ -165,41 +127,28 @@ unsafe fn group_q8<const NT: usize>(g: *const u8, act: &Q8View<'_>, t0: usize) -
     acc
 }
 
-/// # Safety
-/// Needs AVX-512 F/BW/VL/VNNI (and F16C); slice lengths are checked here.
-#[inline(always)]
-unsafe fn zmm_q8_0x16(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) {
-    let gb = group_bytes_q8(act.nb);
-    assert!(w.len() >= groups * gb);
-    assert!(
-        act.qs.len() >= act.n * act.nb * QK
-            && act.d.len() >= act.n * act.nb
-            && act.s.len() >= act.n * act.nb
-    );
-    assert!(act.n == 0 || groups == 0 || out.len() >= (act.n - 1) * ldo + 16 * groups);
-    let o = out.as_mut_ptr();
-    for g in 0..groups {
-        let gp = w.as_ptr().add(g * gb);
-        let mut t = 0;
-        while t < act.n {
-            let rem = act.n - t;
-            if rem >= 4 {
-                let acc = group_q8::<4>(gp, &act, t);
-                for (j, a) in acc.iter().enumerate() {
-                    _mm512_storeu_ps(o.add((t + j) * ldo + 16 * g), *a);
-                }
-                t += 4;
-            } else if rem >= 2 {
-                let acc = group_q8::<2>(gp, &act, t);
-                for (j, a) in acc.iter().enumerate() {
-                    _mm512_storeu_ps(o.add((t + j) * ldo + 16 * g), *a);
-                }
-                t += 2;
-            } else {
-                let acc = group_q8::<1>(gp, &act, t);
-                _mm512_storeu_ps(o.add(t * ldo + 16 * g), acc[0]);
-                t += 1;
+/// The drivers of the packed kernels: every group of 16 rows against every tile of tokens.
+macro_rules! zmm_packed {
+    ($name:ident, $group:ident, $group_bytes:ident) => {
+        /// # Safety
+        /// Needs AVX-512 F/BW/VL/VNNI (and F16C); slice lengths are checked here.
+        #[inline(always)]
+        unsafe fn $name(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) {
+            let gb = $group_bytes(act.nb);
+            check_packed(w, groups, gb, &act, out, ldo);
+            let o = out.as_mut_ptr();
+            for g in 0..groups {
+                let gp = w.as_ptr().add(g * gb);
+                tile_tokens!(act.n, 4, |t, NT| {
+                    let acc = $group::<NT>(gp, &act, t);
+                    for (j, a) in acc.iter().enumerate() {
+                        _mm512_storeu_ps(o.add((t + j) * ldo + 16 * g), *a);
+                    }
+                });
             }
         }
-    }
+    };
 }
+
+zmm_packed!(zmm_q4_0x16, group, group_bytes);
+zmm_packed!(zmm_q8_0x16, group_q8, group_bytes_q8);

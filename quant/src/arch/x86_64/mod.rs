@@ -9,7 +9,7 @@ pub(crate) mod avx512;
 
 use core::arch::x86_64::*;
 
-use super::{F32View, Q8View};
+use super::{check_packed, check_q8, F32View, Q8View};
 use crate::blocks::{f16_to_f32, f32_to_f16, QK};
 use crate::packed::{group_bytes, group_bytes_q8};
 
@@ -150,44 +150,6 @@ unsafe fn axpy_f32(alpha: f32, x: &[f32], y: &mut [f32]) {
         *py.add(i) += alpha * *px.add(i);
         i += 1;
     }
-}
-
-/// Checks the slice lengths the unchecked loops rely on.
-fn check_q8(w: &[u8], rows: usize, block_bytes: usize, act: &Q8View<'_>, out: &[f32], ldo: usize) {
-    assert!(w.len() >= rows * act.nb * block_bytes);
-    assert!(
-        act.qs.len() >= act.n * act.nb * QK
-            && act.d.len() >= act.n * act.nb
-            && act.s.len() >= act.n * act.nb
-    );
-    assert!(act.n == 0 || rows == 0 || out.len() >= (act.n - 1) * ldo + rows);
-}
-
-/// Calls `tile::<NT>` for every row and every tile of up to `MAXT` tokens.
-macro_rules! tile_tokens {
-    ($n:expr, $maxt:expr, |$t:ident, $nt:ident| $body:expr) => {{
-        let mut $t = 0;
-        while $t < $n {
-            let rem = $n - $t;
-            if rem >= 4 && $maxt >= 4 {
-                const $nt: usize = 4;
-                $body;
-                $t += 4;
-            } else if rem >= 3 && $maxt >= 3 {
-                const $nt: usize = 3;
-                $body;
-                $t += 3;
-            } else if rem >= 2 {
-                const $nt: usize = 2;
-                $body;
-                $t += 2;
-            } else {
-                const $nt: usize = 1;
-                $body;
-                $t += 1;
-            }
-        }
-    }};
 }
 
 /// One Q8_0 or Q4_0 block against `NT` tokens, accumulated into `acc`.
@@ -402,13 +364,7 @@ unsafe fn mm_q4_0x16<const VNNI: bool>(
     ldo: usize,
 ) {
     let gb = group_bytes(act.nb);
-    assert!(w.len() >= groups * gb);
-    assert!(
-        act.qs.len() >= act.n * act.nb * QK
-            && act.d.len() >= act.n * act.nb
-            && act.s.len() >= act.n * act.nb
-    );
-    assert!(act.n == 0 || groups == 0 || out.len() >= (act.n - 1) * ldo + 16 * groups);
+    check_packed(w, groups, gb, &act, out, ldo);
     let o = out.as_mut_ptr();
     for g in 0..groups {
         let gp = w.as_ptr().add(g * gb);
@@ -485,13 +441,7 @@ unsafe fn mm_q8_0x16<const VNNI: bool>(
     ldo: usize,
 ) {
     let gb = group_bytes_q8(act.nb);
-    assert!(w.len() >= groups * gb);
-    assert!(
-        act.qs.len() >= act.n * act.nb * QK
-            && act.d.len() >= act.n * act.nb
-            && act.s.len() >= act.n * act.nb
-    );
-    assert!(act.n == 0 || groups == 0 || out.len() >= (act.n - 1) * ldo + 16 * groups);
+    check_packed(w, groups, gb, &act, out, ldo);
     let o = out.as_mut_ptr();
     for g in 0..groups {
         let gp = w.as_ptr().add(g * gb);
