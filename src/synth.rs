@@ -37,6 +37,26 @@ pub fn huginn_0125() -> Config {
     }
 }
 
+/// Huginn-0125 scaled down by `div` (which must divide its 55 heads: 1, 5, 11 or 55): h, heads
+/// and F divided by `div` (F rounded down to a multiple of 32), the same depth, vocabulary and
+/// context. `huginn-0125/5` (h = 1056) keeps the full model's proportions at 1/25 of its weights.
+pub fn huginn_0125_scaled(div: usize) -> Result<Config> {
+    let mut c = huginn_0125();
+    if div == 0 || !c.n_heads.is_multiple_of(div) {
+        return Err(RavenError::arg(
+            "--shape",
+            format!("huginn-0125/{div}: N must divide the 55 heads (1, 5, 11, 55)"),
+        ));
+    }
+    c.n_embd /= div;
+    c.n_heads /= div;
+    c.n_ff /= div;
+    c.n_ff -= c.n_ff % 32;
+    c.embed_scale = (c.n_embd as f32).sqrt();
+    c.state_init_std = (2.0 / (5.0 * c.n_embd as f64)).sqrt() as f32;
+    Ok(c)
+}
+
 /// Writes a model of shape `c` with random weights of type `ty` to `out` (atomically).
 pub fn write_random(c: &Config, ty: OutType, seed: u64, out: &Path) -> Result<u64> {
     c.validate("synthetic model")?;

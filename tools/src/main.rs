@@ -363,23 +363,16 @@ fn run() -> Result<()> {
             shape,
             seed,
         } => {
-            let mut c = raven::synth::huginn_0125();
-            if let Some(div) = shape.strip_prefix("huginn-0125/") {
+            let c = if let Some(div) = shape.strip_prefix("huginn-0125/") {
                 let d: usize = div
                     .parse()
                     .with_context(|| format!("--shape {shape}: expected huginn-0125/N"))?;
-                if d == 0 || !c.n_heads.is_multiple_of(d) {
-                    bail!("--shape {shape}: N must divide the 55 heads (1, 5, 11, 55)");
-                }
-                c.n_embd /= d;
-                c.n_heads /= d;
-                c.n_ff /= d;
-                c.n_ff -= c.n_ff % 32;
-                c.embed_scale = (c.n_embd as f32).sqrt();
-                c.state_init_std = (2.0 / (5.0 * c.n_embd as f64)).sqrt() as f32;
-            } else if shape != "huginn-0125" {
+                raven::synth::huginn_0125_scaled(d)?
+            } else if shape == "huginn-0125" {
+                raven::synth::huginn_0125()
+            } else {
                 bail!("--shape {shape}: use huginn-0125 or huginn-0125/N");
-            }
+            };
             let bytes = raven::synth::write_random(&c, OutType::parse(&ty)?, seed, &out)?;
             eprintln!("wrote {} ({:.1} MB)", out.display(), bytes as f64 / 1e6);
             Ok(())
