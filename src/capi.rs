@@ -1501,7 +1501,7 @@ unsafe fn generate(
             ));
         }
     } else {
-        session.prefill(&prompt)?;
+        session.feed_prompt(&prompt)?;
         st.n_prompt = prompt.len() as i32;
     }
     let t1 = Instant::now();

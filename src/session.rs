@@ -374,20 +374,12 @@ impl Session {
         self.model.vocab.eos.contains(&t) || extra_stops.contains(&t)
     }
 
-    /// Prefills `prompt` (appended to the context) and generates up to `max_new` tokens,
-    /// calling `on_token(token, stats)` for each; it returns false to stop. Stops before a
-    /// stop token (which is neither reported nor fed).
-    ///
-    /// With an exit criterion or a latency budget, the prompt's last token goes through
-    /// [`Session::step`] rather than the one-pass prefill, so the first answer token is chosen
-    /// with the same adaptive compute and deadline as the others (as `raven eval` measures).
-    pub fn generate(
-        &mut self,
-        prompt: &[u32],
-        max_new: usize,
-        stops: &[u32],
-        mut on_token: impl FnMut(u32, &TokenStats) -> bool,
-    ) -> Result<Vec<TokenStats>> {
+    /// Feeds a prompt (appended to the context), leaving the next-token logits. Without an exit
+    /// criterion or budget this is [`Session::prefill`]; with one, all but the last token are
+    /// prefilled and the last goes through [`Session::step`], so the first answer token is
+    /// chosen with the same adaptive compute and deadline as the others (as `raven eval`
+    /// measures).
+    pub fn feed_prompt(&mut self, prompt: &[u32]) -> Result<()> {
         let adaptive =
             self.params.exit.criterion != Criterion::None || self.params.budget_ms.is_some();
         match prompt.split_last() {
@@ -400,9 +392,23 @@ impl Session {
                     self.prefill(rest)?;
                 }
                 self.step(last)?;
+                Ok(())
             }
-            _ => self.prefill(prompt)?,
+            _ => self.prefill(prompt),
         }
+    }
+
+    /// Feeds `prompt` ([`Session::feed_prompt`]) and generates up to `max_new` tokens, calling
+    /// `on_token(token, stats)` for each; it returns false to stop. Stops before a stop token
+    /// (which is neither reported nor fed).
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        max_new: usize,
+        stops: &[u32],
+        mut on_token: impl FnMut(u32, &TokenStats) -> bool,
+    ) -> Result<Vec<TokenStats>> {
+        self.feed_prompt(prompt)?;
         let mut all = Vec::new();
         for _ in 0..max_new {
             if self.cancelled() {

@@ -296,6 +296,10 @@ fn packed_q4_0_and_q8_0_match_scalar_in_every_set() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "hours under Miri; the tiling code runs in the smaller cases"
+)]
 fn large_token_counts_tile_correctly() {
     let mut rng = Rng::new(5);
     // Enough tokens and rows that matmul splits both into tiles.
