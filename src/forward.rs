@@ -39,6 +39,8 @@ pub struct Workspace {
     rope_sin: Vec<f32>,
     act: Activations,
     scatter: Vec<f32>,
+    /// Cache row offsets each token of the batch attends to.
+    visible: Vec<Vec<usize>>,
 }
 
 impl Workspace {
@@ -184,31 +186,23 @@ impl Model {
             }
             cache.write(slot, ws.start + t, k, v);
         }
-        // Attention: one task per (token, head).
+        // Attention: the positions each token sees (one walk of the cache per token, shared by
+        // its heads), then one task per (token, head).
         resize(&mut ws.y, n * h);
         let scale = 1.0 / (d as f32).sqrt();
-        let (qkv, start) = (&ws.qkv, ws.start);
-        let cache_ref = &*cache;
-        ws.y.par_chunks_mut(d).enumerate().for_each(|(idx, yo)| {
-            let (t, hd) = (idx / nh, idx % nh);
-            let q = &qkv[t * 3 * h + hd * d..t * 3 * h + (hd + 1) * d];
-            let mut scores: Vec<f32> = Vec::with_capacity(start + t + 1);
-            cache_ref.visible(slot, start + t, |k, _| {
-                scores.push(raven_quant::dot_f32(q, &k[hd * d..(hd + 1) * d]) * scale);
+        ws.visible.resize_with(n, Vec::new);
+        for (t, offs) in ws.visible.iter_mut().enumerate() {
+            cache.visible_offsets(slot, ws.start + t, offs);
+        }
+        let (qkv, visible) = (&ws.qkv, &ws.visible);
+        let (keys, values) = (cache.keys(), cache.values());
+        ws.y.par_chunks_mut(d)
+            .enumerate()
+            .for_each_init(Vec::new, |scores, (idx, yo)| {
+                let (t, hd) = (idx / nh, idx % nh);
+                let q = &qkv[t * 3 * h + hd * d..t * 3 * h + (hd + 1) * d];
+                raven_quant::attend_head(q, keys, values, &visible[t], hd * d, scale, scores, yo);
             });
-            let m = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0f32;
-            for s in scores.iter_mut() {
-                *s = (*s - m).exp();
-                sum += *s;
-            }
-            yo.iter_mut().for_each(|y| *y = 0.0);
-            let mut i = 0;
-            cache_ref.visible(slot, start + t, |_, v| {
-                raven_quant::axpy_f32(scores[i] / sum, &v[hd * d..(hd + 1) * d], yo);
-                i += 1;
-            });
-        });
         self.linear(
             &b.attn_out,
             &ws.y,

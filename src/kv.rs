@@ -267,6 +267,19 @@ impl KvCache {
     /// attends to, in position order: positions `0..=p` that hold an entry for that slot
     /// (`full`, `compress`), or the deepest entry of the same core layer (`latest`).
     pub fn visible(&self, slot: Slot, p: usize, mut f: impl FnMut(&[f32], &[f32])) {
+        let mut offs = Vec::new();
+        self.visible_offsets(slot, p, &mut offs);
+        let h = self.h;
+        for off in offs {
+            f(&self.k[off..off + h], &self.v[off..off + h]);
+        }
+    }
+
+    /// The same positions as [`KvCache::visible`], as offsets of their rows (h values each) in
+    /// [`KvCache::keys`] and [`KvCache::values`], into `out` (cleared first). One walk per token
+    /// serves every head.
+    pub fn visible_offsets(&self, slot: Slot, p: usize, out: &mut Vec<usize>) {
+        out.clear();
         let h = self.h;
         match (self.strategy, slot) {
             (CacheStrategy::Latest(_), Slot::Core { iter, layer }) => {
@@ -274,20 +287,32 @@ impl KvCache {
                     let it = (self.depth[layer * self.ctx + q] as usize).min(iter);
                     let s = self.slot_index(Slot::Core { iter: it, layer });
                     if self.present[s * self.ctx + q] {
-                        let off = (s * self.ctx + q) * h;
-                        f(&self.k[off..off + h], &self.v[off..off + h]);
+                        out.push((s * self.ctx + q) * h);
                     }
                 }
             }
             _ => {
                 let s = self.slot_index(slot);
-                for q in 0..=p {
-                    if self.present[s * self.ctx + q] {
-                        let off = (s * self.ctx + q) * h;
-                        f(&self.k[off..off + h], &self.v[off..off + h]);
-                    }
-                }
+                let present = &self.present[s * self.ctx..s * self.ctx + p + 1];
+                out.extend(
+                    present
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, &x)| x)
+                        .map(|(q, _)| (s * self.ctx + q) * h),
+                );
             }
         }
+    }
+
+    /// Every key row, slot after slot, position after position (see
+    /// [`KvCache::visible_offsets`]).
+    pub fn keys(&self) -> &[f32] {
+        &self.k
+    }
+
+    /// Every value row, laid out as [`KvCache::keys`].
+    pub fn values(&self) -> &[f32] {
+        &self.v
     }
 }

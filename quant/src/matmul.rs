@@ -468,6 +468,50 @@ fn matmul_packed(
     }
 }
 
+/// One attention head for one query: `out = Σ_j softmax(scale · q·k_j)_j · v_j`, where row `j`
+/// of the keys is `keys[offs[j] + col..][..q.len()]` and likewise for the values (a head's
+/// columns within cached rows). `scores` is scratch. The dot products and the weighted sum run
+/// on the chosen SIMD kernels, looked up once for all positions.
+///
+/// # Panics
+/// When `offs` is empty, `out.len() != q.len()`, or a row lies outside `keys`/`values`.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_head(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    offs: &[usize],
+    col: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let d = q.len();
+    assert!(!offs.is_empty(), "attend_head: no positions");
+    assert_eq!(
+        out.len(),
+        d,
+        "attend_head: output of {} for {d} values",
+        out.len()
+    );
+    let k = arch::kernels();
+    scores.clear();
+    scores.extend(
+        offs.iter()
+            .map(|&o| (k.dot_f32)(q, &keys[o + col..o + col + d]) * scale),
+    );
+    let m = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - m).exp();
+        sum += *s;
+    }
+    out.iter_mut().for_each(|y| *y = 0.0);
+    for (&o, &w) in offs.iter().zip(scores.iter()) {
+        (k.axpy_f32)(w / sum, &values[o + col..o + col + d], out);
+    }
+}
+
 /// `Σ a[i] · b[i]` over the common length, with the chosen SIMD kernels.
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     (arch::kernels().dot_f32)(a, b)
