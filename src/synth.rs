@@ -15,6 +15,9 @@ use crate::convert::OutType;
 use crate::error::{RavenError, Result};
 use crate::rng::Rng;
 
+/// The demo model's tokenizer (`models/demo/hf/tokenizer.json`).
+const DEMO_TOKENIZER: &str = include_str!("../models/demo/hf/tokenizer.json");
+
 /// Huginn-0125's shape: h=5280, 55 heads, F=17920, V=65536, 2/4/2 blocks, r̄=32, context 4096.
 pub fn huginn_0125() -> Config {
     let h = 5280usize;
@@ -55,6 +58,42 @@ pub fn huginn_0125_scaled(div: usize) -> Result<Config> {
     c.embed_scale = (c.n_embd as f32).sqrt();
     c.state_init_std = (2.0 / (5.0 * c.n_embd as f64)).sqrt() as f32;
     Ok(c)
+}
+
+/// The demo model's byte-level BPE tokenizer with its vocabulary filled up to `n_vocab` by
+/// tokens `<288>`, `<289>`, … (printable ASCII, so they decode to their own text) and its special
+/// tokens moved to the last ids: random weights pick any id. Returns the JSON and the id of
+/// `<|end_text|>`.
+fn tokenizer_json(n_vocab: usize) -> Result<(String, u32)> {
+    let bad = |e: String| RavenError::arg("synth", format!("demo tokenizer: {e}"));
+    let mut t: serde_json::Value =
+        serde_json::from_str(DEMO_TOKENIZER).map_err(|e| bad(e.to_string()))?;
+    let base = t["model"]["vocab"].as_object().map_or(0, |v| v.len());
+    let specials = t["added_tokens"].as_array().map_or(0, |a| a.len());
+    if n_vocab < base + specials {
+        return Err(bad(format!("a vocabulary of {n_vocab} is too small")));
+    }
+    let first_special = n_vocab - specials;
+    if let Some(vocab) = t["model"]["vocab"].as_object_mut() {
+        for id in base..first_special {
+            vocab.insert(format!("<{id}>"), id.into());
+        }
+    }
+    let mut eos = None;
+    if let Some(added) = t["added_tokens"].as_array_mut() {
+        for (i, tok) in added.iter_mut().enumerate() {
+            let id = (first_special + i) as u32;
+            tok["id"] = id.into();
+            if tok["content"] == "<|end_text|>" {
+                eos = Some(id);
+            }
+        }
+    }
+    let eos = eos.ok_or_else(|| bad("no <|end_text|>".into()))?;
+    Ok((
+        serde_json::to_string(&t).map_err(|e| bad(e.to_string()))?,
+        eos,
+    ))
 }
 
 /// Writes a model of shape `c` with random weights of type `ty` to `out` (atomically).
@@ -118,6 +157,11 @@ pub fn write_random(c: &Config, ty: OutType, seed: u64, out: &Path) -> Result<u6
         for (k, val) in c.gguf_metadata() {
             w.add_kv(&k, val);
         }
+        // A tokenizer for the whole vocabulary, so `raven run` and `raven chat` work on
+        // synthetic models too.
+        let (tokenizer, eos) = tokenizer_json(c.n_vocab)?;
+        w.add_kv("tokenizer.huggingface.json", Value::Str(tokenizer));
+        w.add_kv("tokenizer.ggml.eos_token_id", Value::U32(eos));
         for (name, dims, t, _) in &plan {
             w.add_tensor(name, dims, *t)?;
         }
