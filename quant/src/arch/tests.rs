@@ -26,11 +26,11 @@ impl Rng {
     }
 }
 
-/// Values with some structure: mixed magnitudes, exact halves, zeros, and whole zero blocks.
 /// Random cases per test: all of them natively, a few under Miri (which interprets ~1000×
 /// slower; the few still reach every kernel branch: tails, partial groups, 1–3 tokens).
 const MIRI_CASES: usize = if cfg!(miri) { 3 } else { usize::MAX };
 
+/// Values with some structure: mixed magnitudes, exact halves, zeros, and whole zero blocks.
 fn values(rng: &mut Rng, n: usize) -> Vec<f32> {
     let scale = [0.01f32, 1.0, 30.0][rng.below(3)];
     (0..n)
