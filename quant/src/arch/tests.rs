@@ -26,9 +26,15 @@ impl Rng {
     }
 }
 
-/// Random cases per test: all of them natively, a few under Miri (which interprets ~1000×
-/// slower; the few still reach every kernel branch: tails, partial groups, 1–3 tokens).
-const MIRI_CASES: usize = if cfg!(miri) { 3 } else { usize::MAX };
+/// Random cases of a test: `native` natively, 3 under Miri (which interprets ~1000× slower; 3
+/// still reach every kernel branch: tails, partial groups, 1–3 tokens).
+const fn cases(native: usize) -> usize {
+    if cfg!(miri) {
+        3
+    } else {
+        native
+    }
+}
 
 /// Values with some structure: mixed magnitudes, exact halves, zeros, and whole zero blocks.
 fn values(rng: &mut Rng, n: usize) -> Vec<f32> {
@@ -266,7 +272,7 @@ fn matmul_matches_scalar_in_every_set() {
     use GgmlType::*;
     for ty in [F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4K, Q6K] {
         let bs = if matches!(ty, Q4K | Q6K) { 256 } else { 32 };
-        for case in 0..MIRI_CASES.min(12) {
+        for case in 0..cases(12) {
             let cols = if ty.is_quantized() {
                 bs * (1 + rng.below(if bs == 256 { 3 } else { 12 }))
             } else {
@@ -285,7 +291,7 @@ fn matmul_matches_scalar_in_every_set() {
 #[test]
 fn packed_q4_0_and_q8_0_match_scalar_in_every_set() {
     let mut rng = Rng::new(4);
-    for case in 0..MIRI_CASES.min(40) {
+    for case in 0..cases(40) {
         let cols = 32 * (1 + rng.below(20));
         let rows = 1 + rng.below(70);
         let n = 1 + case % 9;
