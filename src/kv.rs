@@ -263,19 +263,9 @@ impl KvCache {
         }
     }
 
-    /// Calls `f(k_row, v_row)` for every cached position a query at position `p` in `slot`
-    /// attends to, in position order: positions `0..=p` that hold an entry for that slot
-    /// (`full`, `compress`), or the deepest entry of the same core layer (`latest`).
-    pub fn visible(&self, slot: Slot, p: usize, mut f: impl FnMut(&[f32], &[f32])) {
-        let mut offs = Vec::new();
-        self.visible_offsets(slot, p, &mut offs);
-        let h = self.h;
-        for off in offs {
-            f(&self.k[off..off + h], &self.v[off..off + h]);
-        }
-    }
-
-    /// The same positions as [`KvCache::visible`], as offsets of their rows (h values each) in
+    /// The cached positions a query at position `p` in `slot` attends to, in position order:
+    /// positions `0..=p` that hold an entry for that slot (`full`, `compress`), or the deepest
+    /// entry of the same core layer (`latest`); as offsets of their rows (h values each) in
     /// [`KvCache::keys`] and [`KvCache::values`], into `out` (cleared first). One walk per token
     /// serves every head.
     pub fn visible_offsets(&self, slot: Slot, p: usize, out: &mut Vec<usize>) {

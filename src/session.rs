@@ -241,6 +241,15 @@ impl Session {
             .is_some_and(|c| c.load(Ordering::Relaxed))
     }
 
+    /// Token ids in the vocabulary and room for all of them in the context: checked before
+    /// anything is fed, so a bad prompt leaves the session as it was.
+    fn check_prompt(&self, tokens: &[u32]) -> Result<()> {
+        for &t in tokens {
+            self.model.check_token(t)?;
+        }
+        self.check_room(tokens.len())
+    }
+
     fn check_room(&self, n: usize) -> Result<()> {
         let needed = self.history.len() + n;
         if needed > self.cache.ctx() {
@@ -258,10 +267,7 @@ impl Session {
         if tokens.is_empty() {
             return Err(RavenError::arg("prompt", "is empty"));
         }
-        for &t in tokens {
-            self.model.check_token(t)?;
-        }
-        self.check_room(tokens.len())?;
+        self.check_prompt(tokens)?;
         let steps = if self.params.prefill_steps == 0 {
             self.params.exit.max_steps
         } else {
@@ -384,10 +390,7 @@ impl Session {
             self.params.exit.criterion != Criterion::None || self.params.budget_ms.is_some();
         match prompt.split_last() {
             Some((&last, rest)) if adaptive => {
-                for &t in prompt {
-                    self.model.check_token(t)?;
-                }
-                self.check_room(prompt.len())?;
+                self.check_prompt(prompt)?;
                 if !rest.is_empty() {
                     self.prefill(rest)?;
                 }

@@ -102,11 +102,11 @@ fn bytemuck_lines_mut(lines: &mut [Line]) -> &mut [u8] {
     unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast::<u8>(), lines.len() * 64) }
 }
 
-/// Asks Linux to back the 2 MiB-aligned interior of `lines` with transparent huge pages
-/// (`madvise(MADV_HUGEPAGE)`, effective when THP is `madvise` or `always`): called on a fresh
-/// allocation of `len` bytes at `start` before its pages are first written. Streaming a matrix then costs one TLB miss per 2 MiB instead of per 4 KiB, and
-/// the hardware prefetcher, which stops at 4 KiB page boundaries, runs on. Best effort: a
-/// refusal changes nothing but speed.
+/// Asks Linux to back the 2 MiB-aligned interior of a fresh allocation of `len` bytes at
+/// `start` with transparent huge pages (`madvise(MADV_HUGEPAGE)`, effective when THP is
+/// `madvise` or `always`), before its pages are first written. Streaming a matrix then costs one
+/// TLB miss per 2 MiB instead of per 4 KiB, and the hardware prefetcher, which stops at 4 KiB
+/// page boundaries, runs on. Best effort: a refusal changes nothing but speed.
 fn advise_huge_pages(start: usize, len: usize) {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {

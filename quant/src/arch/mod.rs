@@ -77,7 +77,7 @@ impl<'a> Q8View<'a> {
 /// Checks the activation lengths the unchecked kernel loops rely on.
 fn check_act(act: &Q8View<'_>) {
     assert!(
-        act.qs.len() >= act.n * act.nb * 32
+        act.qs.len() >= act.n * act.nb * crate::blocks::QK
             && act.d.len() >= act.n * act.nb
             && act.s.len() >= act.n * act.nb
     );
