@@ -1105,6 +1105,7 @@ fn params_from_c(p: &raven_session_params, m: &Model) -> R<SessionParams> {
         threads: nonneg(p.n_threads, "n_threads")?,
         sampling: sampling_from_c(&p.sampling)?,
         kv_cap_bytes: (p.kv_cap_bytes > 0).then_some(p.kv_cap_bytes),
+        ignore_eos: false,
     })
 }
 

@@ -41,6 +41,9 @@ pub struct SessionParams {
     pub sampling: SamplingParams,
     /// Refuse a session whose KV cache would be larger than this many bytes.
     pub kv_cap_bytes: Option<u64>,
+    /// Keep generating past the model's end-of-sequence tokens (llama.cpp's `--ignore-eos`;
+    /// for benchmarks). Explicit stop tokens still stop.
+    pub ignore_eos: bool,
 }
 
 impl SessionParams {
@@ -59,6 +62,7 @@ impl SessionParams {
             threads: 0,
             sampling: SamplingParams::default(),
             kv_cap_bytes: None,
+            ignore_eos: false,
         }
     }
 
@@ -109,6 +113,18 @@ pub struct Session {
     timing: Timing,
     scratch: Vec<(f32, u32)>,
     cancel: Option<Arc<AtomicBool>>,
+    spec: SpecStats,
+}
+
+/// Counters of self-speculative decoding over a session's life.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpecStats {
+    /// Verification passes.
+    pub rounds: usize,
+    /// Tokens drafted (and verified).
+    pub drafted: usize,
+    /// Drafted tokens the full model agreed with.
+    pub accepted: usize,
 }
 
 impl Session {
@@ -176,6 +192,7 @@ impl Session {
             timing: Timing::default(),
             scratch: Vec::new(),
             cancel: None,
+            spec: SpecStats::default(),
         })
     }
 
@@ -377,7 +394,7 @@ impl Session {
     /// True when `t` ends a generation: the model's end-of-sequence ids, plus `<|end_text|>` and
     /// `<|end_turn|>` when the vocabulary has them (`extra_stops`).
     pub fn is_stop(&self, t: u32, extra_stops: &[u32]) -> bool {
-        self.model.vocab.eos.contains(&t) || extra_stops.contains(&t)
+        (!self.params.ignore_eos && self.model.vocab.eos.contains(&t)) || extra_stops.contains(&t)
     }
 
     /// Feeds a prompt (appended to the context), leaving the next-token logits. Without an exit
@@ -429,6 +446,11 @@ impl Session {
             }
         }
         Ok(all)
+    }
+
+    /// Acceptance counters of [`Session::generate_speculative`] so far.
+    pub fn speculative_stats(&self) -> SpecStats {
+        self.spec
     }
 
     /// Self-speculative greedy decoding (the reference's `generate_speculative`): draft
@@ -563,6 +585,9 @@ impl Session {
                 .take_while(|(p, d)| p == d)
                 .count();
             let committed = (matched + 1).min(k);
+            self.spec.rounds += 1;
+            self.spec.drafted += k;
+            self.spec.accepted += matched;
             self.cache.truncate(l + committed);
             self.cache.set_len(l + committed);
             self.history.push(next);

@@ -12,6 +12,7 @@ use rayon::prelude::*;
 use raven::exit::{Criterion, ExitPolicy};
 use raven::kv::CacheStrategy;
 use raven::run::Threads;
+use raven::session::SpecStats;
 use raven::{Session, SessionParams};
 
 #[derive(Args)]
@@ -109,7 +110,7 @@ struct Row {
     bandwidth: Option<f64>,
     peak_rss: Option<u64>,
     budget: Option<(f64, f64, f64, f64)>,
-    spec: Option<(f64, f64, bool)>,
+    spec: Option<(f64, f64, bool, SpecStats)>,
 }
 
 pub fn run(a: &BenchArgs) -> Result<()> {
@@ -132,6 +133,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     // Loading (mapping, repacking) may peak above what stays resident; the probes below reset
     // the peak-RSS mark, so keep this one.
     let load_peak = crate::generate::peak_rss();
+    if std::env::var("RAVEN_STREAMS").is_ok_and(|v| v == "0") {
+        raven_quant::set_streams(false);
+    }
     let mut rows = Vec::new();
     for &t in &a.threads {
         let threads = Arc::new(Threads::new(t)?);
@@ -206,12 +210,16 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                         pg.init_scale = 0.0;
                         pg.sampling = raven::sample::SamplingParams::greedy();
                         pg.ctx = a.n_prompt + a.n_gen + a.lookahead + 2;
-                        let run = |spec: bool| -> Result<(f64, Vec<u32>)> {
+                        pg.ignore_eos = true;
+                        // Decode speed: tokens after the first (which follows the prompt's
+                        // pass) over the time since it, as for the plain decode above.
+                        let run = |spec: bool| -> Result<(f64, Vec<u32>, SpecStats)> {
                             let mut s =
                                 Session::with_threads(model.clone(), pg.clone(), threads.clone())?;
                             let mut toks = Vec::new();
-                            let t = Instant::now();
+                            let mut first = None;
                             let f = |tok: u32, _: &raven::session::TokenStats| {
+                                first.get_or_insert_with(Instant::now);
                                 toks.push(tok);
                                 true
                             };
@@ -220,12 +228,13 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                             } else {
                                 s.generate(&prompt, a.n_gen, &[], f)?;
                             }
-                            let secs = t.elapsed().as_secs_f64();
-                            Ok((toks.len() as f64 / secs, toks))
+                            let secs = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
+                            let tps = (toks.len().saturating_sub(1)) as f64 / secs.max(1e-9);
+                            Ok((tps, toks, s.speculative_stats()))
                         };
-                        let (plain_tps, plain) = run(false)?;
-                        let (spec_tps, spec) = run(true)?;
-                        Some((plain_tps, spec_tps, plain == spec))
+                        let (plain_tps, plain, _) = run(false)?;
+                        let (spec_tps, spec, st) = run(true)?;
+                        Some((plain_tps, spec_tps, plain == spec, st))
                     }
                 };
                 rows.push(Row {
@@ -263,6 +272,10 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                     "iterations_per_s": 1e3 / r.ms_per_iter,
                     "core_iteration_bytes": core_bytes, "read_bandwidth_gb_s": r.bandwidth,
                     "bandwidth_bound_ms": r.bound_ms, "peak_rss_bytes": r.peak_rss,
+                    "speculative": r.spec.map(|(plain, spec, same, st)| serde_json::json!({
+                        "draft_steps": a.draft_steps, "lookahead": a.lookahead,
+                        "plain_decode_tokens_per_s": plain, "speculative_decode_tokens_per_s": spec,
+                        "identical": same, "rounds": st.rounds, "drafted": st.drafted, "accepted": st.accepted})),
                     "budget_check": r.budget.map(|(med, b, pct, it)| serde_json::json!({
                         "median_token_ms": med, "budget_ms": b, "pct_within_budget_plus_10": pct, "mean_iterations": it})),
                 })
@@ -309,15 +322,19 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         );
     }
     for r in rows.iter().filter(|r| r.spec.is_some()) {
-        let (plain, spec, same) = r.spec.unwrap_or_default();
+        let (plain, spec, same, st) = r.spec.unwrap_or_default();
         println!(
-            "\nspeculative ({} threads, {} steps, draft {} iterations, lookahead {}): plain greedy {plain:.2} tokens/s (incl. prompt), speculative {spec:.2} tokens/s: {:.2}x, output {}",
+            "\nspeculative ({} threads, {} steps, draft {} iterations, lookahead {}): plain greedy decode {plain:.2} tokens/s, speculative {spec:.2} tokens/s: {:.2}x, output {}; {} of {} drafted tokens accepted ({:.0}%) in {} rounds",
             r.threads,
             r.steps,
             a.draft_steps.unwrap_or(0),
             a.lookahead,
             spec / plain,
-            if same { "identical" } else { "DIFFERS" }
+            if same { "identical" } else { "DIFFERS" },
+            st.accepted,
+            st.drafted,
+            100.0 * st.accepted as f64 / st.drafted.max(1) as f64,
+            st.rounds,
         );
     }
     for r in rows.iter().filter(|r| r.budget.is_some()) {

@@ -91,6 +91,9 @@ pub struct GenArgs {
     /// Tokens drafted per verification with --draft-steps.
     #[arg(long = "lookahead", default_value_t = 8)]
     pub lookahead: usize,
+    /// Keep generating past end-of-sequence tokens (for timing long outputs).
+    #[arg(long = "ignore-eos")]
+    pub ignore_eos: bool,
     /// Show the iterations each token used, as [n] after it.
     #[arg(long = "show-steps")]
     pub show_steps: bool,
@@ -133,6 +136,7 @@ impl GenArgs {
         p.threads = self.threads;
         p.ctx = self.ctx;
         p.kv_cap_bytes = Some(self.kv_cap_mb.saturating_mul(1 << 20));
+        p.ignore_eos = self.ignore_eos;
         p.sampling = SamplingParams {
             temperature: self.temp,
             top_k: self.top_k,
@@ -206,7 +210,11 @@ fn stream_generate(
 ) -> Result<String> {
     let model = session.model().clone();
     let tok = model.tokenizer()?;
-    let stops = model.stop_tokens();
+    let stops = if a.ignore_eos {
+        Vec::new()
+    } else {
+        model.stop_tokens()
+    };
     let mut dec = StreamDecoder::new(tok);
     let mut text = String::new();
     let t0 = std::time::Instant::now();
