@@ -7,7 +7,9 @@
 //! mat-vec, back to back on the same threads; the table gives the median of the per-round
 //! ratios `kernel GB/s ÷ probe GB/s`, with the medians of both speeds. Weights use the layout the
 //! model uses: repacked (interleaved rows) where [`raven_quant::repack`] applies on this CPU,
-//! plain rows otherwise; both layouts are shown. The last column is one thread's speed on
+//! plain rows otherwise; both layouts are shown, and the repacked one also with its kernels
+//! reading one group at a time instead of three streams side by side (`set_streams`), all
+//! measured in the same rounds. The last column is one thread's speed on
 //! weights that stay in L2: far above the memory speed means the kernel is not compute-bound.
 
 mod common;
@@ -48,46 +50,62 @@ fn main() {
                 .map(|d| Matrix::new(ty, rows, cols, d).unwrap())
                 .collect();
             let packed: Vec<PackedMatrix> = plain.iter().filter_map(repack).collect();
-            let mut layouts: Vec<(&str, Vec<Weights<'_>>)> = vec![];
+            // Variants measured side by side in every round: (label, weights, streams).
+            let mut variants: Vec<(&str, Vec<Weights<'_>>, bool)> = vec![];
             if packed.len() == n {
-                layouts.push(("repacked", packed.iter().map(Weights::Packed).collect()));
+                let ws: Vec<Weights<'_>> = packed.iter().map(Weights::Packed).collect();
+                variants.push(("repacked", ws.clone(), true));
+                variants.push(("repacked, 1 stream", ws, false));
             }
-            layouts.push(("plain", plain.iter().copied().map(Weights::Plain).collect()));
+            variants.push((
+                "plain",
+                plain.iter().copied().map(Weights::Plain).collect(),
+                true,
+            ));
             let act = activations(ty, cols);
             let mut out = vec![0f32; rows];
-            for (layout, ws) in &layouts {
-                for threads in [1, 2] {
-                    let label = format!("{ty} {layout} {name} {threads}");
-                    if !filter.is_empty() && !filter.iter().any(|f| label.contains(f.as_str())) {
-                        continue;
-                    }
-                    // Warm-up: fault in pages, spin up the frequency.
+            for threads in [1, 2] {
+                let label = format!("{ty} {name} {threads}");
+                if !filter.is_empty() && !filter.iter().any(|f| label.contains(f.as_str())) {
+                    continue;
+                }
+                let run_all = |ws: &[Weights<'_>], streams: bool, out: &mut [f32]| {
+                    raven_quant::set_streams(streams);
                     for w in ws {
-                        run(*w, &act, &mut out, threads);
+                        run(*w, &act, out, threads);
                     }
+                    std::hint::black_box(&out);
+                };
+                // Warm-up: fault in pages, spin up the frequency.
+                for (_, ws, st) in &variants {
+                    run_all(ws, *st, &mut out);
+                }
+                std::hint::black_box(probe(&buf, threads));
+                let nv = variants.len();
+                let (mut k, mut p, mut r) = (vec![vec![]; nv], vec![], vec![vec![]; nv]);
+                for _ in 0..rounds {
+                    let t = Instant::now();
                     std::hint::black_box(probe(&buf, threads));
-                    let (mut k, mut p, mut r) = (vec![], vec![], vec![]);
-                    for _ in 0..rounds {
+                    let pg = probe_bytes / t.elapsed().as_secs_f64() / 1e9;
+                    p.push(pg);
+                    for (i, (_, ws, st)) in variants.iter().enumerate() {
                         let t = Instant::now();
-                        std::hint::black_box(probe(&buf, threads));
-                        let pg = probe_bytes / t.elapsed().as_secs_f64() / 1e9;
-                        let t = Instant::now();
-                        for w in ws {
-                            run(*w, &act, &mut out, threads);
-                        }
-                        std::hint::black_box(&out);
+                        run_all(ws, *st, &mut out);
                         let kg = (bytes * n) as f64 / t.elapsed().as_secs_f64() / 1e9;
-                        k.push(kg);
-                        p.push(pg);
-                        r.push(kg / pg);
+                        k[i].push(kg);
+                        r[i].push(kg / pg);
                     }
-                    let (lo, hi) = r
+                }
+                let pm = median(&mut p);
+                for (i, (layout, ws, st)) in variants.iter().enumerate() {
+                    let (lo, hi) = r[i]
                         .iter()
                         .fold((f64::MAX, 0f64), |(a, b), x| (a.min(*x), b.max(*x)));
                     // The compute ceiling of one thread: the first rows of one copy, small
                     // enough to stay in L2 (≤ 512 KiB), multiplied over and over. (With two
                     // threads, spawning them would cost more than such a product.)
                     let hot = if threads == 1 {
+                        raven_quant::set_streams(*st);
                         let hot_rows = ((512 << 10) / (bytes / rows)).max(16) / 16 * 16;
                         let hot_rows = hot_rows.min(rows);
                         let mut h = vec![];
@@ -105,10 +123,9 @@ fn main() {
                         "–".to_string()
                     };
                     println!(
-                        "| {ty} | {layout} | {name} | {threads} | {:.1} | {:.1} | {:.0}% | {:.0}–{:.0}% | {hot} |",
-                        median(&mut k),
-                        median(&mut p),
-                        100.0 * median(&mut r),
+                        "| {ty} | {layout} | {name} | {threads} | {:.1} | {pm:.1} | {:.0}% | {:.0}–{:.0}% | {hot} |",
+                        median(&mut k[i]),
+                        100.0 * median(&mut r[i]),
                         100.0 * lo,
                         100.0 * hi,
                     );
@@ -116,4 +133,5 @@ fn main() {
             }
         }
     }
+    raven_quant::set_streams(true);
 }

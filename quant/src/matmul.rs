@@ -329,9 +329,10 @@ pub(crate) fn matmul_with(
         return;
     }
     // Tile so that a block of weight rows (~128 KiB) and a chunk of tokens (~128 KiB) meet in
-    // L2: each weight row comes from memory once, activations from cache.
+    // L2: each weight row comes from memory once, activations from cache. With a single chunk
+    // of tokens there is nothing to reuse and all rows go to the kernel at once (the packed
+    // kernels then walk distant rows side by side, see `stream_groups!`).
     let row_bytes = (w.cols() / ty.block_size() * ty.type_size()).max(1);
-    let rb = (128 * 1024 / row_bytes).max(GROUP) / GROUP * GROUP;
     let tok_bytes = if activation_type(ty) == GgmlType::Q8_0 {
         act.cols
     } else {
@@ -339,9 +340,14 @@ pub(crate) fn matmul_with(
     }
     .max(1);
     let tb = (128 * 1024 / tok_bytes).max(4) / 4 * 4;
+    let rb = if act.n <= tb {
+        usize::MAX
+    } else {
+        (128 * 1024 / row_bytes).max(GROUP) / GROUP * GROUP
+    };
     let mut r0 = rows.start;
     while r0 < rows.end {
-        let r1 = ((r0 / rb + 1) * rb).min(rows.end);
+        let r1 = (r0 / rb + 1).saturating_mul(rb).min(rows.end);
         let mut t0 = 0;
         while t0 < act.n {
             let t1 = (t0 + tb).min(act.n);

@@ -15,6 +15,20 @@
 
 use crate::{GgmlType, Matrix};
 
+static STREAMS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Whether packed kernels walk three distant runs of groups side by side when decoding (the
+/// default; see `stream_groups!` in `arch`). Off: one group at a time. For benchmarks that
+/// compare the two in one run.
+#[doc(hidden)]
+pub fn set_streams(on: bool) {
+    STREAMS.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub(crate) fn streams() -> bool {
+    STREAMS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Rows per interleaved group.
 pub(crate) const GROUP: usize = 16;
 

@@ -32,6 +32,31 @@ macro_rules! tile_tokens {
     }};
 }
 
+/// Runs `$body` over `groups` packed groups of 16 rows with `$gi: [usize; $s]` the groups to
+/// multiply together, in lockstep through their blocks. With `$streams` (few tokens, so the
+/// weights stream from memory once) the groups are split into three runs walked side by side:
+/// one thread reading three distant streams keeps more cache-line fills in flight than the
+/// hardware prefetcher gives one stream (`benches/roofline.rs`, Q4_0: 73–80% → 79–88% of the
+/// read bandwidth); the one or two groups left over go as one stream each. Otherwise (many
+/// tokens: the weights are reused from cache) one group at a time.
+#[allow(unused_macros)] // not every target has SIMD kernels
+macro_rules! stream_groups {
+    ($groups:expr, $streams:expr, |$gi:ident, $s:ident| $body:expr) => {{
+        let groups: usize = $groups;
+        let per = if $streams { groups / 3 } else { 0 };
+        for i in 0..per {
+            const $s: usize = 3;
+            let $gi: [usize; 3] = [i, per + i, 2 * per + i];
+            $body;
+        }
+        for g in 3 * per..groups {
+            const $s: usize = 1;
+            let $gi: [usize; 1] = [g];
+            $body;
+        }
+    }};
+}
+
 pub(crate) mod scalar;
 
 #[cfg(target_arch = "x86_64")]

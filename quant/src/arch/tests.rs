@@ -303,6 +303,17 @@ fn packed_q4_0_and_q8_0_match_scalar_in_every_set() {
         check_against_scalar(GgmlType::Q8_0, rows, cols, n, a..b, &mut rng, true);
         check_against_scalar(GgmlType::Q8_0, 48, cols, n, 0..48, &mut rng, true);
     }
+    // Decoding (1–2 tokens) walks three runs of groups side by side, then the one or two groups
+    // left over: 6, 7 and 8 whole groups, with tail rows, from the start and from an offset.
+    for (rows, n, range) in [
+        (96, 1, 0..96),
+        (117, 2, 0..117),
+        (133, 1, 5..133),
+        (140, 2, 16..128),
+    ] {
+        check_against_scalar(GgmlType::Q4_0, rows, 96, n, range.clone(), &mut rng, true);
+        check_against_scalar(GgmlType::Q8_0, rows, 64, n, range, &mut rng, true);
+    }
 }
 
 #[test]

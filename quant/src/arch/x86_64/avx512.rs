@@ -28,11 +28,11 @@ super::kernel_set!(@wrap "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", m
 
 super::kernel_set!(@wrap "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", mm_q8_0x16(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) -> () = zmm_q8_0x16);
 
-/// How far ahead of the Q4_0 quants being multiplied to prefetch into L2 (bytes). The Q4_0
-/// kernel issues about 9 instructions per 64-byte line (Q8_0: 3), so the out-of-order window
-/// covers too few lines to hide memory latency and the hardware prefetcher alone leaves it well
-/// below the read bandwidth (`benches/roofline.rs`: +5–10% with this prefetch; Q8_0 gains
-/// nothing and has none).
+/// How far ahead of the Q4_0 quants being multiplied to prefetch into L2 (bytes), when one
+/// group streams at a time. The Q4_0 kernel issues about 9 instructions per 64-byte line (Q8_0:
+/// 3), so the out-of-order window covers few lines; with one stream this prefetch gained 5–10%
+/// (`benches/roofline.rs`). With the three streams of `stream_groups!` it cost ~10% instead
+/// (more requests than the fill buffers hold), so those do without.
 const PREFETCH: usize = 8192;
 
 /// Prefetches `N` consecutive 64-byte lines from `p` into L2 (a hint: never faults).
@@ -43,93 +43,129 @@ unsafe fn prefetch_lines<const N: usize>(p: *const u8) {
     }
 }
 
-/// One group of 16 interleaved Q4_0 rows against `NT` tokens: lane `r` of every vector is row `r`.
+/// Activation pointers of tokens `t0..t0 + NT`: quants, scales and block sums.
 #[inline(always)]
-unsafe fn group<const NT: usize>(g: *const u8, act: &Q8View<'_>, t0: usize) -> [__m512; NT] {
+#[allow(clippy::type_complexity)]
+unsafe fn act_ptrs<const NT: usize>(
+    act: &Q8View<'_>,
+    t0: usize,
+) -> ([*const i32; NT], [*const f32; NT], [*const i32; NT]) {
     let nb = act.nb;
-    let sc = g.add(nb * 256);
+    (
+        core::array::from_fn(|t| act.qs.as_ptr().add((t0 + t) * nb * QK) as *const i32),
+        core::array::from_fn(|t| act.d.as_ptr().add((t0 + t) * nb)),
+        core::array::from_fn(|t| act.s.as_ptr().add((t0 + t) * nb)),
+    )
+}
+
+/// `S` groups of 16 interleaved Q4_0 rows (walked side by side, see `stream_groups!`) against
+/// `NT` tokens: lane `r` of `acc[j][t]` is row `r` of group `gs[j]`.
+#[inline(always)]
+unsafe fn group<const NT: usize, const S: usize>(
+    gs: [*const u8; S],
+    act: &Q8View<'_>,
+    t0: usize,
+) -> [[__m512; NT]; S] {
+    let nb = act.nb;
     let mask = _mm512_set1_epi8(0x0f);
     let mask_hi = _mm512_set1_epi8(0xf0u8 as i8);
-    let qa: [*const i32; NT] =
-        core::array::from_fn(|t| act.qs.as_ptr().add((t0 + t) * nb * QK) as *const i32);
-    let da: [*const f32; NT] = core::array::from_fn(|t| act.d.as_ptr().add((t0 + t) * nb));
-    let sa: [*const i32; NT] = core::array::from_fn(|t| act.s.as_ptr().add((t0 + t) * nb));
-    let mut acc = [_mm512_setzero_ps(); NT];
+    let (qa, da, sa) = act_ptrs::<NT>(act, t0);
+    let mut acc = [[_mm512_setzero_ps(); NT]; S];
     for b in 0..nb {
-        let q = g.add(256 * b);
-        prefetch_lines::<4>(q.wrapping_add(PREFETCH));
-        let c: [__m512i; 4] =
-            core::array::from_fn(|k| _mm512_loadu_si512(q.add(64 * k) as *const _));
-        let lo: [__m512i; 4] = core::array::from_fn(|k| _mm512_and_si512(c[k], mask));
-        // High nibbles left in place (16 × value): one AND instead of a shift and an AND;
-        // their sums are exact multiples of 16, divided back below.
-        let hi: [__m512i; 4] = core::array::from_fn(|k| _mm512_and_si512(c[k], mask_hi));
-        let dw = _mm512_cvtph_ps(_mm256_loadu_si256(sc.add(32 * b) as *const __m256i));
-        for t in 0..NT {
-            let a = qa[t].add(b * QK / 4);
-            // Σ nibble·a − 8·Σ a, exact in each lane.
-            let mut s0 = _mm512_set1_epi32(-8 * *sa[t].add(b));
-            let mut s1 = _mm512_setzero_si512();
-            for k in 0..4 {
-                s0 = _mm512_dpbusd_epi32(s0, lo[k], _mm512_set1_epi32(a.add(k).read_unaligned()));
-                s1 = _mm512_dpbusd_epi32(
-                    s1,
-                    hi[k],
-                    _mm512_set1_epi32(a.add(4 + k).read_unaligned()),
-                );
+        for (j, &g) in gs.iter().enumerate() {
+            let q = g.add(256 * b);
+            if S == 1 {
+                prefetch_lines::<4>(q.wrapping_add(PREFETCH));
             }
-            let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*da[t].add(b)));
-            let s = _mm512_add_epi32(s0, _mm512_srai_epi32(s1, 4));
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc[t]);
+            let c: [__m512i; 4] =
+                core::array::from_fn(|k| _mm512_loadu_si512(q.add(64 * k) as *const _));
+            let lo: [__m512i; 4] = core::array::from_fn(|k| _mm512_and_si512(c[k], mask));
+            // High nibbles left in place (16 × value): one AND instead of a shift and an AND;
+            // their sums are exact multiples of 16, divided back below.
+            let hi: [__m512i; 4] = core::array::from_fn(|k| _mm512_and_si512(c[k], mask_hi));
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(
+                g.add(nb * 256 + 32 * b) as *const __m256i
+            ));
+            for t in 0..NT {
+                let a = qa[t].add(b * QK / 4);
+                // Σ nibble·a − 8·Σ a, exact in each lane.
+                let mut s0 = _mm512_set1_epi32(-8 * *sa[t].add(b));
+                let mut s1 = _mm512_setzero_si512();
+                for k in 0..4 {
+                    s0 = _mm512_dpbusd_epi32(
+                        s0,
+                        lo[k],
+                        _mm512_set1_epi32(a.add(k).read_unaligned()),
+                    );
+                    s1 = _mm512_dpbusd_epi32(
+                        s1,
+                        hi[k],
+                        _mm512_set1_epi32(a.add(4 + k).read_unaligned()),
+                    );
+                }
+                let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*da[t].add(b)));
+                let s = _mm512_add_epi32(s0, _mm512_srai_epi32(s1, 4));
+                acc[j][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc[j][t]);
+            }
         }
     }
     acc
 }
 
-/// One group of 16 interleaved Q8_0 rows against `NT` tokens: weights offset to unsigned
+/// `S` groups of 16 interleaved Q8_0 rows against `NT` tokens: weights offset to unsigned
 /// (`w + 128`) for `vpdpbusd`, and `128 · Σ a` subtracted, exactly per lane.
 #[inline(always)]
-unsafe fn group_q8<const NT: usize>(g: *const u8, act: &Q8View<'_>, t0: usize) -> [__m512; NT] {
+unsafe fn group_q8<const NT: usize, const S: usize>(
+    gs: [*const u8; S],
+    act: &Q8View<'_>,
+    t0: usize,
+) -> [[__m512; NT]; S] {
     let nb = act.nb;
-    let sc = g.add(nb * 512);
     let flip = _mm512_set1_epi8(-128);
-    let qa: [*const i32; NT] =
-        core::array::from_fn(|t| act.qs.as_ptr().add((t0 + t) * nb * QK) as *const i32);
-    let da: [*const f32; NT] = core::array::from_fn(|t| act.d.as_ptr().add((t0 + t) * nb));
-    let sa: [*const i32; NT] = core::array::from_fn(|t| act.s.as_ptr().add((t0 + t) * nb));
-    let mut acc = [_mm512_setzero_ps(); NT];
+    let (qa, da, sa) = act_ptrs::<NT>(act, t0);
+    let mut acc = [[_mm512_setzero_ps(); NT]; S];
     for b in 0..nb {
-        let q = g.add(512 * b);
-        let u: [__m512i; 8] = core::array::from_fn(|k| {
-            _mm512_xor_si512(_mm512_loadu_si512(q.add(64 * k) as *const _), flip)
-        });
-        let dw = _mm512_cvtph_ps(_mm256_loadu_si256(sc.add(32 * b) as *const __m256i));
-        for t in 0..NT {
-            let a = qa[t].add(b * QK / 4);
-            let mut s0 = _mm512_set1_epi32(-128 * *sa[t].add(b));
-            let mut s1 = _mm512_setzero_si512();
-            for k in 0..4 {
-                s0 = _mm512_dpbusd_epi32(
-                    s0,
-                    u[2 * k],
-                    _mm512_set1_epi32(a.add(2 * k).read_unaligned()),
-                );
-                s1 = _mm512_dpbusd_epi32(
-                    s1,
-                    u[2 * k + 1],
-                    _mm512_set1_epi32(a.add(2 * k + 1).read_unaligned()),
+        for (j, &g) in gs.iter().enumerate() {
+            let q = g.add(512 * b);
+            let u: [__m512i; 8] = core::array::from_fn(|k| {
+                _mm512_xor_si512(_mm512_loadu_si512(q.add(64 * k) as *const _), flip)
+            });
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(
+                g.add(nb * 512 + 32 * b) as *const __m256i
+            ));
+            for t in 0..NT {
+                let a = qa[t].add(b * QK / 4);
+                let mut s0 = _mm512_set1_epi32(-128 * *sa[t].add(b));
+                let mut s1 = _mm512_setzero_si512();
+                for k in 0..4 {
+                    s0 = _mm512_dpbusd_epi32(
+                        s0,
+                        u[2 * k],
+                        _mm512_set1_epi32(a.add(2 * k).read_unaligned()),
+                    );
+                    s1 = _mm512_dpbusd_epi32(
+                        s1,
+                        u[2 * k + 1],
+                        _mm512_set1_epi32(a.add(2 * k + 1).read_unaligned()),
+                    );
+                }
+                let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*da[t].add(b)));
+                acc[j][t] = _mm512_fmadd_ps(
+                    _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)),
+                    scale,
+                    acc[j][t],
                 );
             }
-            let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*da[t].add(b)));
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), scale, acc[t]);
         }
     }
     acc
 }
 
-/// The drivers of the packed kernels: every group of 16 rows against every tile of tokens.
+/// The drivers of the packed kernels: groups in streams (`stream_groups!`, when `$streams`),
+/// against every tile of tokens (up to 2 per tile when streaming, so the accumulators stay in
+/// registers).
 macro_rules! zmm_packed {
-    ($name:ident, $group:ident, $group_bytes:ident) => {
+    ($name:ident, $group:ident, $group_bytes:ident, $streams:expr) => {
         /// # Safety
         /// Needs AVX-512 F/BW/VL/VNNI (and F16C); slice lengths are checked here.
         #[inline(always)]
@@ -137,18 +173,23 @@ macro_rules! zmm_packed {
             let gb = $group_bytes(act.nb);
             check_packed(w, groups, gb, &act, out, ldo);
             let o = out.as_mut_ptr();
-            for g in 0..groups {
-                let gp = w.as_ptr().add(g * gb);
-                tile_tokens!(act.n, 4, |t, NT| {
-                    let acc = $group::<NT>(gp, &act, t);
-                    for (j, a) in acc.iter().enumerate() {
-                        _mm512_storeu_ps(o.add((t + j) * ldo + 16 * g), *a);
+            let decode = $streams && act.n <= 2 && crate::packed::streams();
+            stream_groups!(groups, decode, |gi, S| {
+                let gp: [*const u8; S] = core::array::from_fn(|j| w.as_ptr().add(gi[j] * gb));
+                tile_tokens!(act.n, if S > 1 { 2 } else { 4 }, |t, NT| {
+                    let acc = $group::<NT, S>(gp, &act, t);
+                    for (j, accj) in acc.iter().enumerate() {
+                        for (k, a) in accj.iter().enumerate() {
+                            _mm512_storeu_ps(o.add((t + k) * ldo + 16 * gi[j]), *a);
+                        }
                     }
                 });
-            }
+            });
         }
     };
 }
 
-zmm_packed!(zmm_q4_0x16, group, group_bytes);
-zmm_packed!(zmm_q8_0x16, group_q8, group_bytes_q8);
+zmm_packed!(zmm_q4_0x16, group, group_bytes, true);
+// Q8_0 streams at 85–90% of the bandwidth one group at a time; three streams lost ~10%
+// (`benches/roofline.rs`, side by side).
+zmm_packed!(zmm_q8_0x16, group_q8, group_bytes_q8, false);
