@@ -57,25 +57,37 @@ pub struct BenchArgs {
     /// Keep Q4_0/Q8_0 weights in the file's row layout (no load-time repacking).
     #[arg(long = "no-repack")]
     no_repack: bool,
+    /// Packed Q4_0 kernels read one group of rows at a time instead of three streams side by
+    /// side (to compare the two).
+    #[arg(long = "one-stream")]
+    one_stream: bool,
     /// Skip the memory-bandwidth probe.
     #[arg(long = "no-probe")]
     no_probe: bool,
 }
 
-/// Read bandwidth in GB/s: sum a 512 MiB buffer from every thread of the pool, best of 3.
-pub fn read_bandwidth(threads: &Threads) -> f64 {
-    // 512 MiB of u64, on huge pages where Linux gives them (as the repacked weights get):
-    // the bound must be the best this machine reads.
-    let n = 64usize << 20;
-    let mut buf = raven_quant::huge_page_vec(n, 0u64);
-    for (i, x) in buf.iter_mut().enumerate() {
-        *x = i as u64;
+/// The memory-read probe: sums a 512 MiB buffer from every thread of the pool.
+pub struct Probe {
+    buf: Vec<u64>,
+}
+
+impl Probe {
+    pub fn new() -> Probe {
+        // 512 MiB of u64, on huge pages where Linux gives them (as the repacked weights get):
+        // the bound must be the best this machine reads.
+        let mut buf = raven_quant::huge_page_vec(64usize << 20, 0u64);
+        for (i, x) in buf.iter_mut().enumerate() {
+            *x = i as u64;
+        }
+        Probe { buf }
     }
-    let mut best = 0.0f64;
-    for _ in 0..3 {
+
+    /// One pass: GB/s.
+    pub fn once(&self, threads: &Threads) -> f64 {
         let t = Instant::now();
         let s: u64 = threads.run(|| {
-            buf.par_chunks(1 << 16)
+            self.buf
+                .par_chunks(1 << 16)
                 .map(|c| {
                     let mut a = [0u64; 8];
                     for x in c.chunks_exact(8) {
@@ -88,13 +100,28 @@ pub fn read_bandwidth(threads: &Threads) -> f64 {
                 .reduce(|| 0, |a, b| a.wrapping_add(b))
         });
         std::hint::black_box(s);
-        best = best.max((n * 8) as f64 / t.elapsed().as_secs_f64() / 1e9);
+        (self.buf.len() * 8) as f64 / t.elapsed().as_secs_f64() / 1e9
     }
-    drop(buf);
-    // The probe's 512 MiB is not Raven's memory: reset the peak-RSS mark (VmHWM) to what is
-    // resident now, so the reported peak RSS does not include it (Linux; elsewhere a no-op).
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-    best
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        // The probe's 512 MiB is not Raven's memory: reset the peak-RSS mark (VmHWM) to what is
+        // resident now, so the reported peak RSS does not include it (Linux; elsewhere a no-op).
+        self.buf = Vec::new();
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Read bandwidth in GB/s: best of 3 probe passes.
+pub fn read_bandwidth(threads: &Threads) -> f64 {
+    let p = Probe::new();
+    (0..3).map(|_| p.once(threads)).fold(0.0, f64::max)
 }
 
 struct Row {
@@ -108,6 +135,9 @@ struct Row {
     ms_per_iter: f64,
     bound_ms: Option<f64>,
     bandwidth: Option<f64>,
+    /// Median over decoded tokens of (ms per core iteration ÷ bound from a probe pass run just
+    /// before that token), and the median of those probes.
+    paired: Option<(f64, f64)>,
     peak_rss: Option<u64>,
     budget: Option<(f64, f64, f64, f64)>,
     spec: Option<(f64, f64, bool, SpecStats)>,
@@ -133,9 +163,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     // Loading (mapping, repacking) may peak above what stays resident; the probes below reset
     // the peak-RSS mark, so keep this one.
     let load_peak = crate::generate::peak_rss();
-    if std::env::var("RAVEN_STREAMS").is_ok_and(|v| v == "0") {
-        raven_quant::set_streams(false);
-    }
+    raven_quant::set_streams(!a.one_stream);
     let mut rows = Vec::new();
     for &t in &a.threads {
         let threads = Arc::new(Threads::new(t)?);
@@ -163,14 +191,27 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                 let mut iters = 0usize;
                 let mut core_ms = 0.0;
                 let mut token_ms = Vec::new();
-                let t1 = Instant::now();
+                // Paired bound: a probe pass right before each token (this host's bandwidth
+                // drifts within seconds), timed apart from the decode.
+                let probe = (!a.no_probe).then(Probe::new);
+                let (mut ratios, mut probes) = (Vec::new(), Vec::new());
+                let mut gen_s = 0.0;
                 for i in 0..a.n_gen {
+                    let pg = probe.as_ref().map(|p| p.once(&threads));
+                    let t1 = Instant::now();
                     let st = s.step(prompt[i % prompt.len()])?;
+                    gen_s += t1.elapsed().as_secs_f64();
                     iters += st.steps;
                     core_ms += st.core_ms;
                     token_ms.push(st.ms);
+                    if let Some(pg) = pg {
+                        let bound = core_bytes as f64 / (pg * 1e9) * 1e3;
+                        ratios.push(st.core_ms / st.steps.max(1) as f64 / bound);
+                        probes.push(pg);
+                    }
                 }
-                let gen_s = t1.elapsed().as_secs_f64();
+                drop(probe);
+                let paired = (!ratios.is_empty()).then(|| (median(&mut ratios), median(&mut probes)));
                 // This host's bandwidth drifts within minutes: probe again right after the
                 // decode and take the better figure, so the bound stays a bound.
                 let bw = bw.map(|b| b.max(read_bandwidth(&threads)));
@@ -248,6 +289,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                     ms_per_iter: core_ms / iters.max(1) as f64,
                     bound_ms: bw.map(|b| core_bytes as f64 / (b * 1e9) * 1e3),
                     bandwidth: bw,
+                    paired,
                     peak_rss: crate::generate::peak_rss().max(load_peak),
                     budget,
                     spec,
@@ -272,6 +314,8 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                     "iterations_per_s": 1e3 / r.ms_per_iter,
                     "core_iteration_bytes": core_bytes, "read_bandwidth_gb_s": r.bandwidth,
                     "bandwidth_bound_ms": r.bound_ms, "peak_rss_bytes": r.peak_rss,
+                    "iteration_over_paired_bound_median": r.paired.map(|p| p.0),
+                    "paired_probe_gb_s_median": r.paired.map(|p| p.1),
                     "speculative": r.spec.map(|(plain, spec, same, st)| serde_json::json!({
                         "draft_steps": a.draft_steps, "lookahead": a.lookahead,
                         "plain_decode_tokens_per_s": plain, "speculative_decode_tokens_per_s": spec,
@@ -294,11 +338,11 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         a.n_gen,
         core_bytes as f64 / 1e6
     );
-    println!("\n| threads | steps | exit | prompt t/s | decode t/s | prompt 1-by-1 t/s | iters/token | ms/iter | bound ms/iter (read GB/s) | iter/bound | peak RSS MB |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("\n| threads | steps | exit | prompt t/s | decode t/s | prompt 1-by-1 t/s | iters/token | ms/iter | bound ms/iter (best read GB/s) | iter/bound | iter/bound paired (probe GB/s) | peak RSS MB |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         println!(
-            "| {} | {} | {} | {:.2} | {:.3} | {} | {:.2} | {:.2} | {} | {} | {} |",
+            "| {} | {} | {} | {:.2} | {:.3} | {} | {:.2} | {:.2} | {} | {} | {} | {} |",
             r.threads,
             r.steps,
             r.exit,
@@ -315,6 +359,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             },
             r.bound_ms
                 .map(|b| format!("{:.2}", r.ms_per_iter / b))
+                .unwrap_or_else(|| "-".into()),
+            r.paired
+                .map(|(q, g)| format!("{q:.2} ({g:.1})"))
                 .unwrap_or_else(|| "-".into()),
             r.peak_rss
                 .map(|b| format!("{:.0}", b as f64 / 1e6))
