@@ -500,22 +500,7 @@ pub fn attend_head(
         "attend_head: output of {} for {d} values",
         out.len()
     );
-    let k = arch::kernels();
-    scores.clear();
-    scores.extend(
-        offs.iter()
-            .map(|&o| (k.dot_f32)(q, &keys[o + col..o + col + d]) * scale),
-    );
-    let m = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f32;
-    for s in scores.iter_mut() {
-        *s = (*s - m).exp();
-        sum += *s;
-    }
-    out.iter_mut().for_each(|y| *y = 0.0);
-    for (&o, &w) in offs.iter().zip(scores.iter()) {
-        (k.axpy_f32)(w / sum, &values[o + col..o + col + d], out);
-    }
+    (arch::kernels().attend)(q, keys, values, offs, col, scale, scores, out);
 }
 
 /// `Σ a[i] · b[i]` over the common length, with the chosen SIMD kernels.

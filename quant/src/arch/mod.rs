@@ -57,6 +57,40 @@ macro_rules! stream_groups {
     }};
 }
 
+/// The body of every set's `attend`: scores, softmax, weighted sum of values, with a set's
+/// `dot_f32` and `axpy_f32` inlined (one indirect call per head instead of two per position:
+/// with 16-value heads the calls cost more than the arithmetic). A macro, not a generic
+/// function, so that no iterator adapter or closure is compiled outside the caller's
+/// `target_feature` context (where the intrinsics would become calls).
+#[allow(unused_macros)] // not every target has SIMD kernels
+macro_rules! attend_body {
+    ($dot:path, $axpy:path, $q:expr, $keys:expr, $values:expr, $offs:expr, $col:expr, $scale:expr, $scores:expr, $out:expr) => {{
+        let (q, keys, values, offs, col, scale): (&[f32], &[f32], &[f32], &[usize], usize, f32) =
+            ($q, $keys, $values, $offs, $col, $scale);
+        let (scores, out): (&mut Vec<f32>, &mut [f32]) = ($scores, $out);
+        let d = q.len();
+        scores.clear();
+        scores.reserve(offs.len());
+        let mut m = f32::NEG_INFINITY;
+        for &o in offs {
+            let s = $dot(q, &keys[o + col..o + col + d]) * scale;
+            m = m.max(s);
+            scores.push(s);
+        }
+        let mut sum = 0.0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - m).exp();
+            sum += *s;
+        }
+        for y in out.iter_mut() {
+            *y = 0.0;
+        }
+        for (i, &o) in offs.iter().enumerate() {
+            $axpy(scores[i] / sum, &values[o + col..o + col + d], out);
+        }
+    }};
+}
+
 pub(crate) mod scalar;
 
 #[cfg(target_arch = "x86_64")]
@@ -176,6 +210,18 @@ pub(crate) type MatF32Fn = fn(w: &[u8], rows: usize, act: F32View<'_>, out: &mut
 pub(crate) type PackedFn =
     fn(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize);
 
+/// One query head against cached rows (see [`crate::attend_head`]; lengths checked there).
+pub(crate) type AttendFn = fn(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    offs: &[usize],
+    col: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+);
+
 /// One instruction set's kernels.
 pub(crate) struct Kernels {
     /// Name reported by [`crate::isa`].
@@ -183,6 +229,7 @@ pub(crate) struct Kernels {
     pub quantize_q8: QuantizeQ8Fn,
     pub dot_f32: fn(&[f32], &[f32]) -> f32,
     pub axpy_f32: fn(f32, &[f32], &mut [f32]),
+    pub attend: AttendFn,
     pub mm_q8_0: MatQ8Fn,
     pub mm_q4_0: MatQ8Fn,
     pub mm_f32: MatF32Fn,

@@ -10,6 +10,7 @@ pub(crate) static KERNELS: Kernels = Kernels {
     quantize_q8,
     dot_f32,
     axpy_f32,
+    attend,
     mm_q8_0,
     mm_q4_0,
     mm_f32,
@@ -31,6 +32,20 @@ pub(crate) fn quantize_q8(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [i32]
         *d = f16_to_f32(dh);
         *s = q.iter().map(|&v| v as i32).sum();
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attend(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    offs: &[usize],
+    col: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    attend_body!(dot_f32, axpy_f32, q, keys, values, offs, col, scale, scores, out)
 }
 
 /// Dot product with eight partial sums (which compilers keep in vector registers).

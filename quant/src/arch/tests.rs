@@ -145,6 +145,36 @@ fn activation_quantizers_reproduce_ggml_vectors() {
     }
 }
 
+/// Every set's `attend` (one head over scattered cached rows) equals the scalar one.
+#[test]
+fn attend_matches_scalar() {
+    let mut rng = Rng::new(6);
+    for (d, h, positions) in [(16, 64, 1), (16, 64, 37), (96, 5280, 20), (7, 21, 9)] {
+        let rows = positions + 5;
+        let keys = values(&mut rng, rows * h);
+        let vals = values(&mut rng, rows * h);
+        let q = values(&mut rng, d);
+        // Rows from the last backwards, at the last head's column.
+        let offs: Vec<usize> = (0..positions)
+            .map(|i| ((rows - 1 - i) % rows) * h)
+            .collect();
+        let col = (h / d - 1) * d;
+        let (mut s0, mut want) = (Vec::new(), vec![0f32; d]);
+        scalar::attend(&q, &keys, &vals, &offs, col, 0.3, &mut s0, &mut want);
+        for k in available() {
+            let (mut s, mut got) = (Vec::new(), vec![f32::NAN; d]);
+            (k.attend)(&q, &keys, &vals, &offs, col, 0.3, &mut s, &mut got);
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                    "{} d={d}: {g} vs {w}",
+                    k.name
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn dot_and_axpy_match_scalar() {
     let mut rng = Rng::new(2);

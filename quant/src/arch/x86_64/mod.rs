@@ -133,6 +133,22 @@ unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     sum
 }
 
+/// One query head (`attend_body!`) with this module's `dot_f32` and `axpy_f32`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    offs: &[usize],
+    col: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    attend_body!(dot_f32, axpy_f32, q, keys, values, offs, col, scale, scores, out)
+}
+
 #[inline(always)]
 unsafe fn axpy_f32(alpha: f32, x: &[f32], y: &mut [f32]) {
     let n = x.len().min(y.len());
@@ -467,6 +483,7 @@ macro_rules! kernel_set {
             quantize_q8,
             dot_f32,
             axpy_f32,
+            attend,
             mm_q8_0,
             mm_q4_0,
             mm_f32,
@@ -489,6 +506,7 @@ macro_rules! kernel_set {
         $crate::arch::x86_64::kernel_set!(@wrap $features, quantize_q8(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [i32]) -> () = super::quantize_q8);
         $crate::arch::x86_64::kernel_set!(@wrap $features, dot_f32(a: &[f32], b: &[f32]) -> f32 = super::dot_f32);
         $crate::arch::x86_64::kernel_set!(@wrap $features, axpy_f32(alpha: f32, x: &[f32], y: &mut [f32]) -> () = super::axpy_f32);
+        $crate::arch::x86_64::kernel_set!(@wrap $features, attend(q: &[f32], keys: &[f32], values: &[f32], offs: &[usize], col: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) -> () = super::attend);
         $crate::arch::x86_64::kernel_set!(@wrap $features, mm_q8_0(w: &[u8], rows: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) -> () = super::mm_q::<{ $vnni }, false>);
         $crate::arch::x86_64::kernel_set!(@wrap $features, mm_q4_0(w: &[u8], rows: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) -> () = super::mm_q::<{ $vnni }, true>);
         $crate::arch::x86_64::kernel_set!(@wrap $features, mm_f32(w: &[u8], rows: usize, act: F32View<'_>, out: &mut [f32], ldo: usize) -> () = super::mm_float::<0>);
@@ -496,10 +514,12 @@ macro_rules! kernel_set {
         $crate::arch::x86_64::kernel_set!(@wrap $features, mm_bf16(w: &[u8], rows: usize, act: F32View<'_>, out: &mut [f32], ldo: usize) -> () = super::mm_float::<2>);
     };
     (@wrap $features:literal, $f:ident($($a:ident: $t:ty),*) -> $r:ty = $imp:path) => {
+        #[allow(clippy::too_many_arguments)]
         fn $f($($a: $t),*) -> $r {
             /// # Safety
             /// The CPU must have the features named in `target_feature`.
             #[target_feature(enable = $features)]
+            #[allow(clippy::too_many_arguments)]
             unsafe fn imp($($a: $t),*) -> $r {
                 // SAFETY: the features are enabled on this function; the algorithm checks
                 // slice lengths before its unchecked loops.
