@@ -120,6 +120,9 @@ pub struct KvCache {
     /// Deepest iteration computed per (core layer, position), for `latest`.
     depth: Vec<u32>,
     len: usize,
+    /// While drafting (speculative decoding, `full` strategy): core queries read positions
+    /// below `.0` at iteration `iter + .1`.
+    draft_view: Option<(usize, usize)>,
 }
 
 /// `vec![x; n]`, or `None` when the allocation fails. The trial reservation is only address
@@ -179,6 +182,7 @@ impl KvCache {
             present: filled(positions, false).ok_or_else(too_large)?,
             depth: filled(depth_len, 0).ok_or_else(too_large)?,
             len: 0,
+            draft_view: None,
         })
     }
 
@@ -263,6 +267,16 @@ impl KvCache {
         }
     }
 
+    /// Speculative drafting with the `full` strategy: until reset with `None`, a core query at
+    /// iteration `i` reads the positions below `below` at iteration `i + shift` (the deep
+    /// entries the full-depth passes left there) instead of `i`. A draft of `d` iterations then
+    /// sees what the last `d` iterations of a full pass see, as a compressed cache gives it, so
+    /// its guesses agree far more often; the verification pass reads the cache as usual, so
+    /// the output does not change. Other strategies ignore this.
+    pub fn set_draft_view(&mut self, view: Option<(usize, usize)>) {
+        self.draft_view = view;
+    }
+
     /// The cached positions a query at position `p` in `slot` attends to, in position order:
     /// positions `0..=p` that hold an entry for that slot (`full`, `compress`), or the deepest
     /// entry of the same core layer (`latest`); as offsets of their rows (h values each) in
@@ -278,6 +292,20 @@ impl KvCache {
                     let s = self.slot_index(Slot::Core { iter: it, layer });
                     if self.present[s * self.ctx + q] {
                         out.push((s * self.ctx + q) * h);
+                    }
+                }
+            }
+            (CacheStrategy::Full, Slot::Core { iter, layer }) if self.draft_view.is_some() => {
+                let (below, shift) = self.draft_view.unwrap_or_default();
+                let s = self.slot_index(slot);
+                let deep = self.slot_index(Slot::Core {
+                    iter: (iter + shift).min(self.max_steps - 1),
+                    layer,
+                });
+                for q in 0..=p {
+                    let sl = if q < below { deep } else { s };
+                    if self.present[sl * self.ctx + q] {
+                        out.push((sl * self.ctx + q) * h);
                     }
                 }
             }

@@ -545,6 +545,7 @@ impl Session {
                 };
                 let mut drafts = Vec::with_capacity(k);
                 let mut tok = next;
+                cache.set_draft_view(Some((l, full - draft_steps)));
                 for j in 0..k {
                     run_token(
                         &m,
@@ -559,6 +560,7 @@ impl Session {
                     tok = crate::exit::argmax(&ws.logits) as u32;
                     drafts.push(tok);
                 }
+                cache.set_draft_view(None);
                 cache.truncate(l);
                 // Verify [next, d1 .. d(k-1)] in one pass with the full iterations.
                 let mut batch = Vec::with_capacity(k);

@@ -282,3 +282,46 @@ fn generate_decodes_the_last_prompt_token_with_the_exit_policy() {
     a.step(*last).unwrap();
     assert_ne!(f.logits(), a.logits());
 }
+
+/// Drafts with the `full` cache read the deep entries of committed positions
+/// (`KvCache::set_draft_view`): on the demo model, past its one-token answer, a 4-iteration
+/// draft agrees with the 32-iteration model almost always (it agreed on 39% when drafts read
+/// the committed positions' first iterations), and the output stays that of plain decoding.
+#[test]
+fn speculative_drafts_read_deep_entries_and_agree() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo/demo-q8_0.gguf");
+    let m = std::sync::Arc::new(raven::Model::load(&path).unwrap());
+    let mut p = SessionParams::for_model(&m);
+    p.init_scale = 0.0;
+    p.sampling = SamplingParams::greedy();
+    p.exit = ExitPolicy::fixed(32);
+    p.cache = CacheStrategy::Full;
+    p.ignore_eos = true;
+    p.threads = 1;
+    let tok = m.tokenizer().unwrap();
+    let prompt = tok.encode("Ball: 3. Swaps: 13 24 12", false).unwrap();
+    let prompt = &prompt[..];
+    let mut plain = Vec::new();
+    Session::new(m.clone(), p.clone())
+        .unwrap()
+        .generate(prompt, 40, &[], |t, _| {
+            plain.push(t);
+            true
+        })
+        .unwrap();
+    let mut s = Session::new(m.clone(), p.clone()).unwrap();
+    let mut spec = Vec::new();
+    s.generate_speculative(prompt, 40, &[], 4, 8, |t, _| {
+        spec.push(t);
+        true
+    })
+    .unwrap();
+    assert_eq!(plain, spec);
+    let st = s.speculative_stats();
+    assert!(
+        st.accepted * 10 >= st.drafted * 8,
+        "{} of {} drafts accepted",
+        st.accepted,
+        st.drafted
+    );
+}

@@ -211,7 +211,8 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                     }
                 }
                 drop(probe);
-                let paired = (!ratios.is_empty()).then(|| (median(&mut ratios), median(&mut probes)));
+                let paired =
+                    (!ratios.is_empty()).then(|| (median(&mut ratios), median(&mut probes)));
                 // This host's bandwidth drifts within minutes: probe again right after the
                 // decode and take the better figure, so the bound stays a bound.
                 let bw = bw.map(|b| b.max(read_bandwidth(&threads)));
