@@ -133,7 +133,11 @@ unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     sum
 }
 
-/// One query head (`attend_body!`) with this module's `dot_f32` and `axpy_f32`.
+/// One query head. Heads of a multiple of 8 values (up to 256): scores four positions at a
+/// time (their sums reduced together instead of one horizontal sum each), and the weighted sum
+/// of values 16 values at a time in registers, even and odd positions in separate
+/// accumulators (`attend_body!`'s `axpy` per position goes through memory: a store-to-load
+/// chain per position). Other sizes: `attend_body!`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn attend(
@@ -146,7 +150,87 @@ unsafe fn attend(
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    attend_body!(dot_f32, axpy_f32, q, keys, values, offs, col, scale, scores, out)
+    let d = q.len();
+    if !d.is_multiple_of(8) || d > 256 || out.len() < d {
+        return attend_body!(dot_f32, axpy_f32, q, keys, values, offs, col, scale, scores, out);
+    }
+    let lim = keys.len().min(values.len());
+    for &o in offs {
+        assert!(o + col + d <= lim, "attend: row at {o} outside the cache");
+    }
+    let n = offs.len();
+    scores.clear();
+    scores.reserve(n);
+    let (qp, kp, vp, sp) = (
+        q.as_ptr(),
+        keys.as_ptr().add(col),
+        values.as_ptr().add(col),
+        scores.as_mut_ptr(),
+    );
+    let mut i = 0;
+    while i + 4 <= n {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut j = 0;
+        while j < d {
+            let qv = _mm256_loadu_ps(qp.add(j));
+            for (u, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kp.add(offs[i + u] + j)), *a);
+            }
+            j += 8;
+        }
+        let h = _mm256_hadd_ps(
+            _mm256_hadd_ps(acc[0], acc[1]),
+            _mm256_hadd_ps(acc[2], acc[3]),
+        );
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+        _mm_storeu_ps(sp.add(i), _mm_mul_ps(s4, _mm_set1_ps(scale)));
+        i += 4;
+    }
+    while i < n {
+        *sp.add(i) = dot_f32(q, core::slice::from_raw_parts(kp.add(offs[i]), d)) * scale;
+        i += 1;
+    }
+    scores.set_len(n);
+    let m = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - m).exp();
+        sum += *s;
+    }
+    let inv = 1.0 / sum;
+    let op = out.as_mut_ptr();
+    let mut c = 0;
+    while c < d {
+        let two = d - c >= 16;
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut p = 0;
+        while p + 2 <= n {
+            for (e, pair) in acc.chunks_exact_mut(2).enumerate() {
+                let w = _mm256_set1_ps(*sp.add(p + e) * inv);
+                let v = vp.add(offs[p + e] + c);
+                pair[0] = _mm256_fmadd_ps(w, _mm256_loadu_ps(v), pair[0]);
+                if two {
+                    pair[1] = _mm256_fmadd_ps(w, _mm256_loadu_ps(v.add(8)), pair[1]);
+                }
+            }
+            p += 2;
+        }
+        if p < n {
+            let w = _mm256_set1_ps(*sp.add(p) * inv);
+            let v = vp.add(offs[p] + c);
+            acc[0] = _mm256_fmadd_ps(w, _mm256_loadu_ps(v), acc[0]);
+            if two {
+                acc[1] = _mm256_fmadd_ps(w, _mm256_loadu_ps(v.add(8)), acc[1]);
+            }
+        }
+        _mm256_storeu_ps(op.add(c), _mm256_add_ps(acc[0], acc[2]));
+        if two {
+            _mm256_storeu_ps(op.add(c + 8), _mm256_add_ps(acc[1], acc[3]));
+            c += 16;
+        } else {
+            c += 8;
+        }
+    }
 }
 
 #[inline(always)]
