@@ -41,6 +41,8 @@ pub struct Workspace {
     scatter: Vec<f32>,
     /// Cache row offsets each token of the batch attends to.
     visible: Vec<Vec<usize>>,
+    /// Attention scores of one head, when heads run on the calling thread.
+    scores: Vec<f32>,
 }
 
 impl Workspace {
@@ -86,6 +88,11 @@ fn chunk_rows(rows: usize) -> usize {
     target.div_ceil(16) * 16
 }
 
+/// Products and attention with fewer multiply-adds than this run on the calling thread: waking
+/// the pool costs ~10 µs here, as much as ~1M multiply-adds, so a small model (the demo,
+/// h = 64) decoded on two threads ran at half the speed of one.
+const SERIAL_WORK: usize = 1 << 20;
+
 /// `out[t][r] = W[r] · x[t]` for the `n` prepared activations, rows split across the threads of
 /// the current rayon pool. The one seam through which every weight product goes.
 fn matmul(w: Weights<'_>, act: &Activations, out: &mut [f32], scatter: &mut Vec<f32>) {
@@ -93,7 +100,7 @@ fn matmul(w: Weights<'_>, act: &Activations, out: &mut [f32], scatter: &mut Vec<
     let n = act.n();
     debug_assert_eq!(out.len(), n * rows);
     let chunk = chunk_rows(rows);
-    if rows <= chunk || rayon::current_num_threads() <= 1 {
+    if rows <= chunk || rayon::current_num_threads() <= 1 || n * rows * w.cols() < SERIAL_WORK {
         raven_quant::matmul(w, act, 0..rows, out);
         return;
     }
@@ -196,13 +203,23 @@ impl Model {
         }
         let (qkv, visible) = (&ws.qkv, &ws.visible);
         let (keys, values) = (cache.keys(), cache.values());
-        ws.y.par_chunks_mut(d)
-            .enumerate()
-            .for_each_init(Vec::new, |scores, (idx, yo)| {
-                let (t, hd) = (idx / nh, idx % nh);
-                let q = &qkv[t * 3 * h + hd * d..t * 3 * h + (hd + 1) * d];
-                raven_quant::attend_head(q, keys, values, &visible[t], hd * d, scale, scores, yo);
-            });
+        let head = |scores: &mut Vec<f32>, (idx, yo): (usize, &mut [f32])| {
+            let (t, hd) = (idx / nh, idx % nh);
+            let q = &qkv[t * 3 * h + hd * d..t * 3 * h + (hd + 1) * d];
+            raven_quant::attend_head(q, keys, values, &visible[t], hd * d, scale, scores, yo);
+        };
+        let work: usize = visible.iter().map(|v| v.len()).sum::<usize>() * h * 2;
+        if work < SERIAL_WORK {
+            let mut scores = std::mem::take(&mut ws.scores);
+            ws.y.chunks_mut(d)
+                .enumerate()
+                .for_each(|x| head(&mut scores, x));
+            ws.scores = scores;
+        } else {
+            ws.y.par_chunks_mut(d)
+                .enumerate()
+                .for_each_init(Vec::new, head);
+        }
         self.linear(
             &b.attn_out,
             &ws.y,
