@@ -416,39 +416,47 @@ unsafe fn mm_float<const KIND: u8>(
     }
 }
 
-/// 16 interleaved Q4_0 rows (see `crate::packed`) against `NT` tokens, 8 rows per vector.
+/// `S` groups of 16 interleaved Q4_0 rows (see `crate::packed`; walked side by side, see
+/// `stream_groups!`) against `NT` tokens, 8 rows per vector.
 #[inline(always)]
-unsafe fn group_q4_0x16<const NT: usize, const VNNI: bool>(
-    g: *const u8,
+unsafe fn group_q4_0x16<const NT: usize, const VNNI: bool, const S: usize>(
+    gs: [*const u8; S],
     act: &Q8View<'_>,
     t0: usize,
-) -> [[__m256; NT]; 2] {
+) -> [[[__m256; NT]; 2]; S] {
     let nb = act.nb;
-    let sc = g.add(nb * 256);
     let mask = _mm256_set1_epi8(0x0f);
-    let mut acc = [[_mm256_setzero_ps(); NT]; 2];
+    let mut acc = [[[_mm256_setzero_ps(); NT]; 2]; S];
     for b in 0..nb {
-        let q = g.add(256 * b);
-        for h in 0..2 {
-            let c: [__m256i; 4] = core::array::from_fn(|k| {
-                _mm256_loadu_si256(q.add(64 * k + 32 * h) as *const __m256i)
-            });
-            let lo: [__m256i; 4] = core::array::from_fn(|k| _mm256_and_si256(c[k], mask));
-            let hi: [__m256i; 4] =
-                core::array::from_fn(|k| _mm256_and_si256(_mm256_srli_epi16(c[k], 4), mask));
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(sc.add(32 * b + 16 * h) as *const __m128i));
-            for t in 0..NT {
-                let i = (t0 + t) * nb + b;
-                let a = act.qs.as_ptr().add(i * QK) as *const i32;
-                let mut s0 = _mm256_set1_epi32(-8 * *act.s.get_unchecked(i));
-                let mut s1 = _mm256_setzero_si256();
-                for k in 0..4 {
-                    s0 = dot4::<VNNI>(s0, lo[k], _mm256_set1_epi32(a.add(k).read_unaligned()));
-                    s1 = dot4::<VNNI>(s1, hi[k], _mm256_set1_epi32(a.add(4 + k).read_unaligned()));
+        for (j, &g) in gs.iter().enumerate() {
+            let q = g.add(256 * b);
+            let sc = g.add(nb * 256);
+            for h in 0..2 {
+                let c: [__m256i; 4] = core::array::from_fn(|k| {
+                    _mm256_loadu_si256(q.add(64 * k + 32 * h) as *const __m256i)
+                });
+                let lo: [__m256i; 4] = core::array::from_fn(|k| _mm256_and_si256(c[k], mask));
+                let hi: [__m256i; 4] =
+                    core::array::from_fn(|k| _mm256_and_si256(_mm256_srli_epi16(c[k], 4), mask));
+                let dw =
+                    _mm256_cvtph_ps(_mm_loadu_si128(sc.add(32 * b + 16 * h) as *const __m128i));
+                for t in 0..NT {
+                    let i = (t0 + t) * nb + b;
+                    let a = act.qs.as_ptr().add(i * QK) as *const i32;
+                    let mut s0 = _mm256_set1_epi32(-8 * *act.s.get_unchecked(i));
+                    let mut s1 = _mm256_setzero_si256();
+                    for k in 0..4 {
+                        s0 = dot4::<VNNI>(s0, lo[k], _mm256_set1_epi32(a.add(k).read_unaligned()));
+                        s1 = dot4::<VNNI>(
+                            s1,
+                            hi[k],
+                            _mm256_set1_epi32(a.add(4 + k).read_unaligned()),
+                        );
+                    }
+                    let isum = _mm256_add_epi32(s0, s1);
+                    let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*act.d.get_unchecked(i)));
+                    acc[j][h][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[j][h][t]);
                 }
-                let isum = _mm256_add_epi32(s0, s1);
-                let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*act.d.get_unchecked(i)));
-                acc[h][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[h][t]);
             }
         }
     }
@@ -466,17 +474,20 @@ unsafe fn mm_q4_0x16<const VNNI: bool>(
     let gb = group_bytes(act.nb);
     check_packed(w, groups, gb, &act, out, ldo);
     let o = out.as_mut_ptr();
-    for g in 0..groups {
-        let gp = w.as_ptr().add(g * gb);
+    let streams = act.n == 1 && crate::packed::streams();
+    stream_groups!(groups, streams, |gi, S| {
+        let gp: [*const u8; S] = core::array::from_fn(|j| w.as_ptr().add(gi[j] * gb));
         tile_tokens!(act.n, if VNNI { 4 } else { 2 }, |t, NT| {
-            let acc = group_q4_0x16::<NT, VNNI>(gp, &act, t);
-            for j in 0..NT {
-                let p = o.add((t + j) * ldo + 16 * g);
-                _mm256_storeu_ps(p, acc[0][j]);
-                _mm256_storeu_ps(p.add(8), acc[1][j]);
+            let acc = group_q4_0x16::<NT, VNNI, S>(gp, &act, t);
+            for (j, accj) in acc.iter().enumerate() {
+                for k in 0..NT {
+                    let p = o.add((t + k) * ldo + 16 * gi[j]);
+                    _mm256_storeu_ps(p, accj[0][k]);
+                    _mm256_storeu_ps(p.add(8), accj[1][k]);
+                }
             }
         });
-    }
+    });
 }
 
 /// 16 interleaved Q8_0 rows (see `crate::packed`) against `NT` tokens, 8 rows per vector.
