@@ -456,9 +456,13 @@ impl Session {
     /// Self-speculative greedy decoding (the reference's `generate_speculative`): draft
     /// `lookahead` tokens one at a time with `draft_steps` iterations, verify them in one batched
     /// pass with the full iterations (each weight read once for all of them), keep the prefix the
-    /// full model agrees with plus its own next token. With greedy sampling and `init_scale` 0 the
-    /// output is exactly that of [`Session::generate`]. Returns the stats of every emitted token
-    /// (drafting and verification time is spread over the tokens of a round).
+    /// full model agrees with plus its own next token. With greedy sampling, `init_scale` 0 and
+    /// the `full` cache the output is exactly that of [`Session::generate`] (the verification
+    /// pass lets each drafted token read the others' entries of the same iteration, which is
+    /// what plain decoding leaves only in a `full` cache; drafts read the deep entries of
+    /// committed positions, see [`crate::kv::KvCache::set_draft_view`]). Returns the stats of
+    /// every emitted token (drafting and verification time is spread over the tokens of a
+    /// round); [`Session::speculative_stats`] counts drafted and accepted tokens.
     pub fn generate_speculative(
         &mut self,
         prompt: &[u32],

@@ -55,7 +55,10 @@ fn main() {
             if packed.len() == n {
                 let ws: Vec<Weights<'_>> = packed.iter().map(Weights::Packed).collect();
                 variants.push(("repacked", ws.clone(), true));
-                variants.push(("repacked, 1 stream", ws, false));
+                if ty == GgmlType::Q4_0 {
+                    // Only Q4_0's packed kernels stream (see raven_quant::set_streams).
+                    variants.push(("repacked, 1 stream", ws, false));
+                }
             }
             variants.push((
                 "plain",

@@ -85,7 +85,8 @@ pub struct GenArgs {
     #[arg(long = "no-mmap")]
     pub no_mmap: bool,
     /// Self-speculative decoding: draft with this many iterations, verify at full depth
-    /// (greedy only; identical output, faster).
+    /// (greedy only; output identical to plain decoding with --cache full, the default here
+    /// when it fits, and --init-scale 0).
     #[arg(long = "draft-steps")]
     pub draft_steps: Option<usize>,
     /// Tokens drafted per verification with --draft-steps.
@@ -146,6 +147,30 @@ impl GenArgs {
             repeat_last_n: self.repeat_last_n,
         };
         p.sampling.validate()?;
+        if self.draft_steps.is_some() {
+            // Verification runs the drafted tokens in one pass, where each reads the others'
+            // entries of the same iteration: that is what plain decoding leaves only with the
+            // `full` cache. Take it when no cache was asked for and it fits; otherwise say so.
+            let mut full = p.clone();
+            full.cache = CacheStrategy::Full;
+            let fits = full.kv_bytes(m) <= p.kv_cap_bytes.unwrap_or(u64::MAX);
+            if self.cache.is_none() && fits {
+                p.cache = CacheStrategy::Full;
+            } else if p.cache != CacheStrategy::Full {
+                eprintln!(
+                    "note: with --draft-steps and a {} cache the output can differ from plain \
+                     decoding; --cache full keeps it identical ({} MiB for this context)",
+                    p.cache,
+                    full.kv_bytes(m) >> 20
+                );
+            }
+            if p.init_scale != 0.0 {
+                eprintln!(
+                    "note: with --draft-steps the random initial states are drawn in another \
+                     order than in plain decoding; --init-scale 0 makes the output identical"
+                );
+            }
+        }
         Ok(p)
     }
 }

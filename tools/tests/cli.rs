@@ -675,3 +675,34 @@ fn convert_killed_mid_write_leaves_no_output() {
         );
     }
 }
+
+/// `--draft-steps` on the bundled demo model prints what plain decoding prints: with no
+/// `--cache` it takes the full cache, and `--init-scale 0` fixes the initial states. With
+/// another cache it says the output may differ.
+#[test]
+fn speculative_run_prints_the_plain_output() {
+    let base = [
+        "run",
+        "--chat",
+        "-p",
+        "Ball: 2. Swaps: 12 23 31",
+        "--steps",
+        "32",
+        "--init-scale",
+        "0",
+        "--ignore-eos",
+        "-n",
+        "24",
+        "-t",
+        "1",
+    ];
+    let plain = ok(&base);
+    let spec = ok(&[&base[..], &["--draft-steps", "4", "--lookahead", "6"]].concat());
+    assert_eq!(
+        String::from_utf8_lossy(&plain.stdout),
+        String::from_utf8_lossy(&spec.stdout)
+    );
+    let compressed = ok(&[&base[..], &["--draft-steps", "4", "--cache", "compress-s2"]].concat());
+    let note = String::from_utf8_lossy(&compressed.stderr);
+    assert!(note.contains("--cache full keeps it identical"), "{note}");
+}
