@@ -43,6 +43,9 @@ pub struct Workspace {
     visible: Vec<Vec<usize>>,
     /// Attention scores of one head, when heads run on the calling thread.
     scores: Vec<f32>,
+    /// Queries and attention outputs of a batch grouped by head, [head][token][d].
+    qh: Vec<f32>,
+    yh: Vec<f32>,
 }
 
 impl Workspace {
@@ -203,22 +206,76 @@ impl Model {
         }
         let (qkv, visible) = (&ws.qkv, &ws.visible);
         let (keys, values) = (cache.keys(), cache.values());
-        let head = |scores: &mut Vec<f32>, (idx, yo): (usize, &mut [f32])| {
-            let (t, hd) = (idx / nh, idx % nh);
-            let q = &qkv[t * 3 * h + hd * d..t * 3 * h + (hd + 1) * d];
-            raven_quant::attend_head(q, keys, values, &visible[t], hd * d, scale, scores, yo);
-        };
         let work: usize = visible.iter().map(|v| v.len()).sum::<usize>() * h * 2;
-        if work < SERIAL_WORK {
-            let mut scores = std::mem::take(&mut ws.scores);
-            ws.y.chunks_mut(d)
-                .enumerate()
-                .for_each(|x| head(&mut scores, x));
-            ws.scores = scores;
+        let nested = n > 1 && visible.windows(2).all(|w| w[1].starts_with(&w[0]));
+        if nested {
+            // A batch whose positions nest (the prompt, a speculative verification): each
+            // head's queries together, the cache read once per block of positions for all of
+            // them; outputs per head, [head][token][d], then into [token][h].
+            let lens: Vec<usize> = visible.iter().map(|v| v.len()).collect();
+            let offs = &visible[n - 1];
+            resize(&mut ws.yh, n * h);
+            let q_heads = &mut ws.qh;
+            resize(q_heads, n * h);
+            for t in 0..n {
+                for hd in 0..nh {
+                    q_heads[(hd * n + t) * d..(hd * n + t + 1) * d]
+                        .copy_from_slice(&qkv[t * 3 * h + hd * d..t * 3 * h + (hd + 1) * d]);
+                }
+            }
+            let q_heads = &ws.qh;
+            let head = |scores: &mut Vec<f32>, (hd, yo): (usize, &mut [f32])| {
+                let q = &q_heads[hd * n * d..(hd + 1) * n * d];
+                raven_quant::attend_queries(
+                    q,
+                    d,
+                    keys,
+                    values,
+                    offs,
+                    &lens,
+                    hd * d,
+                    scale,
+                    scores,
+                    yo,
+                    d,
+                );
+            };
+            if work < SERIAL_WORK {
+                let mut scores = std::mem::take(&mut ws.scores);
+                ws.yh
+                    .chunks_mut(n * d)
+                    .enumerate()
+                    .for_each(|x| head(&mut scores, x));
+                ws.scores = scores;
+            } else {
+                ws.yh
+                    .par_chunks_mut(n * d)
+                    .enumerate()
+                    .for_each_init(Vec::new, head);
+            }
+            for t in 0..n {
+                for hd in 0..nh {
+                    ws.y[t * h + hd * d..t * h + (hd + 1) * d]
+                        .copy_from_slice(&ws.yh[(hd * n + t) * d..(hd * n + t + 1) * d]);
+                }
+            }
         } else {
-            ws.y.par_chunks_mut(d)
-                .enumerate()
-                .for_each_init(Vec::new, head);
+            let head = |scores: &mut Vec<f32>, (idx, yo): (usize, &mut [f32])| {
+                let (t, hd) = (idx / nh, idx % nh);
+                let q = &qkv[t * 3 * h + hd * d..t * 3 * h + (hd + 1) * d];
+                raven_quant::attend_head(q, keys, values, &visible[t], hd * d, scale, scores, yo);
+            };
+            if work < SERIAL_WORK {
+                let mut scores = std::mem::take(&mut ws.scores);
+                ws.y.chunks_mut(d)
+                    .enumerate()
+                    .for_each(|x| head(&mut scores, x));
+                ws.scores = scores;
+            } else {
+                ws.y.par_chunks_mut(d)
+                    .enumerate()
+                    .for_each_init(Vec::new, head);
+            }
         }
         self.linear(
             &b.attn_out,

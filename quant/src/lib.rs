@@ -51,7 +51,7 @@ mod matmul;
 mod packed;
 
 pub use matmul::{
-    activation_type, attend_head, axpy_f32, can_matmul, dot_f32, isa, matmul, ActivationType,
-    Activations, Matrix, VecDot, Weights,
+    activation_type, attend_head, attend_queries, axpy_f32, can_matmul, dot_f32, isa, matmul,
+    ActivationType, Activations, Matrix, VecDot, Weights,
 };
 pub use packed::{huge_page_vec, repack, set_streams, PackedMatrix};

@@ -503,6 +503,34 @@ pub fn attend_head(
     (arch::kernels().attend)(q, keys, values, offs, col, scale, scores, out);
 }
 
+/// Attention of several queries of one head whose visible positions nest (a batch of
+/// consecutive tokens: query `t` sees `offs[..lens[t]]`): query `t` is `q[t·d..(t+1)·d]`, its
+/// output goes to `out[t·ldo..t·ldo + d]`, otherwise as [`attend_head`]. Equal to calling
+/// `attend_head` per query, but the SIMD sets read each cached row once per block of
+/// positions for all queries (a batch's verification or prompt pass reads the cache once, not
+/// once per token).
+///
+/// # Panics
+/// When a query sees no position or more than `offs.len()`, `q` or `out` is too short,
+/// `ldo < d`, or a row lies outside `keys`/`values`.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_queries(
+    q: &[f32],
+    d: usize,
+    keys: &[f32],
+    values: &[f32],
+    offs: &[usize],
+    lens: &[usize],
+    col: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    arch::check_multi(q, d, offs, lens, out, ldo);
+    (arch::kernels().attend_multi)(q, d, keys, values, offs, lens, col, scale, scores, out, ldo)
+}
+
 /// `Σ a[i] · b[i]` over the common length, with the chosen SIMD kernels.
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     (arch::kernels().dot_f32)(a, b)

@@ -222,6 +222,76 @@ pub(crate) type AttendFn = fn(
     out: &mut [f32],
 );
 
+/// Several queries of one head over nested position lists (see [`crate::attend_queries`]).
+pub(crate) type AttendMultiFn = fn(
+    q: &[f32],
+    d: usize,
+    keys: &[f32],
+    values: &[f32],
+    offs: &[usize],
+    lens: &[usize],
+    col: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+    ldo: usize,
+);
+
+/// Checks the shapes of a multi-query attention call: `lens.len()` queries of `d` values in
+/// `q`, each seeing `1..=offs.len()` positions, outputs at stride `ldo ≥ d` in `out`.
+pub(crate) fn check_multi(
+    q: &[f32],
+    d: usize,
+    offs: &[usize],
+    lens: &[usize],
+    out: &[f32],
+    ldo: usize,
+) {
+    let nq = lens.len();
+    assert!(
+        d > 0 && ldo >= d,
+        "attend: head of {d} values at stride {ldo}"
+    );
+    assert!(
+        q.len() >= nq * d,
+        "attend: {} query values for {nq} queries of {d}",
+        q.len()
+    );
+    assert!(
+        nq == 0 || out.len() >= (nq - 1) * ldo + d,
+        "attend: output too short"
+    );
+    assert!(
+        lens.iter().all(|&l| l >= 1 && l <= offs.len()),
+        "attend: a query sees no position or more than {}",
+        offs.len()
+    );
+}
+
+/// A multi-query attention made of one single-query call per query (the sets without a
+/// blocked version).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attend_multi_each(
+    attend: AttendFn,
+    q: &[f32],
+    d: usize,
+    keys: &[f32],
+    values: &[f32],
+    offs: &[usize],
+    lens: &[usize],
+    col: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    check_multi(q, d, offs, lens, out, ldo);
+    for (t, &len) in lens.iter().enumerate() {
+        let (qt, ot) = (&q[t * d..(t + 1) * d], &mut out[t * ldo..t * ldo + d]);
+        attend(qt, keys, values, &offs[..len], col, scale, scores, ot);
+    }
+}
+
 /// One instruction set's kernels.
 pub(crate) struct Kernels {
     /// Name reported by [`crate::isa`].
@@ -230,6 +300,7 @@ pub(crate) struct Kernels {
     pub dot_f32: fn(&[f32], &[f32]) -> f32,
     pub axpy_f32: fn(f32, &[f32], &mut [f32]),
     pub attend: AttendFn,
+    pub attend_multi: AttendMultiFn,
     pub mm_q8_0: MatQ8Fn,
     pub mm_q4_0: MatQ8Fn,
     pub mm_f32: MatF32Fn,

@@ -11,6 +11,7 @@ pub(crate) static KERNELS: Kernels = Kernels {
     dot_f32,
     axpy_f32,
     attend,
+    attend_multi,
     mm_q8_0,
     mm_q4_0,
     mm_f32,
@@ -46,6 +47,25 @@ pub(crate) fn attend(
     out: &mut [f32],
 ) {
     attend_body!(dot_f32, axpy_f32, q, keys, values, offs, col, scale, scores, out)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attend_multi(
+    q: &[f32],
+    d: usize,
+    keys: &[f32],
+    values: &[f32],
+    offs: &[usize],
+    lens: &[usize],
+    col: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    super::attend_multi_each(
+        attend, q, d, keys, values, offs, lens, col, scale, scores, out, ldo,
+    )
 }
 
 /// Dot product with eight partial sums (which compilers keep in vector registers).

@@ -416,6 +416,7 @@ macro_rules! kernel_set {
             dot_f32,
             axpy_f32,
             attend,
+            attend_multi,
             mm_q8_0,
             mm_q4_0,
             mm_f32,
@@ -438,6 +439,10 @@ macro_rules! kernel_set {
         $crate::arch::aarch64::kernel_set!(@wrap $features, quantize_q8(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [i32]) -> () = super::quantize_q8);
         $crate::arch::aarch64::kernel_set!(@wrap $features, dot_f32(a: &[f32], b: &[f32]) -> f32 = super::dot_f32);
         $crate::arch::aarch64::kernel_set!(@wrap $features, axpy_f32(alpha: f32, x: &[f32], y: &mut [f32]) -> () = super::axpy_f32);
+        #[allow(clippy::too_many_arguments)]
+        fn attend_multi(q: &[f32], d: usize, keys: &[f32], values: &[f32], offs: &[usize], lens: &[usize], col: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32], ldo: usize) {
+            $crate::arch::attend_multi_each(attend, q, d, keys, values, offs, lens, col, scale, scores, out, ldo)
+        }
         $crate::arch::aarch64::kernel_set!(@wrap $features, attend(q: &[f32], keys: &[f32], values: &[f32], offs: &[usize], col: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) -> () = super::attend);
         $crate::arch::aarch64::kernel_set!(@wrap $features, mm_q8_0(w: &[u8], rows: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) -> () = super::mm_q::<{ $dot }, false>);
         $crate::arch::aarch64::kernel_set!(@wrap $features, mm_q4_0(w: &[u8], rows: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) -> () = super::mm_q::<{ $dot }, true>);

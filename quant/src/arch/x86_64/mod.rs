@@ -169,40 +169,19 @@ unsafe fn exp8(x: __m256) -> __m256 {
     _mm256_mul_ps(y, _mm256_castsi256_ps(pow2))
 }
 
-/// One query head. Heads of a multiple of 8 values (up to 256): scores four positions at a
-/// time (their sums reduced together instead of one horizontal sum each), and the weighted sum
-/// of values 16 values at a time in registers, even and odd positions in separate
-/// accumulators (`attend_body!`'s `axpy` per position goes through memory: a store-to-load
-/// chain per position). Other sizes: `attend_body!`.
+/// `dst[i] = scale · (q · key row at kp + offs[i])` for a head of `d` values (a multiple of 8):
+/// four positions at a time, their sums reduced together instead of one horizontal sum each.
+/// The caller checks that every row lies inside the keys.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn attend(
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
+unsafe fn score_rows(
+    qp: *const f32,
+    d: usize,
+    kp: *const f32,
     offs: &[usize],
-    col: usize,
     scale: f32,
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
+    dst: *mut f32,
 ) {
-    let d = q.len();
-    if !d.is_multiple_of(8) || d > 256 || out.len() < d {
-        return attend_body!(dot_f32, axpy_f32, q, keys, values, offs, col, scale, scores, out);
-    }
-    let lim = keys.len().min(values.len());
-    for &o in offs {
-        assert!(o + col + d <= lim, "attend: row at {o} outside the cache");
-    }
     let n = offs.len();
-    scores.clear();
-    scores.reserve(n);
-    let (qp, kp, vp, sp) = (
-        q.as_ptr(),
-        keys.as_ptr().add(col),
-        values.as_ptr().add(col),
-        scores.as_mut_ptr(),
-    );
     let mut i = 0;
     while i + 4 <= n {
         let mut acc = [_mm256_setzero_ps(); 4];
@@ -219,15 +198,21 @@ unsafe fn attend(
             _mm256_hadd_ps(acc[2], acc[3]),
         );
         let s4 = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-        _mm_storeu_ps(sp.add(i), _mm_mul_ps(s4, _mm_set1_ps(scale)));
+        _mm_storeu_ps(dst.add(i), _mm_mul_ps(s4, _mm_set1_ps(scale)));
         i += 4;
     }
     while i < n {
-        *sp.add(i) = dot_f32(q, core::slice::from_raw_parts(kp.add(offs[i]), d)) * scale;
+        let k = core::slice::from_raw_parts(kp.add(offs[i]), d);
+        *dst.add(i) = dot_f32(core::slice::from_raw_parts(qp, d), k) * scale;
         i += 1;
     }
-    scores.set_len(n);
-    let m = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+}
+
+/// Softmax numerators in place (`e^(s − max)`, eight at a time); returns `1 / Σ`.
+#[inline(always)]
+unsafe fn softmax_numerators(s: &mut [f32]) -> f32 {
+    let (n, sp) = (s.len(), s.as_mut_ptr());
+    let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut i = 0;
     let mut sums = _mm256_setzero_ps();
     let mv = _mm256_set1_ps(m);
@@ -244,8 +229,22 @@ unsafe fn attend(
         sum += e;
         i += 1;
     }
-    let inv = 1.0 / sum;
-    let op = out.as_mut_ptr();
+    1.0 / sum
+}
+
+/// `out[..d] (+)= Σ_i w[i] · inv · value row at vp + offs[i]`, 16 values at a time in registers,
+/// even and odd positions in separate accumulators (an axpy per position would go through
+/// memory: a store-to-load chain). `ADD`: add to `out` instead of overwriting it.
+#[inline(always)]
+unsafe fn wsum_rows<const ADD: bool>(
+    vp: *const f32,
+    d: usize,
+    offs: &[usize],
+    w: *const f32,
+    inv: f32,
+    op: *mut f32,
+) {
+    let n = offs.len();
     let mut c = 0;
     while c < d {
         let two = d - c >= 16;
@@ -253,30 +252,176 @@ unsafe fn attend(
         let mut p = 0;
         while p + 2 <= n {
             for (e, pair) in acc.chunks_exact_mut(2).enumerate() {
-                let w = _mm256_set1_ps(*sp.add(p + e) * inv);
+                let wv = _mm256_set1_ps(*w.add(p + e) * inv);
                 let v = vp.add(offs[p + e] + c);
-                pair[0] = _mm256_fmadd_ps(w, _mm256_loadu_ps(v), pair[0]);
+                pair[0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(v), pair[0]);
                 if two {
-                    pair[1] = _mm256_fmadd_ps(w, _mm256_loadu_ps(v.add(8)), pair[1]);
+                    pair[1] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(v.add(8)), pair[1]);
                 }
             }
             p += 2;
         }
         if p < n {
-            let w = _mm256_set1_ps(*sp.add(p) * inv);
+            let wv = _mm256_set1_ps(*w.add(p) * inv);
             let v = vp.add(offs[p] + c);
-            acc[0] = _mm256_fmadd_ps(w, _mm256_loadu_ps(v), acc[0]);
+            acc[0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(v), acc[0]);
             if two {
-                acc[1] = _mm256_fmadd_ps(w, _mm256_loadu_ps(v.add(8)), acc[1]);
+                acc[1] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(v.add(8)), acc[1]);
             }
         }
-        _mm256_storeu_ps(op.add(c), _mm256_add_ps(acc[0], acc[2]));
-        if two {
-            _mm256_storeu_ps(op.add(c + 8), _mm256_add_ps(acc[1], acc[3]));
-            c += 16;
-        } else {
-            c += 8;
+        for (k, off) in [(0, 0), (1, 8)].into_iter().take(1 + two as usize) {
+            let mut r = _mm256_add_ps(acc[k], acc[k + 2]);
+            if ADD {
+                r = _mm256_add_ps(r, _mm256_loadu_ps(op.add(c + off)));
+            }
+            _mm256_storeu_ps(op.add(c + off), r);
         }
+        c += if two { 16 } else { 8 };
+    }
+}
+
+/// Whether the SIMD attention path takes a head of `d` values (else `attend_body!`).
+fn simd_head(d: usize) -> bool {
+    d.is_multiple_of(8) && d <= 256
+}
+
+/// Panics unless every row `o + col .. o + col + d` lies in both `keys` and `values`.
+fn check_rows(keys: &[f32], values: &[f32], offs: &[usize], col: usize, d: usize) {
+    let lim = keys.len().min(values.len());
+    for &o in offs {
+        assert!(o + col + d <= lim, "attend: row at {o} outside the cache");
+    }
+}
+
+/// One query head (see `score_rows`, `softmax_numerators`, `wsum_rows`); other head sizes:
+/// `attend_body!`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    offs: &[usize],
+    col: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let d = q.len();
+    if !simd_head(d) || out.len() < d {
+        return attend_body!(dot_f32, axpy_f32, q, keys, values, offs, col, scale, scores, out);
+    }
+    check_rows(keys, values, offs, col, d);
+    let n = offs.len();
+    scores.clear();
+    scores.resize(n, 0.0);
+    score_rows(
+        q.as_ptr(),
+        d,
+        keys.as_ptr().add(col),
+        offs,
+        scale,
+        scores.as_mut_ptr(),
+    );
+    let inv = softmax_numerators(scores);
+    wsum_rows::<false>(
+        values.as_ptr().add(col),
+        d,
+        offs,
+        scores.as_ptr(),
+        inv,
+        out.as_mut_ptr(),
+    );
+}
+
+/// Several queries of one head over nested position lists (see `crate::attend_queries`):
+/// positions in blocks of 64, each block's key and value rows used by every query while they
+/// are in L1, instead of each query walking the whole cache.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_multi(
+    q: &[f32],
+    d: usize,
+    keys: &[f32],
+    values: &[f32],
+    offs: &[usize],
+    lens: &[usize],
+    col: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let nq = lens.len();
+    if !simd_head(d) {
+        for (t, &len) in lens.iter().enumerate() {
+            let qt = &q[t * d..(t + 1) * d];
+            let ot = &mut out[t * ldo..t * ldo + d];
+            attend_body!(
+                dot_f32,
+                axpy_f32,
+                qt,
+                keys,
+                values,
+                &offs[..len],
+                col,
+                scale,
+                scores,
+                ot
+            );
+        }
+        return;
+    }
+    super::check_multi(q, d, offs, lens, out, ldo);
+    check_rows(keys, values, offs, col, d);
+    let l = offs.len();
+    // Scores [query][position], then one `1 / Σ` per query.
+    scores.clear();
+    scores.resize(nq * l + nq, 0.0);
+    let (kp, vp, sp) = (
+        keys.as_ptr().add(col),
+        values.as_ptr().add(col),
+        scores.as_mut_ptr(),
+    );
+    const BLOCK: usize = 64;
+    let mut b = 0;
+    while b < l {
+        let e = (b + BLOCK).min(l);
+        for (t, &len) in lens.iter().enumerate() {
+            if len > b {
+                score_rows(
+                    q.as_ptr().add(t * d),
+                    d,
+                    kp,
+                    &offs[b..e.min(len)],
+                    scale,
+                    sp.add(t * l + b),
+                );
+            }
+        }
+        b = e;
+    }
+    // Plain loops: a closure here would be compiled without the kernel's features.
+    for (t, &len) in lens.iter().enumerate() {
+        *sp.add(nq * l + t) =
+            softmax_numerators(core::slice::from_raw_parts_mut(sp.add(t * l), len));
+    }
+    let invs = core::slice::from_raw_parts(sp.add(nq * l), nq);
+    let op = out.as_mut_ptr();
+    let mut b = 0;
+    while b < l {
+        let e = (b + BLOCK).min(l);
+        for (t, &len) in lens.iter().enumerate() {
+            if len > b {
+                let w = sp.add(t * l + b);
+                if b == 0 {
+                    wsum_rows::<false>(vp, d, &offs[b..e.min(len)], w, invs[t], op.add(t * ldo));
+                } else {
+                    wsum_rows::<true>(vp, d, &offs[b..e.min(len)], w, invs[t], op.add(t * ldo));
+                }
+            }
+        }
+        b = e;
     }
 }
 
@@ -626,6 +771,7 @@ macro_rules! kernel_set {
             dot_f32,
             axpy_f32,
             attend,
+            attend_multi,
             mm_q8_0,
             mm_q4_0,
             mm_f32,
@@ -648,6 +794,7 @@ macro_rules! kernel_set {
         $crate::arch::x86_64::kernel_set!(@wrap $features, quantize_q8(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [i32]) -> () = super::quantize_q8);
         $crate::arch::x86_64::kernel_set!(@wrap $features, dot_f32(a: &[f32], b: &[f32]) -> f32 = super::dot_f32);
         $crate::arch::x86_64::kernel_set!(@wrap $features, axpy_f32(alpha: f32, x: &[f32], y: &mut [f32]) -> () = super::axpy_f32);
+        $crate::arch::x86_64::kernel_set!(@wrap $features, attend_multi(q: &[f32], d: usize, keys: &[f32], values: &[f32], offs: &[usize], lens: &[usize], col: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32], ldo: usize) -> () = super::attend_multi);
         $crate::arch::x86_64::kernel_set!(@wrap $features, attend(q: &[f32], keys: &[f32], values: &[f32], offs: &[usize], col: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) -> () = super::attend);
         $crate::arch::x86_64::kernel_set!(@wrap $features, mm_q8_0(w: &[u8], rows: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) -> () = super::mm_q::<{ $vnni }, false>);
         $crate::arch::x86_64::kernel_set!(@wrap $features, mm_q4_0(w: &[u8], rows: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) -> () = super::mm_q::<{ $vnni }, true>);
