@@ -411,17 +411,107 @@ unsafe fn attend_multi(
     let mut b = 0;
     while b < l {
         let e = (b + BLOCK).min(l);
+        // Queries that see the whole block four at a time (one load of each value row for
+        // all four), the rest one by one.
+        let mut quad = [0usize; 4];
+        let mut nquad = 0;
         for (t, &len) in lens.iter().enumerate() {
-            if len > b {
-                let w = sp.add(t * l + b);
-                if b == 0 {
-                    wsum_rows::<false>(vp, d, &offs[b..e.min(len)], w, invs[t], op.add(t * ldo));
-                } else {
-                    wsum_rows::<true>(vp, d, &offs[b..e.min(len)], w, invs[t], op.add(t * ldo));
+            if len >= e {
+                quad[nquad] = t;
+                nquad += 1;
+                if nquad == 4 {
+                    let w = quad.map(|t| sp.add(t * l + b) as *const f32);
+                    let inv = quad.map(|t| invs[t]);
+                    let o = quad.map(|t| op.add(t * ldo));
+                    if b == 0 {
+                        wsum_rows4::<false>(vp, d, &offs[b..e], w, inv, o);
+                    } else {
+                        wsum_rows4::<true>(vp, d, &offs[b..e], w, inv, o);
+                    }
+                    nquad = 0;
+                }
+            } else if len > b {
+                quad_one(
+                    vp,
+                    d,
+                    &offs[b..len],
+                    sp.add(t * l + b),
+                    invs[t],
+                    op.add(t * ldo),
+                    b == 0,
+                );
+            }
+        }
+        for &t in &quad[..nquad] {
+            quad_one(
+                vp,
+                d,
+                &offs[b..e],
+                sp.add(t * l + b),
+                invs[t],
+                op.add(t * ldo),
+                b == 0,
+            );
+        }
+        b = e;
+    }
+}
+
+/// `wsum_rows` for one query, overwriting at the first block and adding after.
+#[inline(always)]
+unsafe fn quad_one(
+    vp: *const f32,
+    d: usize,
+    offs: &[usize],
+    w: *const f32,
+    inv: f32,
+    op: *mut f32,
+    first: bool,
+) {
+    if first {
+        wsum_rows::<false>(vp, d, offs, w, inv, op);
+    } else {
+        wsum_rows::<true>(vp, d, offs, w, inv, op);
+    }
+}
+
+/// `wsum_rows` for four queries over the same rows: each value row loaded once, 16 values of
+/// all four outputs in eight accumulators.
+#[inline(always)]
+unsafe fn wsum_rows4<const ADD: bool>(
+    vp: *const f32,
+    d: usize,
+    offs: &[usize],
+    w: [*const f32; 4],
+    inv: [f32; 4],
+    op: [*mut f32; 4],
+) {
+    let mut c = 0;
+    while c < d {
+        let two = d - c >= 16;
+        let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+        for (p, &o) in offs.iter().enumerate() {
+            let v = vp.add(o + c);
+            let v0 = _mm256_loadu_ps(v);
+            let v1 = if two { _mm256_loadu_ps(v.add(8)) } else { v0 };
+            for u in 0..4 {
+                let wv = _mm256_set1_ps(*w[u].add(p) * inv[u]);
+                acc[u][0] = _mm256_fmadd_ps(wv, v0, acc[u][0]);
+                if two {
+                    acc[u][1] = _mm256_fmadd_ps(wv, v1, acc[u][1]);
                 }
             }
         }
-        b = e;
+        for u in 0..4 {
+            for (k, off) in [(0, 0), (1, 8)].into_iter().take(1 + two as usize) {
+                let mut r = acc[u][k];
+                if ADD {
+                    r = _mm256_add_ps(r, _mm256_loadu_ps(op[u].add(c + off)));
+                }
+                _mm256_storeu_ps(op[u].add(c + off), r);
+            }
+        }
+        c += if two { 16 } else { 8 };
     }
 }
 
