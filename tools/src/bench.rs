@@ -140,7 +140,8 @@ struct Row {
     paired: Option<(f64, f64)>,
     peak_rss: Option<u64>,
     budget: Option<(f64, f64, f64, f64)>,
-    spec: Option<(f64, f64, bool, SpecStats)>,
+    /// Plain and speculative decode tokens/s, identical output, acceptance, median ratio.
+    spec: Option<(f64, f64, bool, SpecStats, f64)>,
 }
 
 pub fn run(a: &BenchArgs) -> Result<()> {
@@ -274,9 +275,21 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                             let tps = (toks.len().saturating_sub(1)) as f64 / secs.max(1e-9);
                             Ok((tps, toks, s.speculative_stats()))
                         };
-                        let (plain_tps, plain, _) = run(false)?;
-                        let (spec_tps, spec, st) = run(true)?;
-                        Some((plain_tps, spec_tps, plain == spec, st))
+                        // Five pairs, plain then speculative, medians: one pass of a small
+                        // model lasts tens of milliseconds, shorter than this host's drifts.
+                        let (mut pt, mut stps, mut ratios) = (vec![], vec![], vec![]);
+                        let mut same = true;
+                        let mut stats = SpecStats::default();
+                        for _ in 0..5 {
+                            let (plain_tps, plain, _) = run(false)?;
+                            let (spec_tps, spec, st) = run(true)?;
+                            same &= plain == spec;
+                            stats = st;
+                            ratios.push(spec_tps / plain_tps);
+                            pt.push(plain_tps);
+                            stps.push(spec_tps);
+                        }
+                        Some((median(&mut pt), median(&mut stps), same, stats, median(&mut ratios)))
                     }
                 };
                 rows.push(Row {
@@ -317,10 +330,10 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                     "bandwidth_bound_ms": r.bound_ms, "peak_rss_bytes": r.peak_rss,
                     "iteration_over_paired_bound_median": r.paired.map(|p| p.0),
                     "paired_probe_gb_s_median": r.paired.map(|p| p.1),
-                    "speculative": r.spec.map(|(plain, spec, same, st)| serde_json::json!({
+                    "speculative": r.spec.map(|(plain, spec, same, st, ratio)| serde_json::json!({
                         "draft_steps": a.draft_steps, "lookahead": a.lookahead,
                         "plain_decode_tokens_per_s": plain, "speculative_decode_tokens_per_s": spec,
-                        "identical": same, "rounds": st.rounds, "drafted": st.drafted, "accepted": st.accepted})),
+                        "identical": same, "speedup_median": ratio, "rounds": st.rounds, "drafted": st.drafted, "accepted": st.accepted})),
                     "budget_check": r.budget.map(|(med, b, pct, it)| serde_json::json!({
                         "median_token_ms": med, "budget_ms": b, "pct_within_budget_plus_10": pct, "mean_iterations": it})),
                 })
@@ -370,14 +383,13 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         );
     }
     for r in rows.iter().filter(|r| r.spec.is_some()) {
-        let (plain, spec, same, st) = r.spec.unwrap_or_default();
+        let (plain, spec, same, st, ratio) = r.spec.unwrap_or_default();
         println!(
-            "\nspeculative ({} threads, {} steps, draft {} iterations, lookahead {}): plain greedy decode {plain:.2} tokens/s, speculative {spec:.2} tokens/s: {:.2}x, output {}; {} of {} drafted tokens accepted ({:.0}%) in {} rounds",
+            "\nspeculative ({} threads, {} steps, draft {} iterations, lookahead {}; medians of 5 pairs): plain greedy decode {plain:.2} tokens/s, speculative {spec:.2} tokens/s: {ratio:.2}x, output {}; {} of {} drafted tokens accepted ({:.0}%) in {} rounds",
             r.threads,
             r.steps,
             a.draft_steps.unwrap_or(0),
             a.lookahead,
-            spec / plain,
             if same { "identical" } else { "DIFFERS" },
             st.accepted,
             st.drafted,
