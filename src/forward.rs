@@ -216,7 +216,6 @@ impl Model {
             // head's queries together, the cache read once per block of positions for all of
             // them; outputs per head, [head][token][d], then into [token][h].
             let lens: Vec<usize> = visible.iter().map(|v| v.len()).collect();
-            let offs = &visible[n - 1];
             resize(&mut ws.yh, n * h);
             let q_heads = &mut ws.qh;
             resize(q_heads, n * h);
@@ -227,21 +226,25 @@ impl Model {
                 }
             }
             let q_heads = &ws.qh;
+            // At most 64 queries per call: their scores (64 × positions) stay small for long
+            // prompts.
             let head = |scores: &mut Vec<f32>, (hd, yo): (usize, &mut [f32])| {
-                let q = &q_heads[hd * n * d..(hd + 1) * n * d];
-                raven_quant::attend_queries(
-                    q,
-                    d,
-                    keys,
-                    values,
-                    offs,
-                    &lens,
-                    hd * d,
-                    scale,
-                    scores,
-                    yo,
-                    d,
-                );
+                for t0 in (0..n).step_by(64) {
+                    let t1 = (t0 + 64).min(n);
+                    raven_quant::attend_queries(
+                        &q_heads[(hd * n + t0) * d..(hd * n + t1) * d],
+                        d,
+                        keys,
+                        values,
+                        &visible[t1 - 1],
+                        &lens[t0..t1],
+                        hd * d,
+                        scale,
+                        scores,
+                        &mut yo[t0 * d..t1 * d],
+                        d,
+                    );
+                }
             };
             if work < SERIAL_WORK {
                 let mut scores = std::mem::take(&mut ws.scores);

@@ -325,3 +325,37 @@ fn speculative_drafts_read_deep_entries_and_agree() {
         st.drafted
     );
 }
+
+/// With the full cache a prompt in one pass gives bit for bit the logits of feeding it token by
+/// token: the multi-query attention of the pass (chunks of 64 queries, blocks of 64 positions)
+/// adds in the same order as one query at a time, so a speculative verification picks exactly
+/// the tokens plain decoding picks, near-ties included.
+#[test]
+fn full_cache_prompt_pass_equals_token_by_token() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo/demo-q8_0.gguf");
+    let m = std::sync::Arc::new(raven::Model::load(&path).unwrap());
+    let mut p = SessionParams::for_model(&m);
+    p.init_scale = 0.0;
+    p.exit = ExitPolicy::fixed(6);
+    p.cache = CacheStrategy::Full;
+    p.threads = 1;
+    let nt: u32 = std::env::var("NT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(150);
+    let toks: Vec<u32> = (0..nt).map(|i| (i * 37 + 11) % 280).collect();
+    let mut a = Session::new(m.clone(), p.clone()).unwrap();
+    a.prefill(&toks).unwrap();
+    let mut b = Session::new(m.clone(), p.clone()).unwrap();
+    b.prefill(&toks[..1]).unwrap();
+    for &t in &toks[1..] {
+        b.step(t).unwrap();
+    }
+    let worst = a
+        .logits()
+        .iter()
+        .zip(b.logits())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert_eq!(worst, 0.0, "largest logit difference");
+}

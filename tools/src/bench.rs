@@ -289,7 +289,13 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                             pt.push(plain_tps);
                             stps.push(spec_tps);
                         }
-                        Some((median(&mut pt), median(&mut stps), same, stats, median(&mut ratios)))
+                        Some((
+                            median(&mut pt),
+                            median(&mut stps),
+                            same,
+                            stats,
+                            median(&mut ratios),
+                        ))
                     }
                 };
                 rows.push(Row {

@@ -375,9 +375,10 @@ unsafe fn attend_multi(
     super::check_multi(q, d, offs, lens, out, ldo);
     check_rows(keys, values, offs, col, d);
     let l = offs.len();
-    // Scores [query][position], then one `1 / Σ` per query.
+    // Scores [query][position], one `1 / Σ` per query, then each query's partial weighted
+    // sums of even and odd positions ([query][even d, odd d]).
     scores.clear();
-    scores.resize(nq * l + nq, 0.0);
+    scores.resize(nq * l + nq + nq * 2 * d, 0.0);
     let (kp, vp, sp) = (
         keys.as_ptr().add(col),
         values.as_ptr().add(col),
@@ -407,108 +408,111 @@ unsafe fn attend_multi(
             softmax_numerators(core::slice::from_raw_parts_mut(sp.add(t * l), len));
     }
     let invs = core::slice::from_raw_parts(sp.add(nq * l), nq);
-    let op = out.as_mut_ptr();
+    // Values in the same blocks, two queries at a time (one load of each row for both). The
+    // even/odd partial sums carry from block to block in memory exactly as `wsum_rows` keeps
+    // them in registers, so every query's output equals the single-query kernel's bit for bit
+    // (a batch's verification then picks exactly the tokens plain decoding picks).
+    let part = sp.add(nq * l + nq);
     let mut b = 0;
     while b < l {
         let e = (b + BLOCK).min(l);
-        // Queries that see the whole block four at a time (one load of each value row for
-        // all four), the rest one by one.
-        let mut quad = [0usize; 4];
-        let mut nquad = 0;
+        let mut pending: Option<usize> = None;
         for (t, &len) in lens.iter().enumerate() {
             if len >= e {
-                quad[nquad] = t;
-                nquad += 1;
-                if nquad == 4 {
-                    let w = quad.map(|t| sp.add(t * l + b) as *const f32);
-                    let inv = quad.map(|t| invs[t]);
-                    let o = quad.map(|t| op.add(t * ldo));
-                    if b == 0 {
-                        wsum_rows4::<false>(vp, d, &offs[b..e], w, inv, o);
-                    } else {
-                        wsum_rows4::<true>(vp, d, &offs[b..e], w, inv, o);
-                    }
-                    nquad = 0;
+                if let Some(t0) = pending.take() {
+                    let w = [sp.add(t0 * l + b) as *const f32, sp.add(t * l + b)];
+                    let pt = [part.add(t0 * 2 * d), part.add(t * 2 * d)];
+                    wsum_part::<2>(vp, d, &offs[b..e], w, [invs[t0], invs[t]], pt, b == 0);
+                } else {
+                    pending = Some(t);
                 }
             } else if len > b {
-                quad_one(
-                    vp,
-                    d,
-                    &offs[b..len],
-                    sp.add(t * l + b),
-                    invs[t],
-                    op.add(t * ldo),
-                    b == 0,
-                );
+                let (w, pt) = (sp.add(t * l + b) as *const f32, part.add(t * 2 * d));
+                wsum_part::<1>(vp, d, &offs[b..len], [w], [invs[t]], [pt], b == 0);
             }
         }
-        for &t in &quad[..nquad] {
-            quad_one(
-                vp,
-                d,
-                &offs[b..e],
-                sp.add(t * l + b),
-                invs[t],
-                op.add(t * ldo),
-                b == 0,
-            );
+        if let Some(t) = pending {
+            let (w, pt) = (sp.add(t * l + b) as *const f32, part.add(t * 2 * d));
+            wsum_part::<1>(vp, d, &offs[b..e], [w], [invs[t]], [pt], b == 0);
         }
         b = e;
     }
-}
-
-/// `wsum_rows` for one query, overwriting at the first block and adding after.
-#[inline(always)]
-unsafe fn quad_one(
-    vp: *const f32,
-    d: usize,
-    offs: &[usize],
-    w: *const f32,
-    inv: f32,
-    op: *mut f32,
-    first: bool,
-) {
-    if first {
-        wsum_rows::<false>(vp, d, offs, w, inv, op);
-    } else {
-        wsum_rows::<true>(vp, d, offs, w, inv, op);
+    let op = out.as_mut_ptr();
+    for t in 0..nq {
+        let (pe, o) = (part.add(t * 2 * d), op.add(t * ldo));
+        let mut c = 0;
+        while c < d {
+            let r = _mm256_add_ps(_mm256_loadu_ps(pe.add(c)), _mm256_loadu_ps(pe.add(d + c)));
+            _mm256_storeu_ps(o.add(c), r);
+            c += 8;
+        }
     }
 }
 
-/// `wsum_rows` for four queries over the same rows: each value row loaded once, 16 values of
-/// all four outputs in eight accumulators.
+/// `wsum_rows`' accumulation for `N` queries over the same rows, resumable: the even- and
+/// odd-position sums of query `u` live at `part[u]` (`[even d, odd d]`), loaded unless `first`
+/// and stored back, in the same order of operations as `wsum_rows` (pairs of positions,
+/// a lone last position into the even sums; callers start blocks at even positions).
 #[inline(always)]
-unsafe fn wsum_rows4<const ADD: bool>(
+unsafe fn wsum_part<const N: usize>(
     vp: *const f32,
     d: usize,
     offs: &[usize],
-    w: [*const f32; 4],
-    inv: [f32; 4],
-    op: [*mut f32; 4],
+    w: [*const f32; N],
+    inv: [f32; N],
+    part: [*mut f32; N],
+    first: bool,
 ) {
+    let n = offs.len();
     let mut c = 0;
     while c < d {
         let two = d - c >= 16;
-        let mut acc = [[_mm256_setzero_ps(); 2]; 4];
-        for (p, &o) in offs.iter().enumerate() {
-            let v = vp.add(o + c);
-            let v0 = _mm256_loadu_ps(v);
-            let v1 = if two { _mm256_loadu_ps(v.add(8)) } else { v0 };
-            for u in 0..4 {
-                let wv = _mm256_set1_ps(*w[u].add(p) * inv[u]);
-                acc[u][0] = _mm256_fmadd_ps(wv, v0, acc[u][0]);
-                if two {
-                    acc[u][1] = _mm256_fmadd_ps(wv, v1, acc[u][1]);
+        // acc[u][parity][half]
+        let mut acc = [[[_mm256_setzero_ps(); 2]; 2]; N];
+        if !first {
+            for u in 0..N {
+                for (par, a) in acc[u].iter_mut().enumerate() {
+                    a[0] = _mm256_loadu_ps(part[u].add(par * d + c));
+                    if two {
+                        a[1] = _mm256_loadu_ps(part[u].add(par * d + c + 8));
+                    }
                 }
             }
         }
-        for u in 0..4 {
-            for (k, off) in [(0, 0), (1, 8)].into_iter().take(1 + two as usize) {
-                let mut r = acc[u][k];
-                if ADD {
-                    r = _mm256_add_ps(r, _mm256_loadu_ps(op[u].add(c + off)));
+        let mut p = 0;
+        while p + 2 <= n {
+            for e in 0..2 {
+                let v = vp.add(offs[p + e] + c);
+                let v0 = _mm256_loadu_ps(v);
+                let v1 = if two { _mm256_loadu_ps(v.add(8)) } else { v0 };
+                for u in 0..N {
+                    let wv = _mm256_set1_ps(*w[u].add(p + e) * inv[u]);
+                    acc[u][e][0] = _mm256_fmadd_ps(wv, v0, acc[u][e][0]);
+                    if two {
+                        acc[u][e][1] = _mm256_fmadd_ps(wv, v1, acc[u][e][1]);
+                    }
                 }
-                _mm256_storeu_ps(op[u].add(c + off), r);
+            }
+            p += 2;
+        }
+        if p < n {
+            let v = vp.add(offs[p] + c);
+            let v0 = _mm256_loadu_ps(v);
+            let v1 = if two { _mm256_loadu_ps(v.add(8)) } else { v0 };
+            for u in 0..N {
+                let wv = _mm256_set1_ps(*w[u].add(p) * inv[u]);
+                acc[u][0][0] = _mm256_fmadd_ps(wv, v0, acc[u][0][0]);
+                if two {
+                    acc[u][0][1] = _mm256_fmadd_ps(wv, v1, acc[u][0][1]);
+                }
+            }
+        }
+        for u in 0..N {
+            for (par, a) in acc[u].iter().enumerate() {
+                _mm256_storeu_ps(part[u].add(par * d + c), a[0]);
+                if two {
+                    _mm256_storeu_ps(part[u].add(par * d + c + 8), a[1]);
+                }
             }
         }
         c += if two { 16 } else { 8 };
