@@ -283,21 +283,28 @@ fn generate_decodes_the_last_prompt_token_with_the_exit_policy() {
     assert_ne!(f.logits(), a.logits());
 }
 
+/// The bundled demo model, with parameters for `steps` fixed iterations, zero initial state,
+/// the full cache and one thread.
+fn demo_full_cache(steps: usize) -> (std::sync::Arc<raven::Model>, SessionParams) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo/demo-q8_0.gguf");
+    let m = std::sync::Arc::new(raven::Model::load(&path).unwrap());
+    let mut p = SessionParams::for_model(&m);
+    p.init_scale = 0.0;
+    p.exit = ExitPolicy::fixed(steps);
+    p.cache = CacheStrategy::Full;
+    p.threads = 1;
+    (m, p)
+}
+
 /// Drafts with the `full` cache read the deep entries of committed positions
 /// (`KvCache::set_draft_view`): on the demo model, past its one-token answer, a 4-iteration
 /// draft agrees with the 32-iteration model almost always (it agreed on 39% when drafts read
 /// the committed positions' first iterations), and the output stays that of plain decoding.
 #[test]
 fn speculative_drafts_read_deep_entries_and_agree() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo/demo-q8_0.gguf");
-    let m = std::sync::Arc::new(raven::Model::load(&path).unwrap());
-    let mut p = SessionParams::for_model(&m);
-    p.init_scale = 0.0;
+    let (m, mut p) = demo_full_cache(32);
     p.sampling = SamplingParams::greedy();
-    p.exit = ExitPolicy::fixed(32);
-    p.cache = CacheStrategy::Full;
     p.ignore_eos = true;
-    p.threads = 1;
     let tok = m.tokenizer().unwrap();
     let prompt = tok.encode("Ball: 3. Swaps: 13 24 12", false).unwrap();
     let prompt = &prompt[..];
@@ -332,13 +339,7 @@ fn speculative_drafts_read_deep_entries_and_agree() {
 /// the tokens plain decoding picks, near-ties included.
 #[test]
 fn full_cache_prompt_pass_equals_token_by_token() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo/demo-q8_0.gguf");
-    let m = std::sync::Arc::new(raven::Model::load(&path).unwrap());
-    let mut p = SessionParams::for_model(&m);
-    p.init_scale = 0.0;
-    p.exit = ExitPolicy::fixed(6);
-    p.cache = CacheStrategy::Full;
-    p.threads = 1;
+    let (m, p) = demo_full_cache(6);
     let nt: u32 = std::env::var("NT")
         .ok()
         .and_then(|v| v.parse().ok())
