@@ -25,7 +25,7 @@ pub fn set_streams(on: bool) {
     STREAMS.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // only the AVX-512 kernels stream
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // only the x86 Q4_0 kernels stream
 pub(crate) fn streams() -> bool {
     STREAMS.load(std::sync::atomic::Ordering::Relaxed)
 }

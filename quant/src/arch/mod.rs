@@ -36,8 +36,9 @@ macro_rules! tile_tokens {
 /// multiply together, in lockstep through their blocks. With `$streams` (few tokens, so the
 /// weights stream from memory once) the groups are split into three runs walked side by side:
 /// one thread reading three distant streams keeps more cache-line fills in flight than the
-/// hardware prefetcher gives one stream (`benches/roofline.rs`, Q4_0: 73–80% → 79–88% of the
-/// read bandwidth); the one or two groups left over go as one stream each. Otherwise (many
+/// hardware prefetcher gives one stream (`benches/roofline.rs` compares both in the same rounds:
+/// a few points to 15 points more of the read bandwidth for Q4_0, by this host's state); the
+/// one or two groups left over go as one stream each. Otherwise (many
 /// tokens: the weights are reused from cache) one group at a time.
 #[allow(unused_macros)] // not every target has SIMD kernels
 macro_rules! stream_groups {

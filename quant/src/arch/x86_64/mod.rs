@@ -232,54 +232,6 @@ unsafe fn softmax_numerators(s: &mut [f32]) -> f32 {
     1.0 / sum
 }
 
-/// `out[..d] (+)= Σ_i w[i] · inv · value row at vp + offs[i]`, 16 values at a time in registers,
-/// even and odd positions in separate accumulators (an axpy per position would go through
-/// memory: a store-to-load chain). `ADD`: add to `out` instead of overwriting it.
-#[inline(always)]
-unsafe fn wsum_rows<const ADD: bool>(
-    vp: *const f32,
-    d: usize,
-    offs: &[usize],
-    w: *const f32,
-    inv: f32,
-    op: *mut f32,
-) {
-    let n = offs.len();
-    let mut c = 0;
-    while c < d {
-        let two = d - c >= 16;
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut p = 0;
-        while p + 2 <= n {
-            for (e, pair) in acc.chunks_exact_mut(2).enumerate() {
-                let wv = _mm256_set1_ps(*w.add(p + e) * inv);
-                let v = vp.add(offs[p + e] + c);
-                pair[0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(v), pair[0]);
-                if two {
-                    pair[1] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(v.add(8)), pair[1]);
-                }
-            }
-            p += 2;
-        }
-        if p < n {
-            let wv = _mm256_set1_ps(*w.add(p) * inv);
-            let v = vp.add(offs[p] + c);
-            acc[0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(v), acc[0]);
-            if two {
-                acc[1] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(v.add(8)), acc[1]);
-            }
-        }
-        for (k, off) in [(0, 0), (1, 8)].into_iter().take(1 + two as usize) {
-            let mut r = _mm256_add_ps(acc[k], acc[k + 2]);
-            if ADD {
-                r = _mm256_add_ps(r, _mm256_loadu_ps(op.add(c + off)));
-            }
-            _mm256_storeu_ps(op.add(c + off), r);
-        }
-        c += if two { 16 } else { 8 };
-    }
-}
-
 /// Whether the SIMD attention path takes a head of `d` values (else `attend_body!`).
 fn simd_head(d: usize) -> bool {
     d.is_multiple_of(8) && d <= 256
@@ -324,14 +276,8 @@ unsafe fn attend(
         scores.as_mut_ptr(),
     );
     let inv = softmax_numerators(scores);
-    wsum_rows::<false>(
-        values.as_ptr().add(col),
-        d,
-        offs,
-        scores.as_ptr(),
-        inv,
-        out.as_mut_ptr(),
-    );
+    let (vp, w) = (values.as_ptr().add(col), [scores.as_ptr()]);
+    wsum_rows::<1, true>(vp, d, offs, w, [inv], [out.as_mut_ptr()], true);
 }
 
 /// Several queries of one head over nested position lists (see `crate::attend_queries`):
@@ -352,27 +298,15 @@ unsafe fn attend_multi(
     out: &mut [f32],
     ldo: usize,
 ) {
+    super::check_multi(q, d, offs, lens, out, ldo);
     let nq = lens.len();
     if !simd_head(d) {
         for (t, &len) in lens.iter().enumerate() {
-            let qt = &q[t * d..(t + 1) * d];
-            let ot = &mut out[t * ldo..t * ldo + d];
-            attend_body!(
-                dot_f32,
-                axpy_f32,
-                qt,
-                keys,
-                values,
-                &offs[..len],
-                col,
-                scale,
-                scores,
-                ot
-            );
+            let (qt, ot) = (&q[t * d..(t + 1) * d], &mut out[t * ldo..t * ldo + d]);
+            attend(qt, keys, values, &offs[..len], col, scale, scores, ot);
         }
         return;
     }
-    super::check_multi(q, d, offs, lens, out, ldo);
     check_rows(keys, values, offs, col, d);
     let l = offs.len();
     // Scores [query][position], one `1 / Σ` per query, then each query's partial weighted
@@ -409,9 +343,9 @@ unsafe fn attend_multi(
     }
     let invs = core::slice::from_raw_parts(sp.add(nq * l), nq);
     // Values in the same blocks, two queries at a time (one load of each row for both). The
-    // even/odd partial sums carry from block to block in memory exactly as `wsum_rows` keeps
-    // them in registers, so every query's output equals the single-query kernel's bit for bit
-    // (a batch's verification then picks exactly the tokens plain decoding picks).
+    // even/odd partial sums carry from block to block in memory where the single-query call
+    // keeps them in registers, so every query's output equals `attend`'s bit for bit (a batch's
+    // verification then picks exactly the tokens plain decoding picks).
     let part = sp.add(nq * l + nq);
     let mut b = 0;
     while b < l {
@@ -422,18 +356,18 @@ unsafe fn attend_multi(
                 if let Some(t0) = pending.take() {
                     let w = [sp.add(t0 * l + b) as *const f32, sp.add(t * l + b)];
                     let pt = [part.add(t0 * 2 * d), part.add(t * 2 * d)];
-                    wsum_part::<2>(vp, d, &offs[b..e], w, [invs[t0], invs[t]], pt, b == 0);
+                    wsum_rows::<2, false>(vp, d, &offs[b..e], w, [invs[t0], invs[t]], pt, b == 0);
                 } else {
                     pending = Some(t);
                 }
             } else if len > b {
                 let (w, pt) = (sp.add(t * l + b) as *const f32, part.add(t * 2 * d));
-                wsum_part::<1>(vp, d, &offs[b..len], [w], [invs[t]], [pt], b == 0);
+                wsum_rows::<1, false>(vp, d, &offs[b..len], [w], [invs[t]], [pt], b == 0);
             }
         }
         if let Some(t) = pending {
             let (w, pt) = (sp.add(t * l + b) as *const f32, part.add(t * 2 * d));
-            wsum_part::<1>(vp, d, &offs[b..e], [w], [invs[t]], [pt], b == 0);
+            wsum_rows::<1, false>(vp, d, &offs[b..e], [w], [invs[t]], [pt], b == 0);
         }
         b = e;
     }
@@ -449,20 +383,25 @@ unsafe fn attend_multi(
     }
 }
 
-/// `wsum_rows`' accumulation for `N` queries over the same rows, resumable: the even- and
-/// odd-position sums of query `u` live at `part[u]` (`[even d, odd d]`), loaded unless `first`
-/// and stored back, in the same order of operations as `wsum_rows` (pairs of positions,
-/// a lone last position into the even sums; callers start blocks at even positions).
+/// Weighted sums of value rows for `N` queries over the same rows: `Σ_i w[u][i] · inv[u] ·
+/// value row at vp + offs[i]`, 16 values at a time in registers, each value row loaded once
+/// for the `N` queries. Even and odd positions go to separate accumulators (a lone last
+/// position to the even ones; an axpy per position would go through memory, a store-to-load
+/// chain). With `SUM`, `dst[u]` is query `u`'s output and receives even + odd (`first` must
+/// be set). Without, `dst[u]` holds the even and odd sums (`[even d, odd d]`), loaded unless
+/// `first` and stored back, so a query's rows can come in blocks (each starting at an even
+/// position) and still add in exactly the order of one `SUM` call over all of them.
 #[inline(always)]
-unsafe fn wsum_part<const N: usize>(
+unsafe fn wsum_rows<const N: usize, const SUM: bool>(
     vp: *const f32,
     d: usize,
     offs: &[usize],
     w: [*const f32; N],
     inv: [f32; N],
-    part: [*mut f32; N],
+    dst: [*mut f32; N],
     first: bool,
 ) {
+    debug_assert!(first || !SUM, "final sums start from zero");
     let n = offs.len();
     let mut c = 0;
     while c < d {
@@ -472,9 +411,9 @@ unsafe fn wsum_part<const N: usize>(
         if !first {
             for u in 0..N {
                 for (par, a) in acc[u].iter_mut().enumerate() {
-                    a[0] = _mm256_loadu_ps(part[u].add(par * d + c));
+                    a[0] = _mm256_loadu_ps(dst[u].add(par * d + c));
                     if two {
-                        a[1] = _mm256_loadu_ps(part[u].add(par * d + c + 8));
+                        a[1] = _mm256_loadu_ps(dst[u].add(par * d + c + 8));
                     }
                 }
             }
@@ -508,10 +447,18 @@ unsafe fn wsum_part<const N: usize>(
             }
         }
         for u in 0..N {
-            for (par, a) in acc[u].iter().enumerate() {
-                _mm256_storeu_ps(part[u].add(par * d + c), a[0]);
+            let [even, odd] = acc[u];
+            if SUM {
+                _mm256_storeu_ps(dst[u].add(c), _mm256_add_ps(even[0], odd[0]));
                 if two {
-                    _mm256_storeu_ps(part[u].add(par * d + c + 8), a[1]);
+                    _mm256_storeu_ps(dst[u].add(c + 8), _mm256_add_ps(even[1], odd[1]));
+                }
+            } else {
+                for (par, a) in [even, odd].iter().enumerate() {
+                    _mm256_storeu_ps(dst[u].add(par * d + c), a[0]);
+                    if two {
+                        _mm256_storeu_ps(dst[u].add(par * d + c + 8), a[1]);
+                    }
                 }
             }
         }
