@@ -99,6 +99,27 @@ fn chunk_rows(rows: usize) -> usize {
 /// h = 64) decoded on two threads ran at half the speed of one.
 const SERIAL_WORK: usize = 1 << 20;
 
+/// Runs `head(scores, (i, chunk))` over the `chunk`-sized pieces of `out`: on the calling
+/// thread with `scores` as scratch when `work` (multiply-adds) is under [`SERIAL_WORK`], else
+/// across the pool with a scratch per task.
+fn for_each_head(
+    out: &mut [f32],
+    chunk: usize,
+    work: usize,
+    scores: &mut Vec<f32>,
+    head: impl Fn(&mut Vec<f32>, (usize, &mut [f32])) + Sync + Send,
+) {
+    if work < SERIAL_WORK {
+        out.chunks_mut(chunk)
+            .enumerate()
+            .for_each(|x| head(scores, x));
+    } else {
+        out.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each_init(Vec::new, head);
+    }
+}
+
 /// `out[t][r] = W[r] · x[t]` for the `n` prepared activations, rows split across the threads of
 /// the current rayon pool. The one seam through which every weight product goes.
 fn matmul(w: Weights<'_>, act: &Activations, out: &mut [f32], scatter: &mut Vec<f32>) {
@@ -246,19 +267,7 @@ impl Model {
                     );
                 }
             };
-            if work < SERIAL_WORK {
-                let mut scores = std::mem::take(&mut ws.scores);
-                ws.yh
-                    .chunks_mut(n * d)
-                    .enumerate()
-                    .for_each(|x| head(&mut scores, x));
-                ws.scores = scores;
-            } else {
-                ws.yh
-                    .par_chunks_mut(n * d)
-                    .enumerate()
-                    .for_each_init(Vec::new, head);
-            }
+            for_each_head(&mut ws.yh, n * d, work, &mut ws.scores, head);
             for t in 0..n {
                 for hd in 0..nh {
                     ws.y[t * h + hd * d..t * h + (hd + 1) * d]
@@ -271,17 +280,7 @@ impl Model {
                 let q = &qkv[t * 3 * h + hd * d..t * 3 * h + (hd + 1) * d];
                 raven_quant::attend_head(q, keys, values, &visible[t], hd * d, scale, scores, yo);
             };
-            if work < SERIAL_WORK {
-                let mut scores = std::mem::take(&mut ws.scores);
-                ws.y.chunks_mut(d)
-                    .enumerate()
-                    .for_each(|x| head(&mut scores, x));
-                ws.scores = scores;
-            } else {
-                ws.y.par_chunks_mut(d)
-                    .enumerate()
-                    .for_each_init(Vec::new, head);
-            }
+            for_each_head(&mut ws.y, d, work, &mut ws.scores, head);
         }
         self.linear(
             &b.attn_out,

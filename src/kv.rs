@@ -285,8 +285,8 @@ impl KvCache {
     pub fn visible_offsets(&self, slot: Slot, p: usize, out: &mut Vec<usize>) {
         out.clear();
         let h = self.h;
-        match (self.strategy, slot) {
-            (CacheStrategy::Latest(_), Slot::Core { iter, layer }) => {
+        match (self.strategy, slot, self.draft_view) {
+            (CacheStrategy::Latest(_), Slot::Core { iter, layer }, _) => {
                 for q in 0..=p {
                     let it = (self.depth[layer * self.ctx + q] as usize).min(iter);
                     let s = self.slot_index(Slot::Core { iter: it, layer });
@@ -295,8 +295,7 @@ impl KvCache {
                     }
                 }
             }
-            (CacheStrategy::Full, Slot::Core { iter, layer }) if self.draft_view.is_some() => {
-                let (below, shift) = self.draft_view.unwrap_or_default();
+            (CacheStrategy::Full, Slot::Core { iter, layer }, Some((below, shift))) => {
                 let s = self.slot_index(slot);
                 let deep = self.slot_index(Slot::Core {
                     iter: (iter + shift).min(self.max_steps - 1),

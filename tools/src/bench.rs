@@ -218,9 +218,8 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                 // decode and take the better figure, so the bound stays a bound.
                 let bw = bw.map(|b| b.max(read_bandwidth(&threads)));
                 let budget = if a.budget_check {
-                    token_ms.sort_by(|x, y| x.total_cmp(y));
-                    let median = token_ms[token_ms.len() / 2];
-                    let b = median / 2.0;
+                    let med = median(&mut token_ms);
+                    let b = med / 2.0;
                     let mut pb = p.clone();
                     pb.budget_ms = Some(b);
                     let mut sb = Session::with_threads(model.clone(), pb, threads.clone())?;
@@ -232,7 +231,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                         iters_b += st.steps;
                     }
                     let pct = 100.0 * within as f64 / a.n_gen as f64;
-                    Some((median, b, pct, iters_b as f64 / a.n_gen as f64))
+                    Some((med, b, pct, iters_b as f64 / a.n_gen as f64))
                 } else {
                     None
                 };
