@@ -7,7 +7,7 @@
 
 use rayon::prelude::*;
 
-use raven_quant::{Activations, Weights};
+use raven_quant::{Activations, SERIAL_WORK};
 
 use crate::kv::{KvCache, Slot};
 use crate::model::{Block, Model, Weight};
@@ -84,21 +84,6 @@ fn rmsnorm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
     }
 }
 
-/// Rows per parallel task: a multiple of 16, two tasks per thread. One each leaves a thread
-/// idle when the other is held up; four each split a decode's row runs finely enough that the
-/// last tasks' imbalance shows (full-size Q4_0 decode, 2 threads, alternated: 2 per thread
-/// beat 4 in 5 of 6 pairs, by 0.04 of the bound on average).
-fn chunk_rows(rows: usize) -> usize {
-    let threads = rayon::current_num_threads().max(1);
-    let target = rows.div_ceil(threads * 2).max(16);
-    target.div_ceil(16) * 16
-}
-
-/// Products and attention with fewer multiply-adds than this run on the calling thread: waking
-/// the pool costs ~10 µs here, as much as ~1M multiply-adds, so a small model (the demo,
-/// h = 64) decoded on two threads ran at half the speed of one.
-const SERIAL_WORK: usize = 1 << 20;
-
 /// Runs `head(scores, (i, chunk))` over the `chunk`-sized pieces of `out`: on the calling
 /// thread with `scores` as scratch when `work` (multiply-adds) is under [`SERIAL_WORK`], else
 /// across the pool with a scratch per task.
@@ -120,43 +105,6 @@ fn for_each_head(
     }
 }
 
-/// `out[t][r] = W[r] · x[t]` for the `n` prepared activations, rows split across the threads of
-/// the current rayon pool. The one seam through which every weight product goes.
-fn matmul(w: Weights<'_>, act: &Activations, out: &mut [f32], scatter: &mut Vec<f32>) {
-    let rows = w.rows();
-    let n = act.n();
-    debug_assert_eq!(out.len(), n * rows);
-    let chunk = chunk_rows(rows);
-    if rows <= chunk || rayon::current_num_threads() <= 1 || n * rows * w.cols() < SERIAL_WORK {
-        raven_quant::matmul(w, act, 0..rows, out);
-        return;
-    }
-    if n == 1 {
-        out.par_chunks_mut(chunk).enumerate().for_each(|(i, o)| {
-            let r0 = i * chunk;
-            raven_quant::matmul(w, act, r0..r0 + o.len(), o);
-        });
-        return;
-    }
-    // Each task computes [n][its rows]; gather into [n][rows] afterwards.
-    resize(scatter, n * rows);
-    scatter
-        .par_chunks_mut(chunk * n)
-        .enumerate()
-        .for_each(|(i, o)| {
-            let r0 = i * chunk;
-            let nr = o.len() / n;
-            raven_quant::matmul(w, act, r0..r0 + nr, o);
-        });
-    for (i, part) in scatter.chunks(chunk * n).enumerate() {
-        let r0 = i * chunk;
-        let nr = part.len() / n;
-        for t in 0..n {
-            out[t * rows + r0..t * rows + r0 + nr].copy_from_slice(&part[t * nr..(t + 1) * nr]);
-        }
-    }
-}
-
 impl Model {
     fn linear(
         &self,
@@ -169,7 +117,7 @@ impl Model {
     ) {
         resize(out, n * w.rows);
         act.prepare(x, n, w.cols, w.ty);
-        matmul(self.weights(w), act, out, scatter);
+        raven_quant::par_matmul(self.weights(w), act, out, scatter);
     }
 
     fn set_rope(&self, ws: &mut Workspace) {

@@ -9,7 +9,8 @@
 //! model uses: repacked (interleaved rows) where [`raven_quant::repack`] applies on this CPU,
 //! plain rows otherwise; both layouts are shown, and the repacked one also with its kernels
 //! reading one group at a time instead of three streams side by side (`set_streams`), all
-//! measured in the same rounds. The last column is one thread's speed on
+//! measured in the same rounds. Products run as the model runs them: [`raven_quant::par_matmul`] in a persistent
+//! pool, which the probe uses too. The last column is one thread's speed on
 //! weights that stay in L2: far above the memory speed means the kernel is not compute-bound.
 
 mod common;
@@ -116,7 +117,7 @@ fn main() {
                             let reps = 50;
                             let t = Instant::now();
                             for _ in 0..reps {
-                                run_rows(ws[0], &act, hot_rows, &mut out, 1);
+                                run_rows(ws[0], &act, hot_rows, &mut out);
                             }
                             let read = (reps * bytes / rows * hot_rows) as f64;
                             h.push(read / t.elapsed().as_secs_f64() / 1e9);

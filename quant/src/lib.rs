@@ -9,7 +9,8 @@
 //!   type multiplies with ([`VecDot::Activation`], [`activation_type`]): Q8_0 blocks for Q4_0
 //!   and Q8_0 weights, f32 for the rest.
 //! - [`matmul`] multiplies a range of weight rows by every token, reading each weight row once
-//!   for all tokens; it is single-threaded, callers split rows across threads.
+//!   for all tokens; it is single-threaded. [`par_matmul`] splits the rows across the threads
+//!   of the current rayon pool (what the model runs).
 //!   [`dot_f32`] and [`axpy_f32`] serve attention.
 //!
 //! ```
@@ -49,9 +50,11 @@ pub use types::GgmlType;
 mod arch;
 mod matmul;
 mod packed;
+mod par;
 
 pub use matmul::{
     activation_type, attend_head, attend_queries, axpy_f32, can_matmul, dot_f32, isa, matmul,
     ActivationType, Activations, Matrix, VecDot, Weights,
 };
 pub use packed::{huge_page_vec, repack, set_streams, PackedMatrix};
+pub use par::{par_matmul, SERIAL_WORK};
