@@ -232,6 +232,19 @@ fn attend_multi_matches_scalar_per_query() {
                     k.name
                 );
             }
+            // And bit for bit the same set's single-query call (a batch's verification must
+            // pick exactly the tokens plain decoding picks).
+            for (t, &len) in lens.iter().enumerate() {
+                let mut one = vec![0f32; d];
+                let qt = &q[t * d..(t + 1) * d];
+                (k.attend)(qt, &keys, &vals, &offs[..len], col, 0.25, &mut s0, &mut one);
+                assert_eq!(
+                    one,
+                    got[t * ldo..t * ldo + d],
+                    "{} d={d} l={l} query {t}",
+                    k.name
+                );
+            }
         }
     }
 }

@@ -208,14 +208,87 @@ unsafe fn score_rows(
     }
 }
 
-/// Softmax numerators in place (`e^(s − max)`, eight at a time); returns `1 / Σ`.
+/// Transposes the key rows at `kp + offs[0..8]` (`d` values each, a multiple of 8) into `kt`:
+/// `kt[8j..8j + 8]` holds value `j` of the eight rows.
 #[inline(always)]
-unsafe fn softmax_numerators(s: &mut [f32]) -> f32 {
+unsafe fn transpose_rows8(kp: *const f32, offs: &[usize], d: usize, kt: *mut f32) {
+    let mut c = 0;
+    while c < d {
+        let r: [__m256; 8] = core::array::from_fn(|i| _mm256_loadu_ps(kp.add(offs[i] + c)));
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let u1 = _mm256_shuffle_ps::<0xee>(t0, t2);
+        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let u3 = _mm256_shuffle_ps::<0xee>(t1, t3);
+        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let u5 = _mm256_shuffle_ps::<0xee>(t4, t6);
+        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let u7 = _mm256_shuffle_ps::<0xee>(t5, t7);
+        let cols = [
+            _mm256_permute2f128_ps::<0x20>(u0, u4),
+            _mm256_permute2f128_ps::<0x20>(u1, u5),
+            _mm256_permute2f128_ps::<0x20>(u2, u6),
+            _mm256_permute2f128_ps::<0x20>(u3, u7),
+            _mm256_permute2f128_ps::<0x31>(u0, u4),
+            _mm256_permute2f128_ps::<0x31>(u1, u5),
+            _mm256_permute2f128_ps::<0x31>(u2, u6),
+            _mm256_permute2f128_ps::<0x31>(u3, u7),
+        ];
+        for (j, col) in cols.iter().enumerate() {
+            _mm256_storeu_ps(kt.add(8 * (c + j)), *col);
+        }
+        c += 8;
+    }
+}
+
+/// The scores of eight positions for one query from their transposed keys (`transpose_rows8`),
+/// into `dst[0..8]`: bit for bit what `score_rows` gives them (lane `j` of a row's sum takes
+/// values `j, j + 8, …` in order, then the same tree of additions), with one multiply-add per
+/// product and no horizontal additions.
+#[inline(always)]
+unsafe fn score8_transposed(qp: *const f32, d: usize, kt: *const f32, scale: f32, dst: *mut f32) {
+    let mut a = [_mm256_setzero_ps(); 8];
+    let mut c = 0;
+    while c < d {
+        for (j, aj) in a.iter_mut().enumerate() {
+            let k = _mm256_loadu_ps(kt.add(8 * (c + j)));
+            *aj = _mm256_fmadd_ps(_mm256_set1_ps(*qp.add(c + j)), k, *aj);
+        }
+        c += 8;
+    }
+    let s = _mm256_add_ps(
+        _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])),
+        _mm256_add_ps(_mm256_add_ps(a[4], a[5]), _mm256_add_ps(a[6], a[7])),
+    );
+    _mm256_storeu_ps(dst, _mm256_mul_ps(s, _mm256_set1_ps(scale)));
+}
+
+/// Softmax in place: `e^(s − max)` eight at a time, then each times `1 / Σ` (the weights
+/// `wsum_rows` takes).
+#[inline(always)]
+unsafe fn softmax(s: &mut [f32]) {
     let (n, sp) = (s.len(), s.as_mut_ptr());
-    let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut i = 0;
-    let mut sums = _mm256_setzero_ps();
+    let mut mv = _mm256_set1_ps(f32::NEG_INFINITY);
+    while i + 8 <= n {
+        mv = _mm256_max_ps(mv, _mm256_loadu_ps(sp.add(i)));
+        i += 8;
+    }
+    let mut m = hmax(mv);
+    while i < n {
+        m = m.max(*sp.add(i));
+        i += 1;
+    }
     let mv = _mm256_set1_ps(m);
+    let mut sums = _mm256_setzero_ps();
+    i = 0;
     while i + 8 <= n {
         let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(sp.add(i)), mv));
         _mm256_storeu_ps(sp.add(i), e);
@@ -229,7 +302,26 @@ unsafe fn softmax_numerators(s: &mut [f32]) -> f32 {
         sum += e;
         i += 1;
     }
-    1.0 / sum
+    let inv = 1.0 / sum;
+    let iv = _mm256_set1_ps(inv);
+    i = 0;
+    while i + 8 <= n {
+        _mm256_storeu_ps(sp.add(i), _mm256_mul_ps(_mm256_loadu_ps(sp.add(i)), iv));
+        i += 8;
+    }
+    while i < n {
+        *sp.add(i) *= inv;
+        i += 1;
+    }
+}
+
+/// Largest of 8 floats.
+#[inline(always)]
+unsafe fn hmax(v: __m256) -> f32 {
+    let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    let m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    _mm_cvtss_f32(m)
 }
 
 /// Whether the SIMD attention path takes a head of `d` values (else `attend_body!`).
@@ -245,7 +337,7 @@ fn check_rows(keys: &[f32], values: &[f32], offs: &[usize], col: usize, d: usize
     }
 }
 
-/// One query head (see `score_rows`, `softmax_numerators`, `wsum_rows`); other head sizes:
+/// One query head (see `score_rows`, `softmax`, `wsum_rows`); other head sizes:
 /// `attend_body!`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -275,9 +367,9 @@ unsafe fn attend(
         scale,
         scores.as_mut_ptr(),
     );
-    let inv = softmax_numerators(scores);
+    softmax(scores);
     let (vp, w) = (values.as_ptr().add(col), [scores.as_ptr()]);
-    wsum_rows::<1, true>(vp, d, offs, w, [inv], [out.as_mut_ptr()], true);
+    wsum_rows::<1, true>(vp, d, offs, w, [out.as_mut_ptr()], true);
 }
 
 /// Several queries of one head over nested position lists (see `crate::attend_queries`):
@@ -309,44 +401,61 @@ unsafe fn attend_multi(
     }
     check_rows(keys, values, offs, col, d);
     let l = offs.len();
-    // Scores [query][position], one `1 / Σ` per query, then each query's partial weighted
-    // sums of even and odd positions ([query][even d, odd d]).
+    // Scores [query][position], then each query's partial weighted sums of even and odd
+    // positions ([query][even d, odd d]).
     scores.clear();
-    scores.resize(nq * l + nq + nq * 2 * d, 0.0);
+    scores.resize(nq * l + nq * 2 * d, 0.0);
     let (kp, vp, sp) = (
         keys.as_ptr().add(col),
         values.as_ptr().add(col),
         scores.as_mut_ptr(),
     );
-    const BLOCK: usize = 64;
-    let mut b = 0;
-    while b < l {
-        let e = (b + BLOCK).min(l);
-        for (t, &len) in lens.iter().enumerate() {
-            if len > b {
-                score_rows(
-                    q.as_ptr().add(t * d),
-                    d,
-                    kp,
-                    &offs[b..e.min(len)],
-                    scale,
-                    sp.add(t * l + b),
-                );
+    // Keys eight positions at a time, transposed once for all the queries that see all eight
+    // (a query's last few positions: `score_rows`, as the single-query call has them).
+    // Eight transposed key rows (d ≤ 256), on the stack: written before each read.
+    let mut kt_store = core::mem::MaybeUninit::<[__m256; 256]>::uninit();
+    let kt = kt_store.as_mut_ptr() as *mut f32;
+    let mut i = 0;
+    while i < l {
+        // A group's work for all queries spans more instructions than the out-of-order window,
+        // so the next rows' cache misses would wait for it (the full cache's rows come from L3:
+        // 1.9x slower than from L1 without this): keys two groups ahead into L1, values into
+        // L2 for the weighted sums.
+        if i + 24 <= l {
+            for &o in &offs[i + 16..i + 24] {
+                let mut c = 0;
+                while c < d {
+                    _mm_prefetch::<_MM_HINT_T0>(kp.add(o + c) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T1>(vp.add(o + c) as *const i8);
+                    c += 16;
+                }
+                _mm_prefetch::<_MM_HINT_T0>(kp.add(o + d - 1) as *const i8);
+                _mm_prefetch::<_MM_HINT_T1>(vp.add(o + d - 1) as *const i8);
             }
         }
-        b = e;
+        if i + 8 <= l {
+            transpose_rows8(kp, &offs[i..i + 8], d, kt);
+        }
+        for (t, &len) in lens.iter().enumerate() {
+            if len >= i + 8 {
+                score8_transposed(q.as_ptr().add(t * d), d, kt, scale, sp.add(t * l + i));
+            } else if len > i {
+                let qt = q.as_ptr().add(t * d);
+                score_rows(qt, d, kp, &offs[i..len], scale, sp.add(t * l + i));
+            }
+        }
+        i += 8;
     }
+    const BLOCK: usize = 64;
     // Plain loops: a closure here would be compiled without the kernel's features.
     for (t, &len) in lens.iter().enumerate() {
-        *sp.add(nq * l + t) =
-            softmax_numerators(core::slice::from_raw_parts_mut(sp.add(t * l), len));
+        softmax(core::slice::from_raw_parts_mut(sp.add(t * l), len));
     }
-    let invs = core::slice::from_raw_parts(sp.add(nq * l), nq);
     // Values in the same blocks, two queries at a time (one load of each row for both). The
     // even/odd partial sums carry from block to block in memory where the single-query call
     // keeps them in registers, so every query's output equals `attend`'s bit for bit (a batch's
     // verification then picks exactly the tokens plain decoding picks).
-    let part = sp.add(nq * l + nq);
+    let part = sp.add(nq * l);
     let mut b = 0;
     while b < l {
         let e = (b + BLOCK).min(l);
@@ -356,18 +465,18 @@ unsafe fn attend_multi(
                 if let Some(t0) = pending.take() {
                     let w = [sp.add(t0 * l + b) as *const f32, sp.add(t * l + b)];
                     let pt = [part.add(t0 * 2 * d), part.add(t * 2 * d)];
-                    wsum_rows::<2, false>(vp, d, &offs[b..e], w, [invs[t0], invs[t]], pt, b == 0);
+                    wsum_rows::<2, false>(vp, d, &offs[b..e], w, pt, b == 0);
                 } else {
                     pending = Some(t);
                 }
             } else if len > b {
                 let (w, pt) = (sp.add(t * l + b) as *const f32, part.add(t * 2 * d));
-                wsum_rows::<1, false>(vp, d, &offs[b..len], [w], [invs[t]], [pt], b == 0);
+                wsum_rows::<1, false>(vp, d, &offs[b..len], [w], [pt], b == 0);
             }
         }
         if let Some(t) = pending {
             let (w, pt) = (sp.add(t * l + b) as *const f32, part.add(t * 2 * d));
-            wsum_rows::<1, false>(vp, d, &offs[b..e], [w], [invs[t]], [pt], b == 0);
+            wsum_rows::<1, false>(vp, d, &offs[b..e], [w], [pt], b == 0);
         }
         b = e;
     }
@@ -383,8 +492,8 @@ unsafe fn attend_multi(
     }
 }
 
-/// Weighted sums of value rows for `N` queries over the same rows: `Σ_i w[u][i] · inv[u] ·
-/// value row at vp + offs[i]`, 16 values at a time in registers, each value row loaded once
+/// Weighted sums of value rows for `N` queries over the same rows: `Σ_i w[u][i] · value row
+/// at vp + offs[i]`, 16 values at a time in registers, each value row loaded once
 /// for the `N` queries. Even and odd positions go to separate accumulators (a lone last
 /// position to the even ones; an axpy per position would go through memory, a store-to-load
 /// chain). With `SUM`, `dst[u]` is query `u`'s output and receives even + odd (`first` must
@@ -397,7 +506,6 @@ unsafe fn wsum_rows<const N: usize, const SUM: bool>(
     d: usize,
     offs: &[usize],
     w: [*const f32; N],
-    inv: [f32; N],
     dst: [*mut f32; N],
     first: bool,
 ) {
@@ -425,7 +533,7 @@ unsafe fn wsum_rows<const N: usize, const SUM: bool>(
                 let v0 = _mm256_loadu_ps(v);
                 let v1 = if two { _mm256_loadu_ps(v.add(8)) } else { v0 };
                 for u in 0..N {
-                    let wv = _mm256_set1_ps(*w[u].add(p + e) * inv[u]);
+                    let wv = _mm256_set1_ps(*w[u].add(p + e));
                     acc[u][e][0] = _mm256_fmadd_ps(wv, v0, acc[u][e][0]);
                     if two {
                         acc[u][e][1] = _mm256_fmadd_ps(wv, v1, acc[u][e][1]);
@@ -439,7 +547,7 @@ unsafe fn wsum_rows<const N: usize, const SUM: bool>(
             let v0 = _mm256_loadu_ps(v);
             let v1 = if two { _mm256_loadu_ps(v.add(8)) } else { v0 };
             for u in 0..N {
-                let wv = _mm256_set1_ps(*w[u].add(p) * inv[u]);
+                let wv = _mm256_set1_ps(*w[u].add(p));
                 acc[u][0][0] = _mm256_fmadd_ps(wv, v0, acc[u][0][0]);
                 if two {
                     acc[u][0][1] = _mm256_fmadd_ps(wv, v1, acc[u][0][1]);
