@@ -5,13 +5,16 @@
 //! rows lets one 512-bit `vpdpbusd` (or four 128-bit `sdot`) work on 16 rows at once with a
 //! broadcast activation word, and 16 scales convert with one instruction.
 //!
-//! Layout of one group of 16 rows with `nb` blocks per row (`group_bytes(ty, nb)` bytes, a
-//! multiple of 64): first the quants, `QS` bytes per block column `b` (256 for Q4_0, 512 for
+//! Layout of one group of 16 rows with `nb` blocks per row (`group_bytes_of(ty, nb)` bytes, a
+//! multiple of 64): the quants of block column `b` take `QS` bytes (256 for Q4_0, 512 for
 //! Q8_0), made of 64-byte chunks `k`, where bytes `4r..4r + 4` of chunk `k` are bytes
 //! `4k..4k + 4` of row `r`'s `qs` (Q4_0: low nibbles are values `4k..4k + 4`, high nibbles
-//! values `16 + 4k..16 + 4k + 4`; Q8_0: values `4k..4k + 4`, as stored); then the scales,
-//! 32 bytes per block column (16 f16, row order). Rows past the last whole group are kept as
-//! plain rows.
+//! values `16 + 4k..16 + 4k + 4`; Q8_0: values `4k..4k + 4`, as stored); the scales of a
+//! column take 32 bytes (16 f16, row order). Q8_0: all quants, then all scales. Q4_0: pairs
+//! of columns, each pair's quants followed by its scales (`q4_offsets`), so that a group is
+//! one stream of memory (decoding read the scales as a second stream per group before, and
+//! the kernels' share of the read bandwidth was lower; see `benches/roofline.rs`). Rows past
+//! the last whole group are kept as plain rows.
 
 use crate::{GgmlType, Matrix};
 
@@ -33,9 +36,20 @@ pub(crate) fn streams() -> bool {
 /// Rows per interleaved group.
 pub(crate) const GROUP: usize = 16;
 
-/// Bytes of one group of 16 Q4_0 rows of `nb` blocks (padded to 64).
+/// Bytes of one group of 16 Q4_0 rows of `nb` blocks: 576 per pair of block columns, 320 for
+/// a last odd one (both multiples of 64).
 pub(crate) fn group_bytes(nb: usize) -> usize {
-    (nb * 18 * GROUP).div_ceil(64) * 64
+    nb / 2 * 576 + nb % 2 * 320
+}
+
+/// Byte offsets of block column `b`'s quants and scales in a Q4_0 group of `nb` columns: pair
+/// `b / 2` starts at `576 · (b / 2)` with its columns' quants (256 bytes each), then their
+/// scales (32 bytes each).
+#[inline(always)]
+pub(crate) fn q4_offsets(nb: usize, b: usize) -> (usize, usize) {
+    let (pair, c) = (b / 2, b % 2);
+    let cols = (nb - 2 * pair).min(2);
+    (576 * pair + 256 * c, 576 * pair + 256 * cols + 32 * c)
 }
 
 /// Bytes of one group of 16 Q8_0 rows of `nb` blocks (padded to 64).
@@ -177,15 +191,19 @@ pub(crate) fn repack_always(w: &Matrix<'_>) -> Option<PackedMatrix> {
     let gb = group_bytes_of(w.ty, nb);
     let mut groups = huge_page_vec(n_groups * gb / 64, Line([0; 64]));
     let bytes = bytemuck_lines_mut(&mut groups);
+    // Where block column b's quants and scales go in a group.
+    let offsets = |b: usize| match w.ty {
+        GgmlType::Q4_0 => q4_offsets(nb, b),
+        _ => (qs_bytes * b, nb * qs_bytes + 32 * b),
+    };
     for (g, dst) in bytes.chunks_exact_mut(gb).enumerate() {
-        let (qs, scales) = dst.split_at_mut(nb * qs_bytes);
         for r in 0..GROUP {
             let row = &w.data[(g * GROUP + r) * row_bytes..][..row_bytes];
             for (b, blk) in row.chunks_exact(bb).enumerate() {
-                scales[32 * b + 2 * r..][..2].copy_from_slice(&blk[..2]);
+                let (qo, so) = offsets(b);
+                dst[so + 2 * r..][..2].copy_from_slice(&blk[..2]);
                 for k in 0..qs_bytes / 64 {
-                    qs[qs_bytes * b + 64 * k + 4 * r..][..4]
-                        .copy_from_slice(&blk[2 + 4 * k..2 + 4 * k + 4]);
+                    dst[qo + 64 * k + 4 * r..][..4].copy_from_slice(&blk[2 + 4 * k..2 + 4 * k + 4]);
                 }
             }
         }

@@ -2,7 +2,7 @@
 
 use super::{F32View, Kernels, Q8View};
 use crate::blocks::{bf16_to_f32, f16_to_f32, QK};
-use crate::packed::{group_bytes, group_bytes_q8, GROUP};
+use crate::packed::{group_bytes, group_bytes_q8, q4_offsets, GROUP};
 use crate::quantize::quantize_block_q8_0;
 
 pub(crate) static KERNELS: Kernels = Kernels {
@@ -187,18 +187,15 @@ pub(crate) fn mm_bf16(w: &[u8], rows: usize, act: F32View<'_>, out: &mut [f32], 
 pub(crate) fn mm_q4_0x16(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) {
     let nb = act.nb;
     for (g, grp) in w.chunks(group_bytes(nb)).take(groups).enumerate() {
-        let (qs, scales) = grp.split_at(nb * 256);
         for t in 0..act.n {
             let mut sum = [0f32; GROUP];
             for b in 0..nb {
                 let i = t * nb + b;
                 let qa = &act.qs[i * QK..(i + 1) * QK];
-                let blk = &qs[256 * b..];
+                let (qo, so) = q4_offsets(nb, b);
+                let (blk, scales) = (&grp[qo..], &grp[so..]);
                 for (r, sum) in sum.iter_mut().enumerate() {
-                    let dw = f16_to_f32(u16::from_le_bytes([
-                        scales[32 * b + 2 * r],
-                        scales[32 * b + 2 * r + 1],
-                    ]));
+                    let dw = f16_to_f32(u16::from_le_bytes([scales[2 * r], scales[2 * r + 1]]));
                     let mut isum = 0i32;
                     for k in 0..4 {
                         for j in 0..4 {

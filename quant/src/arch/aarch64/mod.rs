@@ -12,7 +12,7 @@ use core::arch::asm;
 
 use super::{check_packed, check_q8, F32View, Q8View};
 use crate::blocks::{f16_to_f32, f32_to_f16, QK};
-use crate::packed::{group_bytes, group_bytes_q8};
+use crate::packed::{group_bytes, group_bytes_q8, q4_offsets};
 
 /// `acc + Σ a·b` over 16 byte pairs, spread over the four lanes in some order.
 #[inline(always)]
@@ -289,17 +289,17 @@ unsafe fn group_q4_0x16<const NT: usize>(
     t0: usize,
 ) -> [[float32x4_t; 4]; NT] {
     let nb = act.nb;
-    let sc = g.add(nb * 256);
     let mask = vdupq_n_u8(0x0f);
     let mut acc = [[vdupq_n_f32(0.0); 4]; NT];
     for b in 0..nb {
-        let q = g.add(256 * b);
+        let (qo, so) = q4_offsets(nb, b);
+        let (q, sc) = (g.add(qo), g.add(so));
         let a: [(int8x16_t, int8x16_t); NT] = core::array::from_fn(|t| {
             let p = act.qs.as_ptr().add(((t0 + t) * nb + b) * QK);
             (vld1q_s8(p), vld1q_s8(p.add(16)))
         });
         for quad in 0..4 {
-            let dw = cvt_f16x4(vld1_u16(sc.add(32 * b + 8 * quad) as *const u16));
+            let dw = cvt_f16x4(vld1_u16(sc.add(8 * quad) as *const u16));
             let c: [uint8x16_t; 4] = core::array::from_fn(|k| vld1q_u8(q.add(64 * k + 16 * quad)));
             let lo: [int8x16_t; 4] =
                 core::array::from_fn(|k| vreinterpretq_s8_u8(vandq_u8(c[k], mask)));

@@ -6,7 +6,7 @@ use core::arch::x86_64::*;
 
 use crate::arch::check_packed;
 use crate::blocks::QK;
-use crate::packed::{group_bytes, group_bytes_q8};
+use crate::packed::{group_bytes, group_bytes_q8, q4_offsets};
 
 super::kernel_set!(
     "avx512vnni",
@@ -33,13 +33,13 @@ super::kernel_set!(@wrap "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", m
 /// 3), so the out-of-order window covers few lines; with one stream this prefetch gained 5–10%
 /// (`benches/roofline.rs`). With the three streams of `stream_groups!` it cost ~10% instead
 /// (more requests than the fill buffers hold), so those do without.
-const PREFETCH: usize = 8192;
+const PREFETCH: usize = 4096;
 
 /// Prefetches `N` consecutive 64-byte lines from `p` into L2 (a hint: never faults).
 #[inline(always)]
 unsafe fn prefetch_lines<const N: usize>(p: *const u8) {
     for k in 0..N {
-        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(64 * k) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64 * k) as *const i8);
     }
 }
 
@@ -72,10 +72,12 @@ unsafe fn group<const NT: usize, const S: usize>(
     let (qa, da, sa) = act_ptrs::<NT>(act, t0);
     let mut acc = [[_mm512_setzero_ps(); NT]; S];
     for b in 0..nb {
+        let (qo, so) = q4_offsets(nb, b);
         for (j, &g) in gs.iter().enumerate() {
-            let q = g.add(256 * b);
+            let q = g.add(qo);
             if S == 1 {
-                prefetch_lines::<4>(q.wrapping_add(PREFETCH));
+                // The column's quants and (every other column) the pair's scales line.
+                prefetch_lines::<5>(q.wrapping_add(PREFETCH));
             }
             let c: [__m512i; 4] =
                 core::array::from_fn(|k| _mm512_loadu_si512(q.add(64 * k) as *const _));
@@ -83,9 +85,7 @@ unsafe fn group<const NT: usize, const S: usize>(
             // High nibbles left in place (16 × value): one AND instead of a shift and an AND;
             // their sums are exact multiples of 16, divided back below.
             let hi: [__m512i; 4] = core::array::from_fn(|k| _mm512_and_si512(c[k], mask_hi));
-            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(
-                g.add(nb * 256 + 32 * b) as *const __m256i
-            ));
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(g.add(so) as *const __m256i));
             for t in 0..NT {
                 let a = qa[t].add(b * QK / 4);
                 // Σ nibble·a − 8·Σ a, exact in each lane.

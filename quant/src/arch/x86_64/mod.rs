@@ -11,7 +11,7 @@ use core::arch::x86_64::*;
 
 use super::{check_packed, check_q8, F32View, Q8View};
 use crate::blocks::{f16_to_f32, f32_to_f16, QK};
-use crate::packed::{group_bytes, group_bytes_q8};
+use crate::packed::{group_bytes, group_bytes_q8, q4_offsets};
 
 /// Horizontal sum of 8 floats.
 #[inline(always)]
@@ -769,9 +769,9 @@ unsafe fn group_q4_0x16<const NT: usize, const VNNI: bool, const S: usize>(
     let mask = _mm256_set1_epi8(0x0f);
     let mut acc = [[[_mm256_setzero_ps(); NT]; 2]; S];
     for b in 0..nb {
+        let (qo, so) = q4_offsets(nb, b);
         for (j, &g) in gs.iter().enumerate() {
-            let q = g.add(256 * b);
-            let sc = g.add(nb * 256);
+            let (q, sc) = (g.add(qo), g.add(so));
             for h in 0..2 {
                 let c: [__m256i; 4] = core::array::from_fn(|k| {
                     _mm256_loadu_si256(q.add(64 * k + 32 * h) as *const __m256i)
@@ -779,8 +779,7 @@ unsafe fn group_q4_0x16<const NT: usize, const VNNI: bool, const S: usize>(
                 let lo: [__m256i; 4] = core::array::from_fn(|k| _mm256_and_si256(c[k], mask));
                 let hi: [__m256i; 4] =
                     core::array::from_fn(|k| _mm256_and_si256(_mm256_srli_epi16(c[k], 4), mask));
-                let dw =
-                    _mm256_cvtph_ps(_mm_loadu_si128(sc.add(32 * b + 16 * h) as *const __m128i));
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(sc.add(16 * h) as *const __m128i));
                 for t in 0..NT {
                     let i = (t0 + t) * nb + b;
                     let a = act.qs.as_ptr().add(i * QK) as *const i32;
