@@ -252,9 +252,7 @@ impl Model {
         );
         // `up` takes the same activations: reuse the prepared ones when the types pair alike.
         self.linear(&b.up, &ws.xn, n, &mut ws.up, &mut ws.act, &mut ws.scatter);
-        for (g, u) in ws.gate.iter_mut().zip(&ws.up) {
-            *g = *g / (1.0 + (-*g).exp()) * u;
-        }
+        raven_quant::silu_mul(&mut ws.gate, &ws.up);
         let gate = std::mem::take(&mut ws.gate);
         self.linear(&b.down, &gate, n, &mut ws.tmp, &mut ws.act, &mut ws.scatter);
         ws.gate = gate;

@@ -54,7 +54,7 @@ mod par;
 
 pub use matmul::{
     activation_type, attend_head, attend_queries, axpy_f32, can_matmul, dot_f32, isa, matmul,
-    ActivationType, Activations, Matrix, VecDot, Weights,
+    silu_mul, ActivationType, Activations, Matrix, VecDot, Weights,
 };
 pub use packed::{huge_page_vec, repack, set_streams, PackedMatrix};
 pub use par::{par_matmul, SERIAL_WORK};

@@ -531,6 +531,12 @@ pub fn attend_queries(
     (arch::kernels().attend_multi)(q, d, keys, values, offs, lens, col, scale, scores, out, ldo)
 }
 
+/// `g[i] = silu(g[i]) · u[i] = g[i] / (1 + e^(−g[i])) · u[i]` over the common length (the
+/// gated MLP), with the chosen SIMD kernels (within a few ulp of `f32::exp`'s result).
+pub fn silu_mul(g: &mut [f32], u: &[f32]) {
+    (arch::kernels().silu_mul)(g, u)
+}
+
 /// `Σ a[i] · b[i]` over the common length, with the chosen SIMD kernels.
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     (arch::kernels().dot_f32)(a, b)

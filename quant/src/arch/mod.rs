@@ -300,6 +300,8 @@ pub(crate) struct Kernels {
     pub quantize_q8: QuantizeQ8Fn,
     pub dot_f32: fn(&[f32], &[f32]) -> f32,
     pub axpy_f32: fn(f32, &[f32], &mut [f32]),
+    /// `g[i] = silu(g[i]) · u[i]` over the common length (the gated MLP).
+    pub silu_mul: fn(&mut [f32], &[f32]),
     pub attend: AttendFn,
     pub attend_multi: AttendMultiFn,
     pub mm_q8_0: MatQ8Fn,

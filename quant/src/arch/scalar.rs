@@ -10,6 +10,7 @@ pub(crate) static KERNELS: Kernels = Kernels {
     quantize_q8,
     dot_f32,
     axpy_f32,
+    silu_mul,
     attend,
     attend_multi,
     mm_q8_0,
@@ -21,6 +22,12 @@ pub(crate) static KERNELS: Kernels = Kernels {
     mm_q8_0x16,
     packed_pays: false,
 };
+
+pub(crate) fn silu_mul(g: &mut [f32], u: &[f32]) {
+    for (g, u) in g.iter_mut().zip(u) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
 
 pub(crate) fn quantize_q8(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [i32]) {
     let blocks = x

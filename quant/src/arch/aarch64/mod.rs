@@ -415,6 +415,7 @@ macro_rules! kernel_set {
             quantize_q8,
             dot_f32,
             axpy_f32,
+            silu_mul: crate::arch::scalar::silu_mul,
             attend,
             attend_multi,
             mm_q8_0,

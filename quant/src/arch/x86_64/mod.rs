@@ -270,6 +270,28 @@ unsafe fn score8_transposed(qp: *const f32, d: usize, kt: *const f32, scale: f32
     _mm256_storeu_ps(dst, _mm256_mul_ps(s, _mm256_set1_ps(scale)));
 }
 
+/// `g[i] = g[i] / (1 + e^(−g[i])) · u[i]`, eight at a time (`exp8`; its clamp keeps
+/// `e^(−g)` finite, so a very negative `g` gives a tiny value where `f32::exp` gives −0).
+#[inline(always)]
+unsafe fn silu_mul(g: &mut [f32], u: &[f32]) {
+    let n = g.len().min(u.len());
+    let (gp, up) = (g.as_mut_ptr(), u.as_ptr());
+    let one = _mm256_set1_ps(1.0);
+    let mut i = 0;
+    while i + 8 <= n {
+        let x = _mm256_loadu_ps(gp.add(i));
+        let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), x));
+        let s = _mm256_div_ps(x, _mm256_add_ps(one, e));
+        _mm256_storeu_ps(gp.add(i), _mm256_mul_ps(s, _mm256_loadu_ps(up.add(i))));
+        i += 8;
+    }
+    while i < n {
+        let x = *gp.add(i);
+        *gp.add(i) = x / (1.0 + (-x).exp()) * *up.add(i);
+        i += 1;
+    }
+}
+
 /// Softmax in place: `e^(s − max)` eight at a time, then each times `1 / Σ` (the weights
 /// `wsum_rows` takes).
 #[inline(always)]
@@ -918,6 +940,7 @@ macro_rules! kernel_set {
             quantize_q8,
             dot_f32,
             axpy_f32,
+            silu_mul,
             attend,
             attend_multi,
             mm_q8_0,
@@ -941,6 +964,7 @@ macro_rules! kernel_set {
 
         $crate::arch::x86_64::kernel_set!(@wrap $features, quantize_q8(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [i32]) -> () = super::quantize_q8);
         $crate::arch::x86_64::kernel_set!(@wrap $features, dot_f32(a: &[f32], b: &[f32]) -> f32 = super::dot_f32);
+        $crate::arch::x86_64::kernel_set!(@wrap $features, silu_mul(g: &mut [f32], u: &[f32]) -> () = super::silu_mul);
         $crate::arch::x86_64::kernel_set!(@wrap $features, axpy_f32(alpha: f32, x: &[f32], y: &mut [f32]) -> () = super::axpy_f32);
         $crate::arch::x86_64::kernel_set!(@wrap $features, attend_multi(q: &[f32], d: usize, keys: &[f32], values: &[f32], offs: &[usize], lens: &[usize], col: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32], ldo: usize) -> () = super::attend_multi);
         $crate::arch::x86_64::kernel_set!(@wrap $features, attend(q: &[f32], keys: &[f32], values: &[f32], offs: &[usize], col: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) -> () = super::attend);
