@@ -453,10 +453,12 @@ impl Session {
         self.spec
     }
 
-    /// Self-speculative greedy decoding (the reference's `generate_speculative`): draft
+    /// Self-speculative greedy decoding (the reference's `generate_speculative`): draft up to
     /// `lookahead` tokens one at a time with `draft_steps` iterations, verify them in one batched
     /// pass with the full iterations (each weight read once for all of them), keep the prefix the
-    /// full model agrees with plus its own next token. With greedy sampling, `init_scale` 0 and
+    /// full model agrees with plus its own next token. The number drafted adapts
+    /// ([`next_lookahead`]): where drafts disagree few are wasted, where they agree the batches
+    /// grow back to `lookahead`. With greedy sampling, `init_scale` 0 and
     /// the `full` cache the output is exactly that of [`Session::generate`] (the verification
     /// pass lets each drafted token read the others' entries of the same iteration, which is
     /// what plain decoding leaves only in a `full` cache; drafts read the deep entries of
@@ -503,6 +505,7 @@ impl Session {
         let m = self.model.clone();
         let v = m.config.n_vocab;
         let mut round_ms = 0.0;
+        let mut want = lookahead;
         while all.len() < max_new {
             // `next` is the full model's choice: emit it, then feed it with the drafts.
             if self.is_stop(next, stops) {
@@ -524,7 +527,7 @@ impl Session {
             }
             let t0 = Instant::now();
             let l = self.history.len();
-            let k = lookahead.min(max_new - all.len());
+            let k = want.min(max_new - all.len());
             if l + k > self.cache.ctx() {
                 return Err(RavenError::ContextOverflow {
                     needed: l + k,
@@ -591,6 +594,7 @@ impl Session {
                 .take_while(|(p, d)| p == d)
                 .count();
             let committed = (matched + 1).min(k);
+            want = next_lookahead(want, k, matched, lookahead);
             self.spec.rounds += 1;
             self.spec.drafted += k;
             self.spec.accepted += matched;
@@ -625,5 +629,37 @@ impl Session {
             }
         }
         Ok(all)
+    }
+}
+
+/// Tokens to draft in the next speculative round, after `matched` of `drafted` were accepted
+/// with `want` asked for: twice `want` after a fully accepted round, one more than the accepted
+/// ones after a rejection, always 1 to `max`. (Drafts that disagree cost a draft each and make
+/// the verification batch longer for nothing; a fixed `max` wasted most of that on a model whose
+/// drafts agree rarely.)
+pub fn next_lookahead(want: usize, drafted: usize, matched: usize, max: usize) -> usize {
+    let next = if matched >= drafted {
+        2 * want
+    } else {
+        matched + 1
+    };
+    next.clamp(1, max.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_lookahead;
+
+    #[test]
+    fn lookahead_shrinks_on_rejection_and_grows_back() {
+        assert_eq!(next_lookahead(16, 16, 16, 16), 16); // all accepted, at the cap
+        assert_eq!(next_lookahead(16, 16, 3, 16), 4); // rejected after 3
+        assert_eq!(next_lookahead(4, 4, 0, 16), 1); // the first draft wrong
+        assert_eq!(next_lookahead(1, 1, 1, 16), 2);
+        assert_eq!(next_lookahead(2, 2, 2, 16), 4);
+        assert_eq!(next_lookahead(8, 8, 8, 12), 12);
+        // A round cut short by the token limit counts as fully accepted.
+        assert_eq!(next_lookahead(8, 3, 3, 16), 16);
+        assert_eq!(next_lookahead(5, 5, 5, 0), 1);
     }
 }

@@ -51,8 +51,8 @@ pub struct BenchArgs {
     /// Also decode greedily with self-speculative decoding (draft iterations) and compare.
     #[arg(long = "draft-steps")]
     draft_steps: Option<usize>,
-    /// Drafted tokens per verification.
-    #[arg(long = "lookahead", default_value_t = 8)]
+    /// Most drafted tokens per verification (fewer after a rejected draft).
+    #[arg(long = "lookahead", default_value_t = 16)]
     lookahead: usize,
     /// Keep Q4_0/Q8_0 weights in the file's row layout (no load-time repacking).
     #[arg(long = "no-repack")]

@@ -89,8 +89,9 @@ pub struct GenArgs {
     /// when it fits, and --init-scale 0).
     #[arg(long = "draft-steps")]
     pub draft_steps: Option<usize>,
-    /// Tokens drafted per verification with --draft-steps.
-    #[arg(long = "lookahead", default_value_t = 8)]
+    /// Most tokens drafted per verification with --draft-steps (fewer after a rejected draft,
+    /// doubling back after fully accepted rounds).
+    #[arg(long = "lookahead", default_value_t = 16)]
     pub lookahead: usize,
     /// Keep generating past end-of-sequence tokens (for timing long outputs).
     #[arg(long = "ignore-eos")]
