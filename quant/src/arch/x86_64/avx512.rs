@@ -192,5 +192,6 @@ macro_rules! zmm_packed {
 zmm_packed!(zmm_q4_0x16, group, group_bytes, true);
 // Q8_0 streams at 85–90% of the bandwidth one group at a time; three streams lost ~10%,
 // prefetching 4 KiB ahead 5–15 points, and Q4_0's pair layout (scales after each pair of
-// columns) 3–13 points (`benches/roofline.rs` and an A/B in one process, side by side).
+// columns) 5 points on average, −13 to +1 over 9 runs (`benches/roofline.rs` and an A/B in
+// one process, side by side).
 zmm_packed!(zmm_q8_0x16, group_q8, group_bytes_q8, false);
