@@ -28,14 +28,16 @@ super::kernel_set!(@wrap "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", m
 
 super::kernel_set!(@wrap "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", mm_q8_0x16(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) -> () = zmm_q8_0x16);
 
-/// How far ahead of the Q4_0 quants being multiplied to prefetch into L2 (bytes), when one
+/// How far ahead of the Q4_0 quants being multiplied to prefetch into L1 (bytes), when one
 /// group streams at a time. The Q4_0 kernel issues about 9 instructions per 64-byte line (Q8_0:
-/// 3), so the out-of-order window covers few lines; with one stream this prefetch gained 5–10%
-/// (`benches/roofline.rs`). With the three streams of `stream_groups!` it cost ~10% instead
-/// (more requests than the fill buffers hold), so those do without.
+/// 3), so the out-of-order window covers few lines; with one stream a prefetch into L2 8 KiB
+/// ahead gained 5–10% (`benches/roofline.rs`), and with the pair layout a standalone test of
+/// one stream found L1 at 4 KiB best (L2 at 4–8 KiB lost ~10 points). With the three streams
+/// of `stream_groups!` it cost ~10% instead (more requests than the fill buffers hold), so
+/// those do without.
 const PREFETCH: usize = 4096;
 
-/// Prefetches `N` consecutive 64-byte lines from `p` into L2 (a hint: never faults).
+/// Prefetches `N` consecutive 64-byte lines from `p` into L1 (a hint: never faults).
 #[inline(always)]
 unsafe fn prefetch_lines<const N: usize>(p: *const u8) {
     for k in 0..N {

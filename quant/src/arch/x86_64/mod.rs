@@ -285,11 +285,7 @@ unsafe fn silu_mul(g: &mut [f32], u: &[f32]) {
         _mm256_storeu_ps(gp.add(i), _mm256_mul_ps(s, _mm256_loadu_ps(up.add(i))));
         i += 8;
     }
-    while i < n {
-        let x = *gp.add(i);
-        *gp.add(i) = x / (1.0 + (-x).exp()) * *up.add(i);
-        i += 1;
-    }
+    super::scalar::silu_mul(&mut g[i..n], &u[i..n]);
 }
 
 /// Softmax in place: `e^(s − max)` eight at a time, then each times `1 / Σ` (the weights
@@ -432,9 +428,9 @@ unsafe fn attend_multi(
         values.as_ptr().add(col),
         scores.as_mut_ptr(),
     );
-    // Keys eight positions at a time, transposed once for all the queries that see all eight
-    // (a query's last few positions: `score_rows`, as the single-query call has them).
-    // Eight transposed key rows (d ≤ 256), on the stack: written before each read.
+    // Keys eight positions at a time, transposed once (into `kt`, on the stack: d ≤ 256, each
+    // value written before it is read) for all the queries that see all eight; a query's last
+    // few positions go through `score_rows`, as the single-query call has them.
     let mut kt_store = core::mem::MaybeUninit::<[__m256; 256]>::uninit();
     let kt = kt_store.as_mut_ptr() as *mut f32;
     let mut i = 0;
