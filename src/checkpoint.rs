@@ -1,5 +1,9 @@
 //! Reading a Hugging Face Huginn checkpoint: `config.json` plus bf16/f16/f32 safetensors shards,
-//! with or without `model.safetensors.index.json`, memory-mapped.
+//! with or without `model.safetensors.index.json`.
+//!
+//! Only the shards' headers are mapped; tensor data is read on demand with positioned reads
+//! ([`Checkpoint::elems_f32`]), so converting a 7 GB checkpoint keeps a few megabytes resident
+//! instead of every page it has touched.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -20,11 +24,11 @@ pub struct CkptTensor {
     pub dtype: Dtype,
     /// Shape, outermost first (PyTorch order).
     pub shape: Vec<usize>,
-    /// Byte range inside the shard's mapping.
-    pub range: std::ops::Range<usize>,
+    /// Byte range inside the shard file.
+    pub range: std::ops::Range<u64>,
 }
 
-/// A memory-mapped, validated Hugging Face checkpoint.
+/// A validated Hugging Face checkpoint whose tensors are read on demand.
 pub struct Checkpoint {
     /// The checkpoint directory.
     pub dir: PathBuf,
@@ -32,8 +36,29 @@ pub struct Checkpoint {
     pub config: Config,
     /// Shard file paths.
     pub shards: Vec<PathBuf>,
-    maps: Vec<Mmap>,
+    files: Vec<File>,
     tensors: BTreeMap<String, CkptTensor>,
+}
+
+/// Reads `buf.len()` bytes of `f` at offset `off` without moving a shared cursor.
+fn read_at(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(f, buf, off)
+    }
+    #[cfg(windows)]
+    {
+        let (mut done, mut off) = (0usize, off);
+        while done < buf.len() {
+            let n = std::os::windows::fs::FileExt::seek_read(f, &mut buf[done..], off)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            done += n;
+            off += n as u64;
+        }
+        Ok(())
+    }
 }
 
 fn ckpt_err(path: &Path, msg: impl Into<String>) -> RavenError {
@@ -190,23 +215,26 @@ impl Checkpoint {
         }
         let config = Config::from_hf_json(&cfg_path)?;
         let shards = shard_files(dir)?;
-        let mut maps = Vec::new();
+        let mut files = Vec::new();
         let mut tensors = BTreeMap::new();
         for (si, p) in shards.iter().enumerate() {
             let f = File::open(p).map_err(|e| RavenError::io(p, e))?;
+            // The header is parsed from a mapping (only its first pages are touched, and the
+            // mapping is dropped at the end of this iteration); the data is read with
+            // positioned reads later, so it never stays resident.
             // SAFETY: the mapping is read-only; a file changed underneath us while mapped is
             // documented as unsupported (README, "Memory mapping").
             let map = unsafe { Mmap::map(&f) }.map_err(|e| RavenError::io(p, e))?;
-            let st = SafeTensors::deserialize(&map)
+            let (n, meta) = SafeTensors::read_metadata(&map)
                 .map_err(|e| ckpt_err(p, format!("not a valid safetensors file: {e}")))?;
-            let base = map.as_ptr() as usize;
-            for (name, view) in st.tensors() {
-                let start = view.data().as_ptr() as usize - base;
+            let base = 8 + n as u64;
+            for (name, info) in meta.tensors() {
+                let (a, b) = info.data_offsets;
                 let t = CkptTensor {
                     shard: si,
-                    dtype: view.dtype(),
-                    shape: view.shape().to_vec(),
-                    range: start..start + view.data().len(),
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    range: base + a as u64..base + b as u64,
                 };
                 if tensors.insert(name.clone(), t).is_some() {
                     return Err(ckpt_err(
@@ -215,13 +243,13 @@ impl Checkpoint {
                     ));
                 }
             }
-            maps.push(map);
+            files.push(f);
         }
         let ck = Checkpoint {
             dir: dir.to_path_buf(),
             config,
             shards,
-            maps,
+            files,
             tensors,
         };
         ck.validate()?;
@@ -312,40 +340,64 @@ impl Checkpoint {
         self.tensors.keys().map(|s| s.as_str())
     }
 
-    /// Raw little-endian bytes of a tensor.
-    pub fn bytes(&self, t: &CkptTensor) -> &[u8] {
-        &self.maps[t.shard][t.range.clone()]
+    /// Number of elements of a tensor.
+    pub fn n_elems(t: &CkptTensor) -> usize {
+        t.shape.iter().product()
     }
 
-    /// Rows `rows` of a tensor viewed as 2-D `[shape[0], rest]`, converted to f32 into `out`.
-    pub fn rows_f32(&self, t: &CkptTensor, rows: std::ops::Range<usize>, out: &mut Vec<f32>) {
-        let cols: usize = t.shape.iter().skip(1).product::<usize>().max(1);
-        let es = t.dtype.bitsize() / 8;
-        let b = self.bytes(t);
-        let b = &b[rows.start * cols * es..rows.end * cols * es];
+    /// Elements `elems` of a tensor (row-major, PyTorch order), converted to f32 into `out`.
+    /// Reads only those bytes from the shard: nothing of the file stays mapped or resident.
+    pub fn elems_f32(
+        &self,
+        t: &CkptTensor,
+        elems: std::ops::Range<usize>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let es = (t.dtype.bitsize() / 8) as u64;
+        let path = &self.shards[t.shard];
+        if elems.end > Self::n_elems(t) || elems.start > elems.end {
+            return Err(ckpt_err(
+                path,
+                format!(
+                    "elements {elems:?} requested of a tensor of {} elements",
+                    Self::n_elems(t)
+                ),
+            ));
+        }
+        let mut bytes = vec![0u8; elems.len() * es as usize];
+        read_at(
+            &self.files[t.shard],
+            &mut bytes,
+            t.range.start + elems.start as u64 * es,
+        )
+        .map_err(|e| RavenError::io(path, e))?;
         out.clear();
-        out.reserve(b.len() / es);
+        out.reserve(elems.len());
         match t.dtype {
             Dtype::BF16 => out.extend(
-                b.chunks_exact(2)
+                bytes
+                    .chunks_exact(2)
                     .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()),
             ),
             Dtype::F16 => out.extend(
-                b.chunks_exact(2)
+                bytes
+                    .chunks_exact(2)
                     .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()),
             ),
             _ => out.extend(
-                b.chunks_exact(4)
+                bytes
+                    .chunks_exact(4)
                     .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
             ),
         }
+        Ok(())
     }
 
     /// A whole tensor as f32.
-    pub fn to_f32(&self, t: &CkptTensor) -> Vec<f32> {
+    pub fn to_f32(&self, t: &CkptTensor) -> Result<Vec<f32>> {
         let mut v = Vec::new();
-        self.rows_f32(t, 0..t.shape.first().copied().unwrap_or(1).max(1), &mut v);
-        v
+        self.elems_f32(t, 0..Self::n_elems(t), &mut v)?;
+        Ok(v)
     }
 }
 

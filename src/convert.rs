@@ -85,8 +85,9 @@ impl Progress for NoProgress {}
 struct Plan {
     gguf_name: String,
     src: CkptTensor,
-    /// Rows of the source tensor that form this one (gate/up split; q/k bias rows).
-    rows: std::ops::Range<usize>,
+    /// Elements of the source tensor (row-major) that form this one, in order (the whole tensor,
+    /// or the gate/up halves of `mlp.fc`, or one row of `qk_bias`).
+    elems: std::ops::Range<usize>,
     /// GGUF dims, ggml order (row length first).
     dims: Vec<u64>,
     ty: GgmlType,
@@ -115,6 +116,18 @@ fn plan(ck: &Checkpoint, out: OutType, notes: &mut Vec<String>) -> Vec<Plan> {
                     dims: Vec<u64>,
                     matrix: bool,
                     embed: bool| {
+        // `rows` counts rows of the source viewed as [shape[0], rest]: a 1-D tensor's rows are
+        // single values. The output is `dims` (row length first), which may cut the same
+        // elements into rows of another length.
+        let src_row: usize = src.shape.iter().skip(1).product();
+        let elems = rows.start * src_row..rows.end * src_row;
+        assert_eq!(
+            elems.len() as u64,
+            dims.iter().product::<u64>(),
+            "{gguf}: plan takes {} elements of {:?} for dims {dims:?}",
+            elems.len(),
+            src.shape
+        );
         let mut ty = if !matrix {
             GgmlType::F32
         } else if embed && out == OutType::Q4_0 {
@@ -133,7 +146,7 @@ fn plan(ck: &Checkpoint, out: OutType, notes: &mut Vec<String>) -> Vec<Plan> {
         plans.push(Plan {
             gguf_name: gguf,
             src,
-            rows,
+            elems,
             dims,
             ty,
         });
@@ -513,24 +526,26 @@ pub fn convert(
     }
     w.write_header().map_err(|e| write_err(out, e))?;
 
-    let in_bytes =
-        |p: &Plan| (p.rows.len() * p.dims[0] as usize * p.src.dtype.bitsize() / 8) as u64;
+    let in_bytes = |p: &Plan| (p.elems.len() * p.src.dtype.bitsize() / 8) as u64;
     let total: u64 = plans.iter().map(in_bytes).sum();
     progress.start(total);
     let mut done = 0u64;
     let mut f32buf = Vec::new();
     let mut qbuf = Vec::new();
     for p in &plans {
+        // Output rows of `cols` values, converted a chunk of whole rows at a time (at least one
+        // row, about 1M values), so neither a 65536 × 5280 embedding nor anything else ever sits
+        // in memory whole.
         let cols = p.dims[0] as usize;
+        let n_rows = p.elems.len() / cols;
         let row_bytes = p.ty.row_bytes(cols as u64).expect("planned") as usize;
-        // Convert in chunks of rows so a 65536 × 5280 embedding never sits in memory as f32.
-        let chunk = (1usize << 22) / cols.max(1) + 1;
-        let mut r = p.rows.start;
-        while r < p.rows.end {
-            let e = (r + chunk).min(p.rows.end);
-            ck.rows_f32(&p.src, r..e, &mut f32buf);
-            let n_rows = f32buf.len() / cols;
-            qbuf.resize(n_rows * row_bytes, 0);
+        let chunk = ((1usize << 20) / cols).max(1);
+        let mut r = 0;
+        while r < n_rows {
+            let e = (r + chunk).min(n_rows);
+            let first = p.elems.start + r * cols;
+            ck.elems_f32(&p.src, first..first + (e - r) * cols, &mut f32buf)?;
+            qbuf.resize((e - r) * row_bytes, 0);
             for (src, dst) in f32buf
                 .chunks_exact(cols)
                 .zip(qbuf.chunks_exact_mut(row_bytes))
