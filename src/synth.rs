@@ -206,3 +206,508 @@ pub fn write_random(c: &Config, ty: OutType, seed: u64, out: &Path) -> Result<u6
         .map_err(|e| RavenError::io(out, e))?
         .len())
 }
+
+/// Element type of the tensors [`write_hf`] writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HfDtype {
+    /// bfloat16, as Huginn-0125 is published.
+    BF16,
+    /// float32.
+    F32,
+}
+
+impl HfDtype {
+    fn bytes(self) -> u64 {
+        match self {
+            HfDtype::BF16 => 2,
+            HfDtype::F32 => 4,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            HfDtype::BF16 => "BF16",
+            HfDtype::F32 => "F32",
+        }
+    }
+}
+
+/// Options of [`write_hf`].
+#[derive(Clone, Debug)]
+pub struct HfOptions {
+    /// Seed of the weights.
+    pub seed: u64,
+    /// Largest shard in bytes of tensor data (`save_pretrained`'s `max_shard_size`); a tensor
+    /// larger than this gets a shard of its own.
+    pub max_shard_bytes: u64,
+    /// Element type of every tensor.
+    pub dtype: HfDtype,
+    /// `tokenizer.json` to ship; `None` writes the demo tokenizer filled up to the vocabulary
+    /// with Huginn's special tokens at the top of the id range.
+    pub tokenizer_json: Option<String>,
+}
+
+impl Default for HfOptions {
+    fn default() -> Self {
+        HfOptions {
+            seed: 0,
+            max_shard_bytes: 2 << 30,
+            dtype: HfDtype::BF16,
+            tokenizer_json: None,
+        }
+    }
+}
+
+/// How [`write_hf`] fills a tensor.
+#[derive(Clone, Copy, Debug)]
+enum HfInit {
+    /// Normal values of this standard deviation.
+    Normal(f32),
+    /// Norm weights: 1 + N(0, 0.1²), so that a norm read from the wrong place shows.
+    Norm,
+    /// The `freqs_cis` RoPE buffer: (cos, sin) of pos · θ^(−2i/d).
+    Rope,
+}
+
+/// One tensor of a Hugging Face Huginn checkpoint.
+struct HfTensor {
+    name: String,
+    shape: Vec<usize>,
+    init: HfInit,
+}
+
+impl HfTensor {
+    fn elems(&self) -> u64 {
+        self.shape.iter().map(|&d| d as u64).product()
+    }
+}
+
+/// The tensors of a Huginn checkpoint in the order `save_pretrained` walks the state dict (the
+/// model's own buffer `freqs_cis`, then `transformer.wte`, the prelude, the adapter, the core
+/// blocks, the coda, `ln_f`, and `lm_head` when untied; inside a block a module's own parameter
+/// (`qk_bias`) before its children's), which decides how tensors fall into shards.
+fn hf_tensors(c: &Config) -> Vec<HfTensor> {
+    let (h, f, v, d) = (c.n_embd, c.n_ff, c.n_vocab, c.head_dim());
+    // Huginn's "takase" initialisation: std sqrt(2/(5h)); output projections scaled down by
+    // sqrt(2 · effective depth) (132 for Huginn-0125's shape).
+    let std = (2.0 / (5.0 * h as f64)).sqrt() as f32;
+    let depth = (c.n_prelude + c.n_core * c.mean_recurrence + c.n_coda).max(1);
+    let out_std = std / (2.0 * depth as f32).sqrt();
+    let t = |name: String, shape: Vec<usize>, init| HfTensor { name, shape, init };
+    let mut out = vec![
+        t(
+            "freqs_cis".into(),
+            vec![1, c.context, 1, d / 2, 2],
+            HfInit::Rope,
+        ),
+        t(
+            "transformer.wte.weight".into(),
+            vec![v, h],
+            HfInit::Normal(std),
+        ),
+    ];
+    let block = |out: &mut Vec<HfTensor>, p: String| {
+        out.push(t(format!("{p}.norm_1.weight"), vec![h], HfInit::Norm));
+        if c.qk_bias {
+            out.push(t(
+                format!("{p}.attn.qk_bias"),
+                vec![2, 1, c.n_heads, d],
+                HfInit::Normal(0.02),
+            ));
+        }
+        out.push(t(
+            format!("{p}.attn.Wqkv.weight"),
+            vec![3 * h, h],
+            HfInit::Normal(std),
+        ));
+        out.push(t(
+            format!("{p}.attn.proj.weight"),
+            vec![h, h],
+            HfInit::Normal(out_std),
+        ));
+        out.push(t(format!("{p}.norm_2.weight"), vec![h], HfInit::Norm));
+        out.push(t(
+            format!("{p}.mlp.fc.weight"),
+            vec![2 * f, h],
+            HfInit::Normal(std),
+        ));
+        out.push(t(
+            format!("{p}.mlp.proj.weight"),
+            vec![h, f],
+            HfInit::Normal(out_std),
+        ));
+        out.push(t(format!("{p}.norm_3.weight"), vec![h], HfInit::Norm));
+        out.push(t(format!("{p}.norm_4.weight"), vec![h], HfInit::Norm));
+    };
+    for i in 0..c.n_prelude {
+        block(&mut out, format!("transformer.prelude.{i}"));
+    }
+    out.push(t(
+        "transformer.adapter.weight".into(),
+        vec![h, 2 * h],
+        HfInit::Normal(std),
+    ));
+    for i in 0..c.n_core {
+        block(&mut out, format!("transformer.core_block.{i}"));
+    }
+    for i in 0..c.n_coda {
+        block(&mut out, format!("transformer.coda.{i}"));
+    }
+    out.push(t("transformer.ln_f.weight".into(), vec![h], HfInit::Norm));
+    if !c.tied {
+        out.push(t("lm_head.weight".into(), vec![v, h], HfInit::Normal(std)));
+    }
+    out
+}
+
+/// `huggingface_hub`'s sharding (what `save_pretrained` uses): walk the tensors in order, start
+/// a new shard when the next one would pass `max` bytes; a tensor larger than `max` alone.
+fn hf_shards(tensors: &[HfTensor], elem_bytes: u64, max: u64) -> Vec<Vec<usize>> {
+    let mut shards: Vec<Vec<usize>> = Vec::new();
+    let mut cur: Vec<usize> = Vec::new();
+    let mut cur_bytes = 0u64;
+    for (i, t) in tensors.iter().enumerate() {
+        let b = t.elems() * elem_bytes;
+        if b > max {
+            shards.push(vec![i]);
+            continue;
+        }
+        if cur_bytes + b > max && !cur.is_empty() {
+            shards.push(std::mem::take(&mut cur));
+            cur_bytes = 0;
+        }
+        cur.push(i);
+        cur_bytes += b;
+    }
+    if !cur.is_empty() {
+        shards.push(cur);
+    }
+    shards
+}
+
+/// Huginn's `config.json` for shape `c` (model_type `huginn_raven`, every key of the published
+/// Huginn-0125 config), with the special ids of the tokenizer shipped beside it.
+fn hf_config_json(c: &Config, bos: u32, eos: u32, pad: u32, dtype: HfDtype) -> serde_json::Value {
+    let std = (2.0 / (5.0 * c.n_embd as f64)).sqrt();
+    let depth = c.n_prelude + c.n_core * c.mean_recurrence + c.n_coda;
+    // Two literals: one is past serde_json's macro recursion limit.
+    let mut a = serde_json::json!({
+        "activation_checkpoint_impl": "per-iteration",
+        "architecture_class_name": "RecurrentGPT",
+        "architectures": ["RavenForCausalLM"],
+        "auto_map": {
+            "AutoConfig": "raven_config_minimal.RavenConfig",
+            "AutoModelForCausalLM": "raven_modeling_minimal.RavenForCausalLM"
+        },
+        "bias": false,
+        "block_class_name": "SandwichBlock",
+        "block_size": c.context,
+        "bos_token_id": bos,
+        "effective_expected_depth": depth,
+        "eos_token_id": eos,
+        "head_dim": c.head_dim(),
+        "init_orthogonal": false,
+        "init_strategy": "takase",
+        "init_values": {
+            "embed_scale": (c.n_embd as f64).sqrt(),
+            "embedding": std,
+            "out_proj": std / (2.0 * depth.max(1) as f64).sqrt(),
+            "std": std
+        },
+        "injection_type": "linear",
+        "intermediate_size": c.n_ff
+    });
+    let b = serde_json::json!({
+        "mean_backprop_depth": 8,
+        "mean_recurrence": c.mean_recurrence,
+        "mlp_class_name": "GatedMLP",
+        "model_type": "huginn_raven",
+        "n_embd": c.n_embd,
+        "n_heads": c.n_heads,
+        "n_layers": c.n_blocks(),
+        "n_layers_in_coda": c.n_coda,
+        "n_layers_in_prelude": c.n_prelude,
+        "n_layers_in_recurrent_block": c.n_core,
+        "nonlin_name": "SiLU",
+        "norm_class_name": "RMSNorm_llama",
+        "norm_eps": c.norm_eps,
+        "num_key_value_heads": c.n_heads,
+        "pad_token_id": pad,
+        "padded_vocab_size": c.n_vocab,
+        "padding_multiple": 4096,
+        "qk_bias": c.qk_bias,
+        "rope_base": c.rope_base,
+        "sampling_scheme": "poisson-lognormal-filling",
+        "state_init": "like-init",
+        "test_time_noise": 0,
+        "test_time_noise_type": "fixed",
+        "tie_embeddings": c.tied,
+        "torch_dtype": if dtype == HfDtype::BF16 { "bfloat16" } else { "float32" },
+        "transformers_version": "4.51.3",
+        "vocab_size": c.n_vocab
+    });
+    if let (Some(a), serde_json::Value::Object(b)) = (a.as_object_mut(), b) {
+        a.extend(b);
+    }
+    a
+}
+
+/// Huginn's chat template (the published `tokenizer_config.json`'s).
+const HUGINN_CHAT_TEMPLATE: &str = "{{ bos_token }}{% for message in messages %}{{ '<|begin_header|>' + message['role'] + '<|end_header|>\n\n' + message['content'] | trim + '<|end_turn|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|begin_header|>Huginn<|end_header|>\n\n' }}{% endif %}";
+
+/// Values `first..first + out.len()` of tensor `t` (index `ti`), in row-major order: the same
+/// for any chunking and thread count (each block of 4096 values has its own seeded generator).
+fn hf_values(c: &Config, t: &HfTensor, ti: usize, seed: u64, first: u64, out: &mut [f32]) {
+    const BLOCK: u64 = 4096;
+    match t.init {
+        HfInit::Rope => {
+            let half = t.shape[3] as u64;
+            for (k, o) in out.iter_mut().enumerate() {
+                let e = first + k as u64;
+                let (pos, i, sin) = (e / (2 * half), (e / 2) % half, e % 2 == 1);
+                let inv = 1.0f64 / (c.rope_base as f64).powf((2 * i) as f64 / (2 * half) as f64);
+                let a = pos as f64 * inv;
+                *o = if sin { a.sin() } else { a.cos() } as f32;
+            }
+        }
+        HfInit::Normal(_) | HfInit::Norm => {
+            // Irwin–Hall of four 16-bit uniforms: near-normal, a few ns per value (a full-size
+            // checkpoint has 3.6 billion).
+            let one = |r: u64| -> f32 {
+                let s = (r & 0xffff) + ((r >> 16) & 0xffff) + ((r >> 32) & 0xffff) + (r >> 48);
+                (s as f32 / 65536.0 - 2.0) * 3f32.sqrt()
+            };
+            let mut k = 0usize;
+            while k < out.len() {
+                let e = first + k as u64;
+                let (b, off) = (e / BLOCK, e % BLOCK);
+                let mut rng = Rng::new(seed ^ ((ti as u64) << 44) ^ b.wrapping_mul(0x9E37));
+                for _ in 0..off {
+                    rng.next_u64();
+                }
+                let n = ((BLOCK - off) as usize).min(out.len() - k);
+                for o in &mut out[k..k + n] {
+                    let z = one(rng.next_u64());
+                    *o = match t.init {
+                        HfInit::Normal(std) => z * std,
+                        _ => 1.0 + 0.1 * z,
+                    };
+                }
+                k += n;
+            }
+        }
+    }
+}
+
+/// What [`write_hf`] wrote.
+#[derive(Debug)]
+pub struct HfReport {
+    /// Shard files, in order.
+    pub shards: Vec<std::path::PathBuf>,
+    /// Bytes of tensor data.
+    pub total_bytes: u64,
+    /// Tensors written.
+    pub n_tensors: usize,
+}
+
+/// Writes a Hugging Face Huginn checkpoint of shape `c` with random weights into the directory
+/// `dir` (created; it must not exist or be empty): `config.json`, sharded safetensors with
+/// `model.safetensors.index.json` named, ordered and split as `save_pretrained` does,
+/// `tokenizer.json`, `tokenizer_config.json` (Huginn's chat template) and
+/// `generation_config.json`. With `huginn_0125()` this is the published checkpoint's exact
+/// layout (7.1 GB of bf16 in four shards), so `raven convert` can be run at full size by anyone.
+/// Every file is written under a temporary name and renamed when complete.
+pub fn write_hf(c: &Config, dir: &Path, o: &HfOptions) -> Result<HfReport> {
+    use std::io::Write;
+    c.validate("synthetic checkpoint")?;
+    if o.max_shard_bytes == 0 {
+        return Err(RavenError::arg(
+            "--max-shard-size",
+            "must be at least 1 byte",
+        ));
+    }
+    if dir.exists() {
+        let empty = std::fs::read_dir(dir)
+            .map_err(|e| RavenError::io(dir, e))?
+            .next()
+            .is_none();
+        if !empty {
+            return Err(RavenError::io(
+                dir,
+                std::io::Error::other(
+                    "the directory exists and is not empty (synth --hf writes a new checkpoint)",
+                ),
+            ));
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|e| RavenError::io(dir, e))?;
+
+    // Tokenizer and special ids first: a tokenizer that does not fit fails before 7 GB are made.
+    let (tok_json, synthetic_tok) = match &o.tokenizer_json {
+        Some(j) => (j.clone(), false),
+        None => (tokenizer_json(c.n_vocab)?.0, true),
+    };
+    let tok = raven_text::Tokenizer::from_json(&tok_json)
+        .map_err(|e| RavenError::arg("--tokenizer", format!("not a usable tokenizer: {e}")))?;
+    if tok.vocab_size() > c.n_vocab {
+        return Err(RavenError::arg(
+            "--tokenizer",
+            format!(
+                "the tokenizer has {} ids but the embedding only {} rows",
+                tok.vocab_size(),
+                c.n_vocab
+            ),
+        ));
+    }
+    let id = |s: &str| tok.token_to_id(s);
+    let (bos, eos, pad) = (
+        id("<|begin_text|>").unwrap_or(0),
+        id("<|end_text|>").unwrap_or(0),
+        id("<|pad|>").unwrap_or(0),
+    );
+    let end_turn = id("<|end_turn|>");
+
+    let tensors = hf_tensors(c);
+    let eb = o.dtype.bytes();
+    let shards = hf_shards(&tensors, eb, o.max_shard_bytes);
+    let n_sh = shards.len();
+    let mut written: Vec<std::path::PathBuf> = Vec::new();
+    let res = (|| -> Result<HfReport> {
+        let mut weight_map = std::collections::BTreeMap::new();
+        let mut total = 0u64;
+        let mut shard_paths = Vec::new();
+        for (si, members) in shards.iter().enumerate() {
+            let fname = format!("model-{:05}-of-{:05}.safetensors", si + 1, n_sh);
+            // safetensors stores a shard's tensors sorted by name (all of one type here).
+            let mut order = members.clone();
+            order.sort_by(|&a, &b| tensors[a].name.cmp(&tensors[b].name));
+            let mut header = serde_json::Map::new();
+            header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
+            let mut off = 0u64;
+            for &ti in &order {
+                let t = &tensors[ti];
+                let n = t.elems() * eb;
+                header.insert(
+                    t.name.clone(),
+                    serde_json::json!({
+                        "dtype": o.dtype.name(),
+                        "shape": t.shape,
+                        "data_offsets": [off, off + n],
+                    }),
+                );
+                weight_map.insert(t.name.clone(), fname.clone());
+                off += n;
+            }
+            total += off;
+            let mut hbytes =
+                serde_json::to_vec(&header).map_err(|e| RavenError::arg("synth", e.to_string()))?;
+            while hbytes.len() % 8 != 0 {
+                hbytes.push(b' ');
+            }
+            let path = dir.join(&fname);
+            let tmp = dir.join(format!(".{fname}.tmp"));
+            written.push(tmp.clone());
+            let file = File::create(&tmp).map_err(|e| RavenError::io(&tmp, e))?;
+            let mut w = BufWriter::with_capacity(1 << 22, file);
+            let io = |e| RavenError::io(&tmp, e);
+            w.write_all(&(hbytes.len() as u64).to_le_bytes())
+                .map_err(io)?;
+            w.write_all(&hbytes).map_err(io)?;
+            let mut vals = Vec::new();
+            let mut bytes = Vec::new();
+            for &ti in &order {
+                let t = &tensors[ti];
+                let n = t.elems();
+                let chunk = 1u64 << 22;
+                let mut e0 = 0u64;
+                while e0 < n {
+                    let e1 = (e0 + chunk).min(n);
+                    vals.resize((e1 - e0) as usize, 0.0f32);
+                    vals.par_chunks_mut(1 << 16)
+                        .enumerate()
+                        .for_each(|(k, part)| {
+                            hf_values(c, t, ti, o.seed, e0 + (k << 16) as u64, part)
+                        });
+                    bytes.clear();
+                    match o.dtype {
+                        HfDtype::BF16 => bytes.extend(
+                            vals.iter()
+                                .flat_map(|&x| half::bf16::from_f32(x).to_bits().to_le_bytes()),
+                        ),
+                        HfDtype::F32 => bytes.extend(vals.iter().flat_map(|&x| x.to_le_bytes())),
+                    }
+                    w.write_all(&bytes).map_err(io)?;
+                    e0 = e1;
+                }
+            }
+            let file = w
+                .into_inner()
+                .map_err(|e| RavenError::io(&tmp, e.into_error()))?;
+            file.sync_all().map_err(io)?;
+            std::fs::rename(&tmp, &path).map_err(|e| RavenError::io(&path, e))?;
+            written.pop();
+            written.push(path.clone());
+            shard_paths.push(path);
+        }
+        let write_json = |written: &mut Vec<std::path::PathBuf>,
+                          name: &str,
+                          v: &serde_json::Value|
+         -> Result<()> {
+            let p = dir.join(name);
+            let text = serde_json::to_string_pretty(v)
+                .map_err(|e| RavenError::arg("synth", e.to_string()))?;
+            std::fs::write(&p, text + "\n").map_err(|e| RavenError::io(&p, e))?;
+            written.push(p);
+            Ok(())
+        };
+        write_json(
+            &mut written,
+            "model.safetensors.index.json",
+            &serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map }),
+        )?;
+        write_json(
+            &mut written,
+            "config.json",
+            &hf_config_json(c, bos, eos, pad, o.dtype),
+        )?;
+        let mut eos_ids = vec![eos];
+        eos_ids.extend(end_turn);
+        write_json(
+            &mut written,
+            "generation_config.json",
+            &serde_json::json!({ "bos_token_id": bos, "eos_token_id": eos_ids, "pad_token_id": pad }),
+        )?;
+        write_json(
+            &mut written,
+            "tokenizer_config.json",
+            &serde_json::json!({
+                "bos_token": "<|begin_text|>",
+                "eos_token": "<|end_text|>",
+                "pad_token": "<|pad|>",
+                "chat_template": HUGINN_CHAT_TEMPLATE,
+                "tokenizer_class": "PreTrainedTokenizerFast"
+            }),
+        )?;
+        let tp = dir.join("tokenizer.json");
+        let tok_text = if synthetic_tok {
+            // Pretty-printed like the published file (it is read by people too).
+            let v: serde_json::Value = serde_json::from_str(&tok_json)
+                .map_err(|e| RavenError::arg("synth", e.to_string()))?;
+            serde_json::to_string_pretty(&v).map_err(|e| RavenError::arg("synth", e.to_string()))?
+        } else {
+            tok_json.clone()
+        };
+        std::fs::write(&tp, tok_text).map_err(|e| RavenError::io(&tp, e))?;
+        written.push(tp);
+        Ok(HfReport {
+            shards: shard_paths,
+            total_bytes: total,
+            n_tensors: tensors.len(),
+        })
+    })();
+    if res.is_err() {
+        for p in &written {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    res
+}

@@ -73,17 +73,44 @@ enum Cmd {
     },
     /// Measure prompt and decode speed, time per core iteration against the memory-bandwidth bound.
     Bench(bench::BenchArgs),
-    /// Write a model of Huginn-0125's shape (or the fixture's) with random weights.
+    /// Write a model of Huginn-0125's shape with random weights: a GGUF (`-o`), or a Hugging
+    /// Face checkpoint in the published layout (`--hf DIR`) to run `raven convert` on.
     Synth {
         /// Output GGUF.
-        #[arg(short = 'o', long = "out")]
-        out: PathBuf,
-        /// Weight type: f32, f16, bf16, q8_0, q4_0.
+        #[arg(
+            short = 'o',
+            long = "out",
+            required_unless_present = "hf",
+            conflicts_with = "hf"
+        )]
+        out: Option<PathBuf>,
+        /// Write a Hugging Face checkpoint into this (new or empty) directory instead:
+        /// config.json, bf16 safetensors shards named, ordered and split as save_pretrained
+        /// does, the index, tokenizer.json, tokenizer_config.json, generation_config.json.
+        #[arg(long, value_name = "DIR")]
+        hf: Option<PathBuf>,
+        /// Weight type of the GGUF: f32, f16, bf16, q8_0, q4_0.
         #[arg(long = "type", default_value = "q4_0")]
         ty: String,
         /// Shape: huginn-0125, or a scaled-down one: huginn-0125/N divides h, F and heads by N.
         #[arg(long, default_value = "huginn-0125")]
         shape: String,
+        /// Blocks in prelude, core and coda, P,C,K (default the shape's, 2,4,2).
+        #[arg(long, value_name = "P,C,K")]
+        layers: Option<String>,
+        /// Embedding rows (default the shape's, 65536).
+        #[arg(long)]
+        vocab: Option<usize>,
+        /// With --hf: the largest shard in bytes (save_pretrained's max_shard_size).
+        #[arg(long, default_value_t = 2 << 30, value_name = "BYTES")]
+        max_shard_size: u64,
+        /// With --hf: element type of the tensors, bf16 (as published) or f32.
+        #[arg(long, default_value = "bf16")]
+        dtype: String,
+        /// With --hf: ship this tokenizer.json instead of a synthetic one that fills the
+        /// vocabulary (a smaller one leaves embedding rows no token decodes to).
+        #[arg(long, value_name = "FILE")]
+        tokenizer: Option<PathBuf>,
         /// Seed of the weights.
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -359,11 +386,17 @@ fn run() -> Result<()> {
         Cmd::Eval(a) => eval::run(&a),
         Cmd::Synth {
             out,
+            hf,
             ty,
             shape,
+            layers,
+            vocab,
+            max_shard_size,
+            dtype,
+            tokenizer,
             seed,
         } => {
-            let c = if let Some(div) = shape.strip_prefix("huginn-0125/") {
+            let mut c = if let Some(div) = shape.strip_prefix("huginn-0125/") {
                 let d: usize = div
                     .parse()
                     .with_context(|| format!("--shape {shape}: expected huginn-0125/N"))?;
@@ -373,6 +406,54 @@ fn run() -> Result<()> {
             } else {
                 bail!("--shape {shape}: use huginn-0125 or huginn-0125/N");
             };
+            if let Some(l) = &layers {
+                let n: Vec<usize> = l
+                    .split(',')
+                    .map(|x| x.trim().parse::<usize>())
+                    .collect::<std::result::Result<_, _>>()
+                    .ok()
+                    .filter(|n: &Vec<usize>| n.len() == 3 && n[1] > 0)
+                    .with_context(|| {
+                        format!("--layers {l}: expected P,C,K (three counts, C at least 1)")
+                    })?;
+                (c.n_prelude, c.n_core, c.n_coda) = (n[0], n[1], n[2]);
+            }
+            if let Some(v) = vocab {
+                if v == 0 {
+                    bail!("--vocab must be at least 1");
+                }
+                c.n_vocab = v;
+            }
+            if let Some(dir) = hf {
+                let dtype = match dtype.as_str() {
+                    "bf16" => raven::synth::HfDtype::BF16,
+                    "f32" => raven::synth::HfDtype::F32,
+                    _ => bail!("--dtype {dtype}: use bf16 or f32"),
+                };
+                let tokenizer_json = match &tokenizer {
+                    Some(p) => Some(
+                        std::fs::read_to_string(p)
+                            .with_context(|| format!("--tokenizer {}", p.display()))?,
+                    ),
+                    None => None,
+                };
+                let o = raven::synth::HfOptions {
+                    seed,
+                    max_shard_bytes: max_shard_size,
+                    dtype,
+                    tokenizer_json,
+                };
+                let r = raven::synth::write_hf(&c, &dir, &o)?;
+                eprintln!(
+                    "wrote {} ({} tensors, {:.1} MB in {} shards)",
+                    dir.display(),
+                    r.n_tensors,
+                    r.total_bytes as f64 / 1e6,
+                    r.shards.len()
+                );
+                return Ok(());
+            }
+            let out = out.expect("clap requires -o without --hf");
             let bytes = raven::synth::write_random(&c, OutType::parse(&ty)?, seed, &out)?;
             eprintln!("wrote {} ({:.1} MB)", out.display(), bytes as f64 / 1e6);
             Ok(())
