@@ -85,6 +85,40 @@ pub struct Model {
     gguf: Gguf,
     name: String,
     tokenizer: std::sync::OnceLock<std::result::Result<raven_text::Tokenizer, String>>,
+    emittable: std::sync::OnceLock<Emittable>,
+}
+
+/// The ids generation may emit: those the model's tokenizer can decode. Embeddings are often
+/// padded past the tokenizer (a vocabulary rounded up to a multiple, or a tokenizer smaller
+/// than the model's rows); such ids have logits like any other but no text, so sampling and
+/// greedy choices never pick them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Emittable {
+    /// Ids `0..n` may be emitted (the tokenizer's id count, at most the embedding's rows).
+    pub n: usize,
+    /// Ids below `n` the tokenizer has no token for (gaps in its numbering), ascending.
+    pub holes: Vec<u32>,
+}
+
+impl Emittable {
+    /// `logits` (one row of the model's V) cut to the emittable ids, with the holes at −∞.
+    /// Borrows when there are no holes.
+    pub fn restrict<'a>(&self, logits: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
+        let row = &logits[..self.n.min(logits.len())];
+        if self.holes.is_empty() {
+            return std::borrow::Cow::Borrowed(row);
+        }
+        let mut v = row.to_vec();
+        for &h in &self.holes {
+            v[h as usize] = f32::NEG_INFINITY;
+        }
+        std::borrow::Cow::Owned(v)
+    }
+
+    /// The greedy choice among the emittable ids.
+    pub fn argmax(&self, logits: &[f32]) -> u32 {
+        crate::exit::argmax(&self.restrict(logits)) as u32
+    }
 }
 
 /// How a model file is brought into memory.
@@ -238,6 +272,7 @@ impl Model {
             blocks,
             name: g.opt_str("general.name")?.unwrap_or("huginn").to_string(),
             tokenizer: std::sync::OnceLock::new(),
+            emittable: std::sync::OnceLock::new(),
             gguf: g,
         })
     }
@@ -322,6 +357,33 @@ impl Model {
         t.as_ref().map_err(|msg| RavenError::Model {
             path: self.name.clone(),
             msg: msg.clone(),
+        })
+    }
+
+    /// The ids generation may emit ([`Emittable`]): every id when the file has no usable
+    /// tokenizer (generation then fails on decoding anyway, with the tokenizer's error).
+    pub fn emittable(&self) -> &Emittable {
+        self.emittable.get_or_init(|| {
+            let v = self.config.n_vocab;
+            match self.tokenizer() {
+                Ok(t) => {
+                    let n = t.vocab_size().min(v);
+                    let holes: Vec<u32> = (0..n as u32).filter(|&id| !t.has_id(id)).collect();
+                    if holes.len() == n {
+                        // A tokenizer that names none of the ids: let the decoder say so.
+                        Emittable {
+                            n: v,
+                            holes: Vec::new(),
+                        }
+                    } else {
+                        Emittable { n, holes }
+                    }
+                }
+                Err(_) => Emittable {
+                    n: v,
+                    holes: Vec::new(),
+                },
+            }
         })
     }
 

@@ -380,10 +380,11 @@ impl Session {
         })
     }
 
-    /// Draws the next token from the current logits.
+    /// Draws the next token from the current logits, among the ids the tokenizer can decode
+    /// ([`crate::model::Emittable`]).
     pub fn sample(&mut self) -> u32 {
         sample(
-            &self.logits,
+            &self.model.emittable().restrict(&self.logits),
             &self.history,
             &self.params.sampling,
             &mut self.rng,
@@ -564,7 +565,7 @@ impl Session {
                         cache,
                         ws,
                     );
-                    tok = crate::exit::argmax(&ws.logits) as u32;
+                    tok = m.emittable().argmax(&ws.logits);
                     drafts.push(tok);
                 }
                 cache.set_draft_view(None);
@@ -582,7 +583,7 @@ impl Session {
                 let preds: Vec<u32> = ws
                     .logits
                     .chunks_exact(v)
-                    .map(|r| crate::exit::argmax(r) as u32)
+                    .map(|r| m.emittable().argmax(r))
                     .collect();
                 (drafts, preds)
             });

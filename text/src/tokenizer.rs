@@ -187,6 +187,11 @@ impl Tokenizer {
         self.special_ids.clone()
     }
 
+    /// Whether `id` names a token (normal or special) that [`Tokenizer::decode`] accepts.
+    pub fn has_id(&self, id: u32) -> bool {
+        self.kind(id).is_ok()
+    }
+
     /// Whether `id` is a special token (dropped by `skip_special_tokens`).
     pub fn is_special(&self, id: u32) -> bool {
         self.kinds.get(id as usize) == Some(&IdKind::Special)
