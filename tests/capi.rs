@@ -8,7 +8,9 @@
 //! - `cancel.c`: a generation cancelled from another thread returns `RAVEN_ERR_CANCELLED`
 //!   promptly;
 //! - `misuse.c`: NULLs, bad parameters, missing and malformed files give error codes with
-//!   messages.
+//!   messages;
+//! - `padded.c`: on a model whose embedding has more rows than its tokenizer has tokens,
+//!   sampled and greedy generation emit only ids the tokenizer decodes.
 //!
 //! When the tests are cross-compiled (aarch64 under qemu) the host `cc` cannot link the
 //! library: the C programs are then skipped with a note.
@@ -292,6 +294,21 @@ fn c_misuse_returns_errors_not_crashes() {
             missing.display().to_string(),
             garbage.display().to_string(),
         ],
+    );
+}
+
+#[test]
+fn c_padded_vocabulary_is_never_emitted() {
+    let Some(env) = c_env() else { return };
+    let dir = TempDir::new("capi-padded");
+    let (model, n_tok) = padded_model(&dir);
+    let m = raven::Model::load(&model).unwrap();
+    let prompt = m.tokenizer().unwrap().encode("Ball: 3", false).unwrap();
+    let exe = build(env, &dir, "padded");
+    run(
+        env,
+        &exe,
+        &[model.display().to_string(), ids(&prompt), n_tok.to_string()],
     );
 }
 

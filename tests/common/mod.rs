@@ -128,3 +128,23 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// A tiny model whose embedding has 1024 rows and whose tokenizer (the demo's) has 294 ids:
+/// 730 ids have logits but no text.
+pub fn padded_model(dir: &TempDir) -> (std::path::PathBuf, usize) {
+    let mut c = raven::synth::huginn_0125_scaled(55).unwrap();
+    (c.n_prelude, c.n_core, c.n_coda, c.n_vocab, c.context) = (1, 1, 1, 1024, 256);
+    let tok_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo/hf/tokenizer.json");
+    let tok = std::fs::read_to_string(tok_path).unwrap();
+    let n_tok = raven_text::Tokenizer::from_json(&tok).unwrap().vocab_size();
+    let ck = dir.path().join("padded-hf");
+    let o = raven::synth::HfOptions {
+        seed: 3,
+        tokenizer_json: Some(tok),
+        ..Default::default()
+    };
+    raven::synth::write_hf(&c, &ck, &o).unwrap();
+    let out = dir.path().join("padded.gguf");
+    convert(&ck, &out, OutType::Q8_0, &mut NoProgress).unwrap();
+    (out, n_tok)
+}

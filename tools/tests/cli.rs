@@ -706,3 +706,61 @@ fn speculative_run_prints_the_plain_output() {
     let note = String::from_utf8_lossy(&compressed.stderr);
     assert!(note.contains("--cache full keeps it identical"), "{note}");
 }
+
+/// `raven synth --hf` → `raven convert` → `raven run`: a checkpoint whose embedding (1024 rows)
+/// is larger than its tokenizer (the demo's 294 tokens) generates at temperature 1 with no
+/// truncation without ever emitting an undecodable id (it used to stop with "token id N is not
+/// in the vocabulary"), and synth refuses to overwrite a checkpoint.
+#[test]
+fn synth_hf_convert_run_with_padded_vocabulary() {
+    let dir = TempDir::new("padded");
+    let hf = dir.join("hf");
+    let tok = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/demo/hf/tokenizer.json");
+    let synth = [
+        "synth",
+        "--hf",
+        s(&hf),
+        "--shape",
+        "huginn-0125/55",
+        "--layers",
+        "1,1,1",
+        "--vocab",
+        "1024",
+        "--tokenizer",
+        s(&tok),
+    ];
+    ok(&synth);
+    let err = fails(&synth, &["not empty"]);
+    assert!(err.contains(s(&hf)), "{err}");
+    let gguf = dir.join("padded.gguf");
+    ok(&["convert", s(&hf), "-o", s(&gguf), "--type", "q8_0"]);
+    for seed in ["1", "2", "3"] {
+        let o = ok(&[
+            "run",
+            "-m",
+            s(&gguf),
+            "-p",
+            "Ball: 2. Swaps:",
+            "-n",
+            "40",
+            "--steps",
+            "2",
+            "--temp",
+            "1",
+            "--top-k",
+            "0",
+            "--top-p",
+            "1",
+            "--min-p",
+            "0",
+            "--seed",
+            seed,
+            "--ignore-eos",
+        ]);
+        assert!(!o.stdout.is_empty());
+    }
+    fails(
+        &["synth", "--hf", s(&dir.join("x")), "--layers", "1,0,1"],
+        &["--layers"],
+    );
+}
