@@ -1,21 +1,28 @@
-//! The readable reference forward pass: SPEC §1 line by line, scalar f32, no cache, no threads.
+//! The readable reference forward pass: SPEC §1 line by line, scalar f32, no cache.
 //! Slow on purpose; tests use it as the oracle for the fast path ([`crate::forward`]).
 //! Quantized weights are dequantized row by row, so it computes on exactly the weights the fast
 //! path reads; only the fast path's activation quantization differs.
 
 use crate::model::{Block, Model, Weight};
 
-/// `y[r] = Σ_c W[r][c] · x[c]` for every row of a weight, x of length cols.
+/// `y[r] = Σ_c W[r][c] · x[c]` for every row of a weight, x of length cols. Rows are spread
+/// over the current rayon pool (each row's sum is the same sequential loop on any thread, so
+/// the result does not depend on the thread count): a full-size model is billions of
+/// multiply-adds per token.
 fn matvec(m: &Model, w: &Weight, x: &[f32]) -> Vec<f32> {
+    use rayon::prelude::*;
     let bytes = m.bytes(w);
     let rb = bytes.len() / w.rows;
-    let mut row = vec![0.0f32; w.cols];
     (0..w.rows)
-        .map(|r| {
-            raven_quant::dequantize_row(w.ty, &bytes[r * rb..(r + 1) * rb], &mut row)
-                .expect("validated");
-            row.iter().zip(x).map(|(a, b)| a * b).sum()
-        })
+        .into_par_iter()
+        .map_init(
+            || vec![0.0f32; w.cols],
+            |row, r| {
+                raven_quant::dequantize_row(w.ty, &bytes[r * rb..(r + 1) * rb], row)
+                    .expect("validated");
+                row.iter().zip(x).map(|(a, b)| a * b).sum()
+            },
+        )
         .collect()
 }
 

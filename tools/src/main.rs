@@ -168,6 +168,11 @@ struct LogitsArgs {
     /// Read the model into memory instead of mapping it.
     #[arg(long = "no-mmap")]
     no_mmap: bool,
+    /// Compute with the readable reference forward (src/reference.rs: SPEC §1 line by line,
+    /// f32, no cache) instead of the fast path: the oracle the tests hold the fast path to,
+    /// slow (seconds per token at full size). Needs --init-scale 0; no --exit, --decode-from.
+    #[arg(long)]
+    reference: bool,
     /// Output safetensors file (`logits` f32 [T, V], `steps` i32 [T]).
     #[arg(short = 'o', long = "out")]
     out: PathBuf,
@@ -311,6 +316,14 @@ fn cmd_logits(a: LogitsArgs) -> Result<()> {
     if a.exit.is_some() && a.decode_from.is_some() {
         bail!("--decode-from cannot be combined with --exit (with --exit every token is processed on its own)");
     }
+    if a.reference {
+        if a.exit.is_some() || a.decode_from.is_some() {
+            bail!("--reference computes the one-pass forward: it takes neither --exit nor --decode-from");
+        }
+        if a.init_scale != 0.0 {
+            bail!("--reference needs --init-scale 0 (the reference starts from a zero state)");
+        }
+    }
     check_output("-o", &a.out)?;
     let m = load_model(&a.model, a.no_mmap)?;
     let (v, ctx) = (m.config.n_vocab, m.config.context);
@@ -338,6 +351,12 @@ fn cmd_logits(a: LogitsArgs) -> Result<()> {
         }
     };
     let threads = Threads::new(a.threads)?;
+    if a.reference {
+        let s0 = vec![vec![0.0; m.config.n_embd]; tokens.len()];
+        let out = threads.run(|| raven::reference::forward(&m, &tokens, steps, s0));
+        let steps = vec![steps as i32; tokens.len()];
+        return write_logits(&a.out, &out.logits.concat(), tokens.len(), v, &steps);
+    }
     let opts = LogitsOptions {
         steps,
         init_scale: a.init_scale,
@@ -482,6 +501,13 @@ fn report(e: &anyhow::Error) -> String {
 }
 
 fn main() -> ExitCode {
+    // Like other command-line tools, end quietly when the reader of stdout goes away
+    // (`raven inspect m.gguf | head`): Rust ignores SIGPIPE, so println! panicked instead.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -764,3 +764,90 @@ fn synth_hf_convert_run_with_padded_vocabulary() {
         &["--layers"],
     );
 }
+
+/// `raven logits --reference` writes the readable oracle's logits (the tests' reference for the
+/// fast path), which agree with the fast path; it refuses options the oracle does not have.
+#[test]
+fn logits_reference_is_the_oracle() {
+    let dir = TempDir::new("logits-reference");
+    let out = dir.join("ref.safetensors");
+    let m = library_model();
+    let v = m.config.n_vocab;
+    let toks = format!("0,5,{}", v - 1);
+    let args = |extra: &[&str]| {
+        let mut a = vec![
+            "logits",
+            "-m",
+            s(model()),
+            "--tokens",
+            &toks,
+            "--steps",
+            "3",
+        ];
+        a.extend_from_slice(&["--init-scale", "0", "-o", s(&out)]);
+        a.extend_from_slice(extra);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let run = |extra: &[&str]| {
+        let a = args(extra);
+        ok(&a.iter().map(|x| x.as_str()).collect::<Vec<_>>());
+        read_logits(&out)
+    };
+    let (shape, reference, steps) = run(&["--reference"]);
+    assert_eq!(shape, [3, v]);
+    assert_eq!(steps, [3, 3, 3]);
+    let want = raven::reference::forward(
+        m,
+        &[0, 5, v as u32 - 1],
+        3,
+        vec![vec![0.0; m.config.n_embd]; 3],
+    );
+    assert_eq!(reference, want.logits.concat(), "the oracle, bit for bit");
+    let (_, fast, _) = run(&[]);
+    let d = fast
+        .iter()
+        .zip(&reference)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(d < 1e-4, "fast path and oracle differ by {d}");
+    for (extra, needle) in [
+        (&["--reference", "--exit", "kl"][..], "--exit"),
+        (&["--reference", "--decode-from", "1"][..], "--decode-from"),
+    ] {
+        let a = args(extra);
+        fails(&a.iter().map(|x| x.as_str()).collect::<Vec<_>>(), &[needle]);
+    }
+    let mut a = vec![
+        "logits",
+        "-m",
+        s(model()),
+        "--tokens",
+        "1",
+        "--reference",
+        "-o",
+        s(&out),
+    ];
+    a.extend_from_slice(&["--init-scale", "1"]);
+    fails(&a, &["--init-scale 0"]);
+}
+
+/// `raven inspect m.gguf | head -1`: the reader goes away; raven ends quietly (SIGPIPE) instead
+/// of panicking on "failed printing to stdout".
+#[cfg(unix)]
+#[test]
+fn closed_stdout_ends_quietly() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_raven"))
+        .args(["inspect", s(model()), "--all"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 16];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    // The pipe's read end is closed here, before raven has written everything.
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+}
