@@ -29,7 +29,7 @@ use crate::exit::{Criterion, ExitPolicy};
 use crate::kv::CacheStrategy;
 use crate::model::Model;
 use crate::sample::SamplingParams;
-use crate::session::{Session, SessionParams, TokenStats};
+use crate::session::{Next, Session, SessionParams, TokenStats};
 
 // ---------------------------------------------------------------------------------------------
 // Status codes
@@ -1534,16 +1534,17 @@ unsafe fn generate(
             if cancel.load(Ordering::Relaxed) {
                 return Err(RavenError::Cancelled.into());
             }
-            let next = session.sample();
-            if stops.contains(&next) {
-                st.stop_reason = RAVEN_STOP_TOKEN;
-                return Ok(());
-            }
-            if session.len() >= session.ctx() {
-                st.stop_reason = RAVEN_STOP_CONTEXT;
-                return Ok(());
-            }
-            let ts = stats_to_c(&session.step(next)?);
+            let (next, ts) = match session.next_token(&stops)? {
+                Next::Token(t, ts) => (t, stats_to_c(&ts)),
+                Next::Stop(_) => {
+                    st.stop_reason = RAVEN_STOP_TOKEN;
+                    return Ok(());
+                }
+                Next::ContextFull => {
+                    st.stop_reason = RAVEN_STOP_CONTEXT;
+                    return Ok(());
+                }
+            };
             st.n_generated += 1;
             st.total_steps += ts.steps as i64;
             st.n_exited_early += ts.exited_early as i32;

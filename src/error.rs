@@ -84,7 +84,8 @@ impl RavenError {
             source,
         }
     }
-    pub(crate) fn arg(name: &str, msg: impl Into<String>) -> Self {
+    /// An invalid argument or parameter, named as the caller knows it.
+    pub fn arg(name: &str, msg: impl Into<String>) -> Self {
         RavenError::InvalidArgument {
             name: name.to_string(),
             msg: msg.into(),

@@ -8,7 +8,8 @@
 //! - [`forward`] is the fast forward pass over a [`kv::KvCache`] and a [`forward::Workspace`];
 //!   [`reference`] is the slow, readable oracle of SPEC §1.
 //! - [`exit`] holds the per-token exit criteria, [`run`] the drivers (`raven logits`),
-//!   [`session::Session`] generation over a shared model (sampling in [`sample`]).
+//!   [`session::Session`] generation over a shared model (sampling in [`sample`]);
+//!   [`textgen`] turns it into text with chat templates and stop strings.
 #![deny(missing_docs)]
 
 pub mod capi;
@@ -26,6 +27,7 @@ pub mod run;
 pub mod sample;
 pub mod session;
 pub mod synth;
+pub mod textgen;
 
 pub use error::{RavenError, Result};
 pub use model::Model;

@@ -99,6 +99,17 @@ pub struct TokenStats {
     pub core_ms: f64,
 }
 
+/// What [`Session::next_token`] did.
+#[derive(Clone, Debug)]
+pub enum Next {
+    /// A token was sampled and fed.
+    Token(u32, TokenStats),
+    /// This stop token was sampled (not fed).
+    Stop(u32),
+    /// The context is full: nothing was fed.
+    ContextFull,
+}
+
 /// A generation session.
 pub struct Session {
     model: Arc<Model>,
@@ -419,9 +430,29 @@ impl Session {
         }
     }
 
+    /// One step of generation from the current logits: sample a token; if it is a stop token
+    /// ([`Session::is_stop`] with `extra_stops`) or the context is full, say so without feeding
+    /// it; otherwise feed it ([`Session::step`], which leaves the next logits) and return it
+    /// with its statistics. Every generation loop (here, the C ABI, text generation for the
+    /// server and Python) is this step repeated.
+    pub fn next_token(&mut self, extra_stops: &[u32]) -> Result<Next> {
+        if self.cancelled() {
+            return Err(RavenError::Cancelled);
+        }
+        let next = self.sample();
+        if self.is_stop(next, extra_stops) {
+            return Ok(Next::Stop(next));
+        }
+        if self.history.len() >= self.cache.ctx() {
+            return Ok(Next::ContextFull);
+        }
+        let stats = self.step(next)?;
+        Ok(Next::Token(next, stats))
+    }
+
     /// Feeds `prompt` ([`Session::feed_prompt`]) and generates up to `max_new` tokens, calling
     /// `on_token(token, stats)` for each; it returns false to stop. Stops before a stop token
-    /// (which is neither reported nor fed).
+    /// (which is neither reported nor fed); a full context is [`RavenError::ContextOverflow`].
     pub fn generate(
         &mut self,
         prompt: &[u32],
@@ -432,14 +463,16 @@ impl Session {
         self.feed_prompt(prompt)?;
         let mut all = Vec::new();
         for _ in 0..max_new {
-            if self.cancelled() {
-                return Err(RavenError::Cancelled);
-            }
-            let next = self.sample();
-            if self.is_stop(next, stops) {
-                break;
-            }
-            let stats = self.step(next)?;
+            let (next, stats) = match self.next_token(stops)? {
+                Next::Token(t, st) => (t, st),
+                Next::Stop(_) => break,
+                Next::ContextFull => {
+                    return Err(RavenError::ContextOverflow {
+                        needed: self.history.len() + 1,
+                        context: self.cache.ctx(),
+                    })
+                }
+            };
             let go = on_token(next, &stats);
             all.push(stats);
             if !go {

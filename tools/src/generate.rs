@@ -5,7 +5,7 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 
 use raven::exit::{Criterion, ExitPolicy};
@@ -13,7 +13,7 @@ use raven::kv::CacheStrategy;
 use raven::sample::SamplingParams;
 use raven::session::TokenStats;
 use raven::{Model, Session, SessionParams};
-use raven_text::{ChatMessage, ChatTemplate, StreamDecoder};
+use raven_text::{ChatMessage, StreamDecoder};
 
 /// Options shared by `run` and `chat`.
 #[derive(Args, Clone)]
@@ -300,7 +300,7 @@ pub fn run(a: &GenArgs, prompt: &str, chat: bool) -> Result<()> {
     let params = a.params(&model)?;
     let tok = model.tokenizer()?;
     let text = if chat {
-        render_chat(&model, &[ChatMessage::new("user", prompt)])?
+        model.render_chat(&[ChatMessage::new("user", prompt)])?
     } else {
         prompt.to_string()
     };
@@ -315,30 +315,6 @@ pub fn run(a: &GenArgs, prompt: &str, chat: bool) -> Result<()> {
         out.write_all(prompt.as_bytes())?;
     }
     stream_generate(&mut session, &ids, a, &mut out).map(|_| ())
-}
-
-fn render_chat(model: &Model, messages: &[ChatMessage]) -> Result<String> {
-    let tok = model.tokenizer()?;
-    let name = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i)).unwrap_or_default();
-    match &model.vocab.chat_template {
-        Some(src) => {
-            let t = ChatTemplate::new(
-                src,
-                &name(model.vocab.bos),
-                &name(model.vocab.eos.first().copied()),
-            )
-            .context("the model's chat template does not compile")?;
-            Ok(t.render(messages, true)?)
-        }
-        None => {
-            let mut s = String::new();
-            for m in messages {
-                s += &format!("{}: {}\n", m.role, m.content);
-            }
-            s += "assistant: ";
-            Ok(s)
-        }
-    }
 }
 
 /// `raven chat`: an interactive conversation on standard input.
@@ -366,7 +342,7 @@ pub fn chat(a: &GenArgs, system: Option<&str>) -> Result<()> {
             break;
         }
         messages.push(ChatMessage::new("user", line.trim()));
-        let text = render_chat(&model, &messages)?;
+        let text = model.render_chat(&messages)?;
         let ids = tok.encode(&text, false)?;
         // Reuse the cached prefix when the conversation only grew.
         let h = session.history().to_vec();
