@@ -117,6 +117,9 @@ enum Cmd {
     },
     /// Accuracy of the demo task by difficulty against iterations and exit policies.
     Eval(eval::EvalArgs),
+    /// Serve the model over HTTP: OpenAI-compatible /v1/chat/completions, /v1/completions,
+    /// /v1/models and /health (the generation options below are the defaults requests override).
+    Serve(ServeArgs),
     /// Chat interactively with the model's chat template.
     Chat {
         /// A system message.
@@ -176,6 +179,61 @@ struct LogitsArgs {
     /// Output safetensors file (`logits` f32 [T, V], `steps` i32 [T]).
     #[arg(short = 'o', long = "out")]
     out: PathBuf,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on (loopback by default: expose it deliberately).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port (0 picks a free one; the address is printed).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// The model id clients send (default: the file name without .gguf, or raven-demo).
+    #[arg(long)]
+    alias: Option<String>,
+    /// Generations that run at once; the cores are divided among them.
+    #[arg(long, default_value_t = 1)]
+    parallel: usize,
+    /// Requests that may wait for a free generation; beyond that: 503 with Retry-After.
+    #[arg(long, default_value_t = 64)]
+    queue: usize,
+    /// Largest max_tokens a request may ask for (and the default when it asks for none).
+    #[arg(long = "max-tokens-limit", default_value_t = 4096)]
+    max_tokens_limit: usize,
+    /// Largest request body in bytes.
+    #[arg(long = "max-body-bytes", default_value_t = 1 << 20)]
+    max_body_bytes: usize,
+    #[command(flatten)]
+    gen: generate::GenArgs,
+}
+
+fn serve(a: ServeArgs) -> Result<()> {
+    let model = a.gen.load()?;
+    let defaults = a.gen.params(&model)?;
+    let model_id = a.alias.clone().unwrap_or_else(|| match &a.gen.model {
+        Some(p) => p
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "raven".into()),
+        None => "raven-demo".into(),
+    });
+    let o = raven_server::ServeOptions {
+        host: a.host,
+        port: a.port,
+        model_id: model_id.clone(),
+        parallel: a.parallel,
+        threads: a.gen.threads,
+        queue: a.queue,
+        max_tokens_limit: a.max_tokens_limit,
+        max_body_bytes: a.max_body_bytes,
+        defaults,
+    };
+    raven_server::serve(model, o, move |addr| {
+        eprintln!("raven serve: {model_id} on http://{addr} (Ctrl-C to stop)");
+    })?;
+    eprintln!("raven serve: stopped");
+    Ok(())
 }
 
 struct Bar(Option<indicatif::ProgressBar>);
@@ -479,6 +537,7 @@ fn run() -> Result<()> {
         }
         Cmd::Run { prompt, chat, gen } => generate::run(&gen, &prompt, chat),
         Cmd::Chat { system, gen } => generate::chat(&gen, system.as_deref()),
+        Cmd::Serve(a) => serve(a),
     }
 }
 
