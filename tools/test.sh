@@ -45,18 +45,24 @@ RAVEN_FORCE_SCALAR=1 cargo test --workspace
 step "converter output read by gguf-py (tools/gguf_py_check.py)"
 python3 tools/gguf_py_check.py tests/fixtures/tiny-huginn
 
+step "Python bindings and the server: pip install ./python, raven serve driven by openai, curl and a load test"
+cargo build --release -p raven-cli
+python3 -m pip install -q --disable-pip-version-check --force-reinstall --no-deps ./python
+(cd python/tests && RAVEN_BIN="$PWD/../../target/release/raven" python3 -m pytest -q -p no:cacheprovider .)
+
 if [[ -z "${RAVEN_TEST_QUICK:-}" ]]; then
     step "clippy for aarch64 (the NEON and dotprod kernels)"
     cargo clippy -p raven-quant --all-targets --target aarch64-unknown-linux-gnu -- -D warnings
     for cpu in cortex-a72 max; do
         step "tests for aarch64 under qemu -cpu $cpu"
         # raven-cli's tests spawn the `raven` binary, which an emulated test cannot exec without
-        # binfmt_misc (absent in containers); the CLI only wires the libraries tested here.
+        # binfmt_misc (absent in containers); the CLI only wires the libraries tested here. The
+        # Python module needs an aarch64 interpreter to link against.
         # The real-width conversion test (tests/real_scale.rs) writes and converts 2.5 GB: a
         # minute natively, most of an hour emulated; it tests no kernel the others miss.
         RAVEN_TEST_SKIP_REAL_WIDTH=1 \
         CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu $cpu" \
-            cargo test --workspace --exclude raven-cli --target aarch64-unknown-linux-gnu
+            cargo test --workspace --exclude raven-cli --exclude raven-python --target aarch64-unknown-linux-gnu
     done
     step "fuzz smoke: every cargo-fuzz target on its seeds (tools/fuzz_smoke.sh)"
     FUZZ_SECONDS="${FUZZ_SECONDS:-20}" tools/fuzz_smoke.sh
