@@ -329,3 +329,29 @@ def test_queue_limit_gives_503_with_retry_after():
         assert s.stop() == 0  # SIGTERM cancels the running generations and exits cleanly
         for t in ts:
             t.join(timeout=30)
+
+
+def test_padded_vocabulary_is_never_served(tmp_path):
+    """A model whose embedding (1024 rows) is larger than its tokenizer (the demo's 294 ids):
+    sampled completions at temperature 1 never contain an id the tokenizer cannot decode (which
+    used to end the generation with an error)."""
+    from conftest import ROOT
+
+    hf = tmp_path / "hf"
+    subprocess.run([str(RAVEN_BIN), "synth", "--hf", str(hf), "--shape", "huginn-0125/55",
+                    "--layers", "1,1,1", "--vocab", "1024", "--tokenizer",
+                    str(ROOT / "models/demo/hf/tokenizer.json")], check=True)
+    gguf = tmp_path / "padded.gguf"
+    subprocess.run([str(RAVEN_BIN), "convert", str(hf), "-o", str(gguf), "--type", "q8_0"],
+                   check=True, capture_output=True)
+    s = Server("-m", str(gguf), "--ignore-eos")
+    try:
+        for seed in range(4):
+            st, _, body = s.request("POST", "/v1/completions", body={
+                "model": "padded", "prompt": "Ball: 3. Swaps:", "max_tokens": 40, "steps": 2,
+                "temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "seed": seed})
+            assert st == 200, body
+            r = json.loads(body)
+            assert r["usage"]["completion_tokens"] == 40 and r["choices"][0]["text"]
+    finally:
+        assert s.stop() == 0
