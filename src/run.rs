@@ -65,6 +65,21 @@ pub struct LogitsOptions {
     pub decode_from: Option<usize>,
 }
 
+impl LogitsOptions {
+    /// `steps` core iterations for every token from a zero initial state, the prompt in one
+    /// pass, the full cache: what `raven logits --steps N --init-scale 0` runs.
+    pub fn fixed(steps: usize) -> LogitsOptions {
+        LogitsOptions {
+            steps,
+            init_scale: 0.0,
+            seed: 0,
+            exit: None,
+            cache: CacheStrategy::Full,
+            decode_from: None,
+        }
+    }
+}
+
 /// Logits [T, V] and core iterations per token.
 pub struct LogitsOutput {
     /// Row-major logits.

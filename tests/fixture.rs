@@ -13,14 +13,7 @@ use raven::Model;
 const TOL: f32 = 2e-4;
 
 fn opts(steps: usize) -> LogitsOptions {
-    LogitsOptions {
-        steps,
-        init_scale: 0.0,
-        seed: 0,
-        exit: None,
-        cache: CacheStrategy::Full,
-        decode_from: None,
-    }
+    LogitsOptions::fixed(steps)
 }
 
 fn forward_cases_match(ty: &str) {

@@ -21,7 +21,6 @@ use common::*;
 use raven::checkpoint::Checkpoint;
 use raven::config::Config;
 use raven::convert::{convert, NoProgress, OutType};
-use raven::kv::CacheStrategy;
 use raven::run::{logits, LogitsOptions, Threads};
 use raven::session::{Session, SessionParams};
 use raven::synth::{huginn_0125, write_hf, HfOptions};
@@ -197,14 +196,6 @@ fn huginn_widths_convert_to_every_type() {
     let v = c.n_vocab;
     let tokens = [0u32, 1, 517, v as u32 - 1];
     let threads = Threads::new(2).unwrap();
-    let opts = |steps| LogitsOptions {
-        steps,
-        init_scale: 0.0,
-        seed: 0,
-        exit: None,
-        cache: CacheStrategy::Full,
-        decode_from: None,
-    };
     // The oracle: the readable reference forward on the bf16 file, whose weights are the
     // checkpoint's values exactly.
     let mut oracle = Vec::new();
@@ -214,7 +205,9 @@ fn huginn_widths_convert_to_every_type() {
             .unwrap_or_else(|e| panic!("convert to {ty}: {e}"));
         tensors_equal_their_sources(&ck, &out);
         let m = Model::load(&out).unwrap();
-        let fast = logits(&m, &tokens, &opts(1), &threads).unwrap().logits;
+        let fast = logits(&m, &tokens, &LogitsOptions::fixed(1), &threads)
+            .unwrap()
+            .logits;
         if ty == "bf16" {
             let s0 = vec![vec![0.0; c.n_embd]; tokens.len()];
             oracle = raven::reference::forward(&m, &tokens, 1, s0)

@@ -21,7 +21,8 @@ timed() { /usr/bin/time -f "    -> %e s wall, %M KB peak RSS, exit %x" "$@"; }
 step "build (release): the raven command and libraven.a"
 cargo build --release -p raven-cli -p raven 2>&1 | tail -1
 R=target/release/raven
-grep -o -m1 'avx512[a-z_]*\|avx2' /proc/cpuinfo | head -1 | sed 's/^/    CPU has /'
+grep -m1 'model name' /proc/cpuinfo | sed 's/^.*: /    CPU: /'
+echo "    SIMD: $(grep -o -w 'avx2\|avx512f\|avx512_vnni\|asimddp\|i8mm' /proc/cpuinfo | sort -u | tr '\n' ' ')"
 nproc | sed 's/^/    cores: /'
 
 step "synth --hf: Huginn-0125's exact layout with random bf16 weights"

@@ -463,6 +463,35 @@ impl Drop for Stream {
     }
 }
 
+/// What a generation needs: the prompt's ids, the text options, the session and its flag.
+type Job = (
+    Vec<u32>,
+    TextOptions,
+    Arc<Mutex<raven::Session>>,
+    Arc<AtomicBool>,
+);
+
+impl Session {
+    fn job(
+        &self,
+        prompt: &Bound<'_, PyAny>,
+        max_tokens: usize,
+        stop: Option<Vec<String>>,
+        chat: bool,
+    ) -> PyResult<Job> {
+        let o = TextOptions {
+            max_tokens,
+            stop: stop.unwrap_or_default(),
+        };
+        Ok((
+            prompt_ids(&self.model, prompt, chat)?,
+            o,
+            self.inner.clone(),
+            self.cancel.clone(),
+        ))
+    }
+}
+
 #[pymethods]
 impl Session {
     /// Feeds `prompt` (appended to the conversation) and generates up to `max_tokens` tokens,
@@ -477,12 +506,7 @@ impl Session {
         stop: Option<Vec<String>>,
         chat: bool,
     ) -> PyResult<Generation> {
-        let ids = prompt_ids(&self.model, prompt, chat)?;
-        let o = TextOptions {
-            max_tokens,
-            stop: stop.unwrap_or_default(),
-        };
-        let (inner, cancel) = (self.inner.clone(), self.cancel.clone());
+        let (ids, o, inner, cancel) = self.job(prompt, max_tokens, stop, chat)?;
         let out = py
             .detach(move || {
                 let mut s = inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -503,12 +527,7 @@ impl Session {
         stop: Option<Vec<String>>,
         chat: bool,
     ) -> PyResult<Stream> {
-        let ids = prompt_ids(&self.model, prompt, chat)?;
-        let o = TextOptions {
-            max_tokens,
-            stop: stop.unwrap_or_default(),
-        };
-        let (inner, cancel) = (self.inner.clone(), self.cancel.clone());
+        let (ids, o, inner, cancel) = self.job(prompt, max_tokens, stop, chat)?;
         let (tx, rx) = sync_channel::<Event>(64);
         let thread = std::thread::Builder::new()
             .name("raven-stream".into())

@@ -171,14 +171,7 @@ fn logits_match_library(args: &[&str], tokens: &[u32], o: &LogitsOptions) -> Vec
 }
 
 fn opts(steps: usize) -> LogitsOptions {
-    LogitsOptions {
-        steps,
-        init_scale: 0.0,
-        seed: 0,
-        exit: None,
-        cache: CacheStrategy::Full,
-        decode_from: None,
-    }
+    LogitsOptions::fixed(steps)
 }
 
 // ---------------------------------------------------------------------------------------------
