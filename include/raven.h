@@ -132,7 +132,8 @@ typedef struct raven_session_params {
    */
   int32_t n_threads;
   /**
-   * Context length in tokens (0 = the model's, at most 4096).
+   * Context length in tokens: 0 = the model's trained context, capped at 4096; otherwise at
+   * most the model's trained context (`raven_model_n_ctx_train`), larger is refused.
    */
   int32_t n_ctx;
   /**

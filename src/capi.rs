@@ -167,7 +167,8 @@ pub struct raven_sampling_params {
 pub struct raven_session_params {
     /// Worker threads (0 = all cores).
     pub n_threads: i32,
-    /// Context length in tokens (0 = the model's, at most 4096).
+    /// Context length in tokens: 0 = the model's trained context, capped at 4096; otherwise at
+    /// most the model's trained context (`raven_model_n_ctx_train`), larger is refused.
     pub n_ctx: i32,
     /// KV cache strategy: `RAVEN_CACHE_*`. Default `RAVEN_CACHE_COMPRESS`.
     pub cache_type: raven_cache_type,
@@ -298,7 +299,9 @@ impl From<RavenError> for Error {
                 RAVEN_ERR_INVALID_ARGUMENT
             }
             RavenError::Text(_) => RAVEN_ERR_FORMAT,
-            RavenError::InvalidArgument { .. } => RAVEN_ERR_INVALID_ARGUMENT,
+            RavenError::InvalidArgument { .. } | RavenError::InvalidParam { .. } => {
+                RAVEN_ERR_INVALID_ARGUMENT
+            }
             RavenError::ContextOverflow { .. } => RAVEN_ERR_CONTEXT_OVERFLOW,
             RavenError::CacheTooLarge { .. } => RAVEN_ERR_OUT_OF_MEMORY,
             RavenError::Cancelled => RAVEN_ERR_CANCELLED,
@@ -306,7 +309,8 @@ impl From<RavenError> for Error {
         };
         Error {
             status,
-            msg: e.to_string(),
+            // A parameter is named as its field of raven_session_params (never a CLI flag).
+            msg: e.message_for(crate::Param::c),
         }
     }
 }
@@ -1029,28 +1033,31 @@ fn criterion_from_c(kind: raven_exit_criterion, thr: f32) -> R<Criterion> {
             "exit_threshold = {thr} must be a positive number, or 0 for the criterion's default"
         )));
     }
-    let t = |default: f32| if thr == 0.0 { default } else { thr };
-    Ok(match kind {
-        RAVEN_EXIT_NONE => Criterion::None,
-        RAVEN_EXIT_KL => Criterion::Kl(t(1e-3)),
-        RAVEN_EXIT_MINP_KL => Criterion::MinpKl(t(1e-5)),
-        RAVEN_EXIT_ENTROPY_DIFF => Criterion::EntropyDiff(t(1e-3)),
-        RAVEN_EXIT_LATENT_DIFF => Criterion::LatentDiff(t(0.03)),
-        RAVEN_EXIT_COSINE => Criterion::Cosine(t(1e-3)),
-        RAVEN_EXIT_ARGMAX_STABILITY => {
-            let n = t(5.0);
-            if n.fract() != 0.0 || n > u32::MAX as f32 {
-                return Err(invalid(format!(
-                    "exit_threshold = {thr}: RAVEN_EXIT_ARGMAX_STABILITY takes a whole number of checks"
-                )));
-            }
-            Criterion::ArgmaxStability(n as u32)
-        }
+    let name = match kind {
+        RAVEN_EXIT_NONE => return Ok(Criterion::None),
+        RAVEN_EXIT_KL => "kl",
+        RAVEN_EXIT_MINP_KL => "minp-kl",
+        RAVEN_EXIT_ENTROPY_DIFF => "entropy-diff",
+        RAVEN_EXIT_LATENT_DIFF => "latent-diff",
+        RAVEN_EXIT_COSINE => "cosine",
+        RAVEN_EXIT_ARGMAX_STABILITY => "argmax-stability",
         k => {
             return Err(invalid(format!(
                 "exit_criterion = {k} is not one of RAVEN_EXIT_NONE (0) .. RAVEN_EXIT_ARGMAX_STABILITY (6)"
             )))
         }
+    };
+    // The defaults and the checks of each threshold are Criterion::parse's.
+    let spec = if thr == 0.0 {
+        name.to_string()
+    } else {
+        format!("{name}:{thr}")
+    };
+    Criterion::parse(&spec).map_err(|e| {
+        invalid(format!(
+            "exit_threshold = {thr} does not suit exit_criterion {name}: {}",
+            e.message_for(|_| "exit_threshold")
+        ))
     })
 }
 

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use crate::params::Param;
+
 /// Everything that can go wrong while reading a checkpoint, converting, loading or running a model.
 #[derive(Debug, thiserror::Error)]
 pub enum RavenError {
@@ -54,8 +56,17 @@ pub enum RavenError {
         /// What is wrong and what is allowed.
         msg: String,
     },
+    /// An invalid parameter: its [`Param`] names it for each front end
+    /// ([`RavenError::message_for`]); shown with its API name.
+    #[error("invalid {}: {msg}", param.api())]
+    InvalidParam {
+        /// The parameter.
+        param: Param,
+        /// What is wrong and what is allowed.
+        msg: String,
+    },
     /// A prompt or generation that does not fit the context.
-    #[error("context overflow: {needed} tokens needed, the context holds {context} (use a shorter prompt or a larger --ctx)")]
+    #[error("context overflow: {needed} tokens needed, the context holds {context} (use a shorter prompt or a larger context)")]
     ContextOverflow {
         /// Tokens that would be in the context.
         needed: usize,
@@ -63,7 +74,7 @@ pub enum RavenError {
         context: usize,
     },
     /// The session's KV cache would exceed the memory cap.
-    #[error("the KV cache would need {needed} bytes, over the cap of {cap} bytes (use --cache compress-s{n_core}, a smaller --ctx, or raise the cap)")]
+    #[error("the KV cache would need {needed} bytes, over the cap of {cap} bytes (use the compress-s{n_core} cache, a smaller context, or raise the cap)")]
     CacheTooLarge {
         /// Bytes needed.
         needed: u64,
@@ -84,7 +95,33 @@ impl RavenError {
             source,
         }
     }
-    /// An invalid argument or parameter, named as the caller knows it.
+    /// An invalid parameter.
+    pub fn param(param: Param, msg: impl Into<String>) -> Self {
+        RavenError::InvalidParam {
+            param,
+            msg: msg.into(),
+        }
+    }
+
+    /// The parameter an [`RavenError::InvalidParam`] concerns.
+    pub fn invalid_param(&self) -> Option<Param> {
+        match self {
+            RavenError::InvalidParam { param, .. } => Some(*param),
+            _ => None,
+        }
+    }
+
+    /// The message with an invalid parameter named by `name` (e.g. [`Param::cli`] for the
+    /// command line, [`Param::c`] for the C ABI); any other error as displayed.
+    pub fn message_for(&self, name: impl Fn(Param) -> &'static str) -> String {
+        match self {
+            RavenError::InvalidParam { param, msg } => format!("invalid {}: {msg}", name(*param)),
+            e => e.to_string(),
+        }
+    }
+
+    /// An invalid argument that is not a session parameter (a file, a command-line option of
+    /// one command), named as the caller knows it.
     pub fn arg(name: &str, msg: impl Into<String>) -> Self {
         RavenError::InvalidArgument {
             name: name.to_string(),

@@ -1,6 +1,7 @@
 //! Per-token exit criteria (SPEC §2), checked after core iterations, and the policy around them.
 
 use crate::error::{RavenError, Result};
+use crate::params::Param;
 
 /// An exit criterion with its threshold.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -33,8 +34,8 @@ impl Criterion {
                 None => Ok(default),
                 Some(t) => match t.parse::<f32>() {
                     Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
-                    _ => Err(RavenError::arg(
-                        "--exit",
+                    _ => Err(RavenError::param(
+                        Param::Exit,
                         format!("threshold \"{t}\" of {name} must be a positive number"),
                     )),
                 },
@@ -43,7 +44,7 @@ impl Criterion {
         Ok(match name {
             "none" => {
                 if thr.is_some() {
-                    return Err(RavenError::arg("--exit", "\"none\" takes no threshold"));
+                    return Err(RavenError::param(Param::Exit, "\"none\" takes no threshold"));
                 }
                 Criterion::None
             }
@@ -57,16 +58,14 @@ impl Criterion {
                 Some(t) => match t.parse::<u32>() {
                     Ok(v) if v > 0 => Criterion::ArgmaxStability(v),
                     _ => {
-                        return Err(RavenError::arg(
-                            "--exit",
+                        return Err(RavenError::param(Param::Exit,
                             format!("argmax-stability takes a positive whole number of checks, not \"{t}\""),
                         ))
                     }
                 },
             },
             _ => {
-                return Err(RavenError::arg(
-                    "--exit",
+                return Err(RavenError::param(Param::Exit,
                     format!(
                         "unknown criterion \"{name}\"; use one of kl, minp-kl, entropy-diff, latent-diff, cosine, argmax-stability, none (optionally :threshold)"
                     ),
@@ -114,16 +113,19 @@ impl ExitPolicy {
     /// Checks the numbers.
     pub fn validate(&self) -> Result<()> {
         if self.max_steps == 0 {
-            return Err(RavenError::arg("--max-steps", "must be at least 1"));
+            return Err(RavenError::param(Param::MaxSteps, "must be at least 1"));
         }
         if self.check_every == 0 {
-            return Err(RavenError::arg("--check-every", "must be at least 1"));
+            return Err(RavenError::param(Param::CheckEvery, "must be at least 1"));
+        }
+        if self.min_steps == 0 {
+            return Err(RavenError::param(Param::MinSteps, "must be at least 1"));
         }
         if self.min_steps > self.max_steps {
-            return Err(RavenError::arg(
-                "--min-steps",
+            return Err(RavenError::param(
+                Param::MinSteps,
                 format!(
-                    "{} is larger than --max-steps {}",
+                    "{} is larger than the maximum steps ({})",
                     self.min_steps, self.max_steps
                 ),
             ));
@@ -308,8 +310,8 @@ mod tests {
             "argmax-stability:1.5",
             "cosine:nan",
         ] {
-            let e = Criterion::parse(bad).unwrap_err().to_string();
-            assert!(e.contains("--exit"), "{bad}: {e}");
+            let e = Criterion::parse(bad).unwrap_err();
+            assert_eq!(e.invalid_param(), Some(Param::Exit), "{bad}: {e}");
         }
     }
 }

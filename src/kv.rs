@@ -3,6 +3,7 @@
 
 use crate::config::Config;
 use crate::error::{RavenError, Result};
+use crate::params::Param;
 
 /// How core-block cache slots are assigned and looked up (SPEC §2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,8 +25,8 @@ impl CacheStrategy {
                 .ok()
                 .filter(|&k| k > 0)
                 .ok_or_else(|| {
-                    RavenError::arg(
-                        "--cache",
+                    RavenError::param(
+                        Param::Cache,
                         format!("\"{s}\": expected a positive number after the prefix"),
                     )
                 })
@@ -37,8 +38,7 @@ impl CacheStrategy {
         } else if let Some(r) = s.strip_prefix("latest-m") {
             Ok(CacheStrategy::Latest(num(r)?))
         } else {
-            Err(RavenError::arg(
-                "--cache",
+            Err(RavenError::param(Param::Cache,
                 format!("\"{s}\" is not one of full, compress-sK (e.g. compress-s4), latest-mC (e.g. latest-m4)"),
             ))
         }
@@ -47,8 +47,8 @@ impl CacheStrategy {
     /// Checks the strategy against the model.
     pub fn validate(self, c: &Config) -> Result<()> {
         match self {
-            CacheStrategy::Latest(m) if m != c.n_core => Err(RavenError::arg(
-                "--cache",
+            CacheStrategy::Latest(m) if m != c.n_core => Err(RavenError::param(
+                Param::Cache,
                 format!(
                     "latest-m{m}: the modulus must equal the model's core layer count ({})",
                     c.n_core
@@ -144,7 +144,7 @@ impl KvCache {
     ) -> Result<KvCache> {
         strategy.validate(c)?;
         if max_steps == 0 {
-            return Err(RavenError::arg("--max-steps", "must be at least 1"));
+            return Err(RavenError::param(Param::MaxSteps, "must be at least 1"));
         }
         let core_slots = strategy.core_slots(c, max_steps);
         // Sizes are checked and the buffers allocated fallibly: a huge --steps or context is an
@@ -155,7 +155,7 @@ impl KvCache {
                 format!(
                     "{ctx} positions × {max_steps} iterations need {} bytes of keys and values, \
                      more than can be allocated (use fewer iterations, a smaller context or \
-                     --cache compress-sK)",
+                     a compress-sK cache)",
                     strategy.bytes(c, ctx, max_steps)
                 ),
             )

@@ -21,6 +21,7 @@ pub mod exit;
 pub mod forward;
 pub mod kv;
 pub mod model;
+pub mod params;
 pub mod reference;
 pub mod rng;
 pub mod run;
@@ -31,4 +32,5 @@ pub mod textgen;
 
 pub use error::{RavenError, Result};
 pub use model::Model;
+pub use params::Param;
 pub use session::{Session, SessionParams};

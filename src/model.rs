@@ -8,6 +8,7 @@ use raven_quant::{GgmlType, Matrix};
 
 use crate::config::Config;
 use crate::error::{RavenError, Result};
+use crate::params::Param;
 
 /// A weight matrix: a view (type, shape, byte range) into the model file's bytes, never a copy.
 #[derive(Clone, Debug)]
@@ -434,8 +435,8 @@ impl Model {
         if (t as usize) < self.config.n_vocab {
             Ok(())
         } else {
-            Err(RavenError::arg(
-                "token",
+            Err(RavenError::param(
+                Param::Tokens,
                 format!(
                     "id {t} is outside the vocabulary (0..{})",
                     self.config.n_vocab

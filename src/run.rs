@@ -10,6 +10,7 @@ use crate::exit::{Criterion, ExitPolicy, ExitState};
 use crate::forward::Workspace;
 use crate::kv::{CacheStrategy, KvCache};
 use crate::model::Model;
+use crate::params::Param;
 use crate::rng::Rng;
 
 /// A thread pool entered once per call (rayon's cost per parallel region is only low inside
@@ -26,7 +27,9 @@ impl Threads {
             .num_threads(n)
             .thread_name(|i| format!("raven-{i}"))
             .build()
-            .map_err(|e| RavenError::arg("--threads", format!("cannot start {n} threads: {e}")))?;
+            .map_err(|e| {
+                RavenError::param(Param::Threads, format!("cannot start {n} threads: {e}"))
+            })?;
         Ok(Threads { pool })
     }
 
@@ -234,7 +237,7 @@ pub fn logits(
 ) -> Result<LogitsOutput> {
     let t_len = tokens.len();
     if t_len == 0 {
-        return Err(RavenError::arg("--tokens", "no tokens given"));
+        return Err(RavenError::param(Param::Tokens, "no tokens given"));
     }
     for &t in tokens {
         m.check_token(t)?;
@@ -246,12 +249,12 @@ pub fn logits(
         });
     }
     if o.steps == 0 {
-        return Err(RavenError::arg("--steps", "must be at least 1"));
+        return Err(RavenError::param(Param::Steps, "must be at least 1"));
     }
     if let Some(n) = o.decode_from {
         if n == 0 || n > t_len {
-            return Err(RavenError::arg(
-                "--decode-from",
+            return Err(RavenError::param(
+                Param::DecodeFrom,
                 format!("{n} must be between 1 and the number of tokens ({t_len})"),
             ));
         }

@@ -2,6 +2,7 @@
 
 use crate::error::{RavenError, Result};
 use crate::exit::argmax;
+use crate::params::Param;
 use crate::rng::Rng;
 
 /// How the next token is drawn from the logits.
@@ -46,26 +47,26 @@ impl SamplingParams {
     /// Checks ranges, naming the option.
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return Err(RavenError::arg(
-                "--temp",
+            return Err(RavenError::param(
+                Param::Temperature,
                 format!("{} must be a finite number ≥ 0", self.temperature),
             ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(RavenError::arg(
-                "--top-p",
+            return Err(RavenError::param(
+                Param::TopP,
                 format!("{} must be in (0, 1]", self.top_p),
             ));
         }
         if !(0.0..1.0).contains(&self.min_p) {
-            return Err(RavenError::arg(
-                "--min-p",
+            return Err(RavenError::param(
+                Param::MinP,
                 format!("{} must be in [0, 1)", self.min_p),
             ));
         }
         if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
-            return Err(RavenError::arg(
-                "--repeat-penalty",
+            return Err(RavenError::param(
+                Param::RepeatPenalty,
                 format!("{} must be a positive number", self.repeat_penalty),
             ));
         }

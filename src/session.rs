@@ -11,6 +11,7 @@ use crate::exit::{Criterion, ExitPolicy};
 use crate::forward::Workspace;
 use crate::kv::{CacheStrategy, KvCache};
 use crate::model::Model;
+use crate::params::Param;
 use crate::rng::Rng;
 use crate::run::{run_token, Init, Threads, Timing, TokenControl};
 use crate::sample::{sample, SamplingParams};
@@ -156,22 +157,22 @@ impl Session {
         params.cache.validate(&model.config)?;
         if let Some(b) = params.budget_ms {
             if !(b.is_finite() && b > 0.0) {
-                return Err(RavenError::arg(
-                    "--budget-ms",
+                return Err(RavenError::param(
+                    Param::BudgetMs,
                     format!("{b} must be a positive number of milliseconds"),
                 ));
             }
         }
         if !(params.init_scale.is_finite() && params.init_scale >= 0.0) {
-            return Err(RavenError::arg(
-                "--init-scale",
+            return Err(RavenError::param(
+                Param::InitScale,
                 format!("{} must be a finite number ≥ 0", params.init_scale),
             ));
         }
         let ctx = params.context_for(&model);
         if ctx > model.config.context {
-            return Err(RavenError::arg(
-                "--ctx",
+            return Err(RavenError::param(
+                Param::Ctx,
                 format!(
                     "{ctx} is larger than the model's trained context ({})",
                     model.config.context
@@ -293,7 +294,7 @@ impl Session {
     /// iteration count, leaving the next-token logits of the last one.
     pub fn prefill(&mut self, tokens: &[u32]) -> Result<()> {
         if tokens.is_empty() {
-            return Err(RavenError::arg("prompt", "is empty"));
+            return Err(RavenError::param(Param::Prompt, "is empty"));
         }
         self.check_prompt(tokens)?;
         let steps = if self.params.prefill_steps == 0 {
@@ -509,27 +510,27 @@ impl Session {
         mut on_token: impl FnMut(u32, &TokenStats) -> bool,
     ) -> Result<Vec<TokenStats>> {
         if self.params.sampling.temperature != 0.0 {
-            return Err(RavenError::arg(
-                "--draft-steps",
-                "speculative decoding is greedy: use --temp 0",
+            return Err(RavenError::param(
+                Param::DraftSteps,
+                "speculative decoding is greedy: the temperature must be 0",
             ));
         }
         if self.params.warm_start {
-            return Err(RavenError::arg(
-                "--draft-steps",
-                "speculative decoding cannot be combined with --warm-start",
+            return Err(RavenError::param(
+                Param::DraftSteps,
+                "speculative decoding cannot be combined with a warm start",
             ));
         }
         let full = self.params.exit.max_steps;
         if draft_steps == 0 || draft_steps > full {
-            return Err(RavenError::arg(
-                "--draft-steps",
-                format!("{draft_steps} must be between 1 and --steps ({full})"),
+            return Err(RavenError::param(
+                Param::DraftSteps,
+                format!("{draft_steps} must be between 1 and the maximum steps ({full})"),
             ));
         }
         if lookahead == 0 || lookahead > 64 {
-            return Err(RavenError::arg(
-                "--lookahead",
+            return Err(RavenError::param(
+                Param::Lookahead,
                 format!("{lookahead} must be between 1 and 64"),
             ));
         }

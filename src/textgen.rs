@@ -8,6 +8,7 @@ use raven_text::{ChatMessage, ChatTemplate, StreamDecoder};
 
 use crate::error::{RavenError, Result};
 use crate::model::Model;
+use crate::params::Param;
 use crate::session::{Next, Session, TokenStats};
 
 impl Model {
@@ -145,8 +146,8 @@ pub fn generate_text(
     if !prompt.is_empty() {
         session.feed_prompt(prompt)?;
     } else if session.logits().is_empty() {
-        return Err(RavenError::arg(
-            "prompt",
+        return Err(RavenError::param(
+            Param::Prompt,
             "is empty and the session has nothing to continue from",
         ));
     }

@@ -609,7 +609,8 @@ fn opts() -> LogitsOptions {
 fn logits_refused(tokens: &[u32], o: &LogitsOptions, needles: &[&str]) {
     let msg = match logits(model(), tokens, o, threads()) {
         Ok(_) => panic!("logits accepted tokens {tokens:?}"),
-        Err(e) => e.to_string(),
+        // `raven logits`' contract names its flags.
+        Err(e) => e.message_for(raven::Param::cli),
     };
     eprintln!("logits: {msg}");
     for n in needles {

@@ -8,6 +8,7 @@ use common::*;
 use raven::exit::{Criterion, ExitPolicy};
 use raven::kv::{CacheStrategy, KvCache};
 use raven::sample::SamplingParams;
+use raven::Param;
 use raven::{Model, RavenError, Session, SessionParams};
 
 fn model() -> Arc<Model> {
@@ -110,41 +111,48 @@ fn context_overflow_is_a_clear_error() {
 }
 
 #[test]
-fn bad_session_options_name_the_flag() {
+fn bad_session_options_name_the_parameter() {
     let m = model();
     let base = SessionParams::for_model(&m);
-    let check = |p: SessionParams, flag: &str| {
-        let e = Session::new(m.clone(), p)
-            .err()
-            .expect("refused")
-            .to_string();
-        assert!(e.contains(flag), "{flag}: {e}");
+    let check = |p: SessionParams, want: Option<Param>, text: &str| {
+        let e = Session::new(m.clone(), p).err().expect("refused");
+        assert_eq!(e.invalid_param(), want, "{e}");
+        assert!(e.to_string().contains(text), "{text}: {e}");
+        // No front end's spelling leaks into the library's message.
+        assert!(!e.to_string().contains("--"), "{e}");
     };
     let mut p = base.clone();
     p.budget_ms = Some(0.0);
-    check(p, "--budget-ms");
+    check(p, Some(Param::BudgetMs), "budget_ms");
     let mut p = base.clone();
     p.exit.max_steps = 0;
-    check(p, "--max-steps");
+    check(p, Some(Param::MaxSteps), "steps");
+    let mut p = base.clone();
+    p.exit.min_steps = 0;
+    check(p, Some(Param::MinSteps), "min_steps");
     let mut p = base.clone();
     p.cache = CacheStrategy::Latest(3);
-    check(p, "--cache");
+    check(p, Some(Param::Cache), "cache");
     let mut p = base.clone();
     p.sampling.top_p = 0.0;
-    check(p, "--top-p");
+    check(p, Some(Param::TopP), "top_p");
     let mut p = base.clone();
     p.ctx = 1 << 20;
-    check(p, "--ctx");
+    check(p, Some(Param::Ctx), "ctx");
     let mut p = base.clone();
     p.kv_cap_bytes = Some(1000);
-    check(p, "KV cache");
+    check(p, None, "KV cache");
     let mut p = base;
     p.init_scale = -1.0;
-    check(p, "--init-scale");
-    assert!(Criterion::parse("bogus")
-        .unwrap_err()
-        .to_string()
-        .contains("--exit"));
+    check(p, Some(Param::InitScale), "init_scale");
+    let e = Criterion::parse("bogus").unwrap_err();
+    assert_eq!(e.invalid_param(), Some(Param::Exit));
+    // Each front end names them its way.
+    assert!(e.message_for(Param::cli).starts_with("invalid --exit: "));
+    assert!(e
+        .message_for(Param::c)
+        .starts_with("invalid exit_criterion/exit_threshold: "));
+    assert!(e.to_string().starts_with("invalid exit: "));
 }
 
 /// Latent criteria never run the coda or head mid-recurrence; KL does: the same token

@@ -33,6 +33,20 @@ static void session_params_rejected(const raven_model *m, raven_session_params p
         g_failures++;
         if (st == RAVEN_OK) raven_session_free(s);
     }
+    /* The message names the struct field, never a command-line flag. */
+    if (strstr(raven_last_error(), "--") != NULL) {
+        fprintf(stderr, "%s: the message names a flag: %s\n", what, raven_last_error());
+        g_failures++;
+    }
+}
+
+/* As session_params_rejected, and the message names `field`. */
+static void field_rejected(const raven_model *m, raven_session_params p, const char *field) {
+    session_params_rejected(m, p, field);
+    if (strstr(raven_last_error(), field) == NULL) {
+        fprintf(stderr, "%s: the message does not name it: %s\n", field, raven_last_error());
+        g_failures++;
+    }
 }
 
 int main(int argc, char **argv) {
@@ -144,6 +158,29 @@ int main(int argc, char **argv) {
     session_params_rejected(m, q, "negative temperature");
     q = p; q.sampling.top_k = -1;
     session_params_rejected(m, q, "negative top_k");
+    /* Each invalid field is named as in raven_session_params. */
+    q = p; q.min_steps = 0;
+    field_rejected(m, q, "min_steps");
+    q = p; q.sampling.temperature = -1.0f;
+    field_rejected(m, q, "sampling.temperature");
+    q = p; q.sampling.top_p = 0.0f;
+    field_rejected(m, q, "sampling.top_p");
+    q = p; q.sampling.min_p = 1.5f;
+    field_rejected(m, q, "sampling.min_p");
+    q = p; q.sampling.repeat_penalty = 0.0f;
+    field_rejected(m, q, "sampling.repeat_penalty");
+    q = p; q.init_scale = -1.0f;
+    field_rejected(m, q, "init_scale");
+    q = p; q.check_every = 0;
+    field_rejected(m, q, "check_every");
+    q = p; q.min_steps = 9;
+    field_rejected(m, q, "min_steps");
+    q = p; q.n_ctx = 100000;
+    field_rejected(m, q, "n_ctx");
+    q = p; q.exit_criterion = RAVEN_EXIT_KL; q.exit_threshold = -1.0f;
+    field_rejected(m, q, "exit_threshold");
+    q = p; q.cache_type = RAVEN_CACHE_LATEST; q.cache_k = 3;
+    field_rejected(m, q, "cache_type");
     q = p; q.kv_cap_bytes = 1000;
     CHECK_STATUS(raven_session_new(m, &q, &s), RAVEN_ERR_OUT_OF_MEMORY);
     CHECK(strstr(raven_last_error(), "KV cache") != NULL);

@@ -547,7 +547,11 @@ fn report(e: &anyhow::Error) -> String {
     let mut out = String::new();
     let mut prev = String::new();
     for cause in e.chain() {
-        let t = cause.to_string();
+        // The library names an invalid parameter neutrally; here it is the flag that set it.
+        let t = match cause.downcast_ref::<raven::RavenError>() {
+            Some(r) => r.message_for(raven::Param::cli),
+            None => cause.to_string(),
+        };
         if !prev.contains(&t) {
             if !out.is_empty() {
                 out.push_str(": ");
