@@ -48,13 +48,15 @@ pub use quantize::{can_dequantize, can_quantize, dequantize_row, quantize_row};
 pub use types::GgmlType;
 
 mod arch;
+mod layout;
 mod matmul;
 mod packed;
 mod par;
 
+pub use arch::set_streams;
 pub use matmul::{
     activation_type, attend_head, attend_queries, axpy_f32, can_matmul, dot_f32, isa, matmul,
     silu_mul, ActivationType, Activations, Matrix, VecDot, Weights,
 };
-pub use packed::{huge_page_vec, repack, set_streams, PackedMatrix};
+pub use packed::{huge_page_vec, repack, PackedMatrix};
 pub use par::{par_matmul, SERIAL_WORK};

@@ -4,7 +4,8 @@ use std::ops::Range;
 
 use crate::arch::{self, F32View, Kernels, Q8View};
 use crate::blocks::{self, QK};
-use crate::packed::{PackedMatrix, GROUP};
+use crate::layout::GROUP;
+use crate::packed::PackedMatrix;
 use crate::quantize::dequantize_unchecked;
 use crate::{GgmlType, QuantError};
 

@@ -105,6 +105,21 @@ mod tests;
 
 use std::sync::OnceLock;
 
+static STREAMS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Whether packed kernels walk three distant runs of groups side by side when decoding (the
+/// default; see `stream_groups!`). Off: one group at a time. For benchmarks that compare the
+/// two in one run.
+#[doc(hidden)]
+pub fn set_streams(on: bool) {
+    STREAMS.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // only the x86 Q4_0 kernels stream
+pub(crate) fn streams() -> bool {
+    STREAMS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Q8_0 activations, struct-of-arrays: `n` tokens of `nb` blocks.
 #[derive(Clone, Copy)]
 pub(crate) struct Q8View<'a> {

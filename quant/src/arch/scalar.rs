@@ -2,7 +2,7 @@
 
 use super::{F32View, Kernels, Q8View};
 use crate::blocks::{bf16_to_f32, f16_to_f32, QK};
-use crate::packed::{group_bytes, group_bytes_q8, q4_offsets, GROUP};
+use crate::layout::{group_bytes, group_bytes_q8, q4_offsets, GROUP};
 use crate::quantize::quantize_block_q8_0;
 
 pub(crate) static KERNELS: Kernels = Kernels {
@@ -190,7 +190,7 @@ pub(crate) fn mm_bf16(w: &[u8], rows: usize, act: F32View<'_>, out: &mut [f32], 
     });
 }
 
-/// Packed Q4_0: see [`crate::packed`] for the layout.
+/// Packed Q4_0: see [`crate::layout`] for the layout.
 pub(crate) fn mm_q4_0x16(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) {
     let nb = act.nb;
     for (g, grp) in w.chunks(group_bytes(nb)).take(groups).enumerate() {
@@ -219,7 +219,7 @@ pub(crate) fn mm_q4_0x16(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f3
     }
 }
 
-/// Packed Q8_0: see [`crate::packed`] for the layout.
+/// Packed Q8_0: see [`crate::layout`] for the layout.
 pub(crate) fn mm_q8_0x16(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) {
     let nb = act.nb;
     for (g, grp) in w.chunks(group_bytes_q8(nb)).take(groups).enumerate() {

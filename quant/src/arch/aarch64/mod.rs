@@ -12,7 +12,7 @@ use core::arch::asm;
 
 use super::{check_packed, check_q8, F32View, Q8View};
 use crate::blocks::{f16_to_f32, f32_to_f16, QK};
-use crate::packed::{group_bytes, group_bytes_q8, q4_offsets};
+use crate::layout::{group_bytes, group_bytes_q8, q4_offsets};
 
 /// `acc + Σ a·b` over 16 byte pairs, spread over the four lanes in some order.
 #[inline(always)]
@@ -280,7 +280,7 @@ unsafe fn mm_float<const KIND: u8>(
     }
 }
 
-/// 16 interleaved Q4_0 rows (see `crate::packed`) against `NT` tokens with `sdot` by element:
+/// 16 interleaved Q4_0 rows (see `crate::layout`) against `NT` tokens with `sdot` by element:
 /// each 128-bit vector holds 4 bytes of 4 rows, each activation word is one lane.
 #[inline(always)]
 unsafe fn group_q4_0x16<const NT: usize>(

@@ -6,7 +6,7 @@ use core::arch::x86_64::*;
 
 use crate::arch::check_packed;
 use crate::blocks::QK;
-use crate::packed::{group_bytes, group_bytes_q8, q4_offsets};
+use crate::layout::{group_bytes, group_bytes_q8, q4_offsets};
 
 super::kernel_set!(
     "avx512vnni",
@@ -175,7 +175,7 @@ macro_rules! zmm_packed {
             let gb = $group_bytes(act.nb);
             check_packed(w, groups, gb, &act, out, ldo);
             let o = out.as_mut_ptr();
-            let decode = $streams && act.n <= 2 && crate::packed::streams();
+            let decode = $streams && act.n <= 2 && crate::arch::streams();
             stream_groups!(groups, decode, |gi, S| {
                 let gp: [*const u8; S] = core::array::from_fn(|j| w.as_ptr().add(gi[j] * gb));
                 tile_tokens!(act.n, if S > 1 { 2 } else { 4 }, |t, NT| {

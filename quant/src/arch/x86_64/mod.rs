@@ -11,7 +11,7 @@ use core::arch::x86_64::*;
 
 use super::{check_packed, check_q8, F32View, Q8View};
 use crate::blocks::{f16_to_f32, f32_to_f16, QK};
-use crate::packed::{group_bytes, group_bytes_q8, q4_offsets};
+use crate::layout::{group_bytes, group_bytes_q8, q4_offsets};
 
 /// Horizontal sum of 8 floats.
 #[inline(always)]
@@ -775,7 +775,7 @@ unsafe fn mm_float<const KIND: u8>(
     }
 }
 
-/// `S` groups of 16 interleaved Q4_0 rows (see `crate::packed`; walked side by side, see
+/// `S` groups of 16 interleaved Q4_0 rows (see `crate::layout`; walked side by side, see
 /// `stream_groups!`) against `NT` tokens, 8 rows per vector.
 #[inline(always)]
 unsafe fn group_q4_0x16<const NT: usize, const VNNI: bool, const S: usize>(
@@ -832,7 +832,7 @@ unsafe fn mm_q4_0x16<const VNNI: bool>(
     let gb = group_bytes(act.nb);
     check_packed(w, groups, gb, &act, out, ldo);
     let o = out.as_mut_ptr();
-    let streams = act.n == 1 && crate::packed::streams();
+    let streams = act.n == 1 && crate::arch::streams();
     stream_groups!(groups, streams, |gi, S| {
         let gp: [*const u8; S] = core::array::from_fn(|j| w.as_ptr().add(gi[j] * gb));
         tile_tokens!(act.n, if VNNI { 4 } else { 2 }, |t, NT| {
@@ -848,7 +848,7 @@ unsafe fn mm_q4_0x16<const VNNI: bool>(
     });
 }
 
-/// 16 interleaved Q8_0 rows (see `crate::packed`) against `NT` tokens, 8 rows per vector.
+/// 16 interleaved Q8_0 rows (see `crate::layout`) against `NT` tokens, 8 rows per vector.
 /// With VNNI the weights are offset to unsigned (`w + 128`) and `128 · Σ a` subtracted, exactly
 /// per lane; without, `maddubs` takes `|w|` and `a` with `w`'s sign.
 #[inline(always)]
