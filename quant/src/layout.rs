@@ -1,6 +1,6 @@
 //! The interleaved layouts of [`crate::PackedMatrix`]: where [`crate::repack`] writes each
-//! byte and the packed kernels in `arch` read it. A leaf module (it imports nothing of the
-//! crate), so that `packed` and `arch` both depend on it and not on each other.
+//! byte and the packed kernels in `arch` read it. A leaf module (it imports only a block size
+//! from [`crate::blocks`]), so that `packed` and `arch` both depend on it and not on each other.
 //!
 //! Layout of one group of 16 rows with `nb` blocks per row ([`group_bytes`] or
 //! [`group_bytes_q8`] bytes, a multiple of 64): the quants of block column `b` take `QS` bytes
@@ -11,6 +11,8 @@
 //! Q4_0: pairs of columns, each pair's quants followed by its scales ([`q4_offsets`]), so that
 //! a group is one stream of memory (decoding read the scales as a second stream per group
 //! before, and the kernels' share of the read bandwidth was lower; see `benches/roofline.rs`).
+
+use crate::blocks::Q8_0_BYTES;
 
 /// Rows per interleaved group.
 pub(crate) const GROUP: usize = 16;
@@ -33,5 +35,5 @@ pub(crate) fn q4_offsets(nb: usize, b: usize) -> (usize, usize) {
 
 /// Bytes of one group of 16 Q8_0 rows of `nb` blocks (padded to 64).
 pub(crate) fn group_bytes_q8(nb: usize) -> usize {
-    (nb * 34 * GROUP).div_ceil(64) * 64
+    (nb * Q8_0_BYTES * GROUP).div_ceil(64) * 64
 }

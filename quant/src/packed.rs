@@ -7,6 +7,7 @@
 //! broadcast activation word, and 16 scales convert with one instruction. Rows past the last
 //! whole group are kept as plain rows.
 
+use crate::blocks::{Q4_0_BYTES, Q8_0_BYTES, QK};
 use crate::layout::{group_bytes, group_bytes_q8, q4_offsets, GROUP};
 use crate::{GgmlType, Matrix};
 
@@ -134,11 +135,11 @@ pub fn repack(w: &Matrix<'_>) -> Option<PackedMatrix> {
 /// [`repack`] regardless of the kernels (tests use it).
 pub(crate) fn repack_always(w: &Matrix<'_>) -> Option<PackedMatrix> {
     let (bb, qs_bytes) = match w.ty {
-        GgmlType::Q4_0 => (18, 256),
-        GgmlType::Q8_0 => (34, 512),
+        GgmlType::Q4_0 => (Q4_0_BYTES, 256),
+        GgmlType::Q8_0 => (Q8_0_BYTES, 512),
         _ => return None,
     };
-    let nb = w.cols / 32;
+    let nb = w.cols / QK;
     let row_bytes = nb * bb;
     let n_groups = w.rows / GROUP;
     let gb = group_bytes_of(w.ty, nb);

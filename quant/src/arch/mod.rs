@@ -140,7 +140,7 @@ impl<'a> Q8View<'a> {
     pub fn tokens(self, t: std::ops::Range<usize>) -> Self {
         let nb = self.nb;
         Q8View {
-            qs: &self.qs[t.start * nb * 32..t.end * nb * 32],
+            qs: &self.qs[t.start * nb * crate::blocks::QK..t.end * nb * crate::blocks::QK],
             d: &self.d[t.start * nb..t.end * nb],
             s: &self.s[t.start * nb..t.end * nb],
             n: t.len(),

@@ -11,7 +11,7 @@ use core::arch::aarch64::*;
 use core::arch::asm;
 
 use super::{check_packed, check_q8, F32View, Q8View};
-use crate::blocks::{f16_to_f32, f32_to_f16, QK};
+use crate::blocks::{f16_to_f32, f32_to_f16, Q4_0_BYTES, Q8_0_BYTES, QK};
 use crate::layout::{group_bytes, group_bytes_q8, q4_offsets};
 
 /// `acc + Σ a·b` over 16 byte pairs, spread over the four lanes in some order.
@@ -153,7 +153,7 @@ unsafe fn row_q<const NT: usize, const DOT: bool, const Q4: bool>(
     t0: usize,
 ) -> [f32; NT] {
     let nb = act.nb;
-    let bb = if Q4 { 18 } else { 34 };
+    let bb = if Q4 { Q4_0_BYTES } else { Q8_0_BYTES };
     let qa: [*const i8; NT] = core::array::from_fn(|t| act.qs.as_ptr().add((t0 + t) * nb * QK));
     let da: [*const f32; NT] = core::array::from_fn(|t| act.d.as_ptr().add((t0 + t) * nb));
     let mut acc = [[vdupq_n_f32(0.0); NT]; 2];
@@ -170,7 +170,7 @@ unsafe fn row_q<const NT: usize, const DOT: bool, const Q4: bool>(
         } else {
             (
                 vld1q_s8(p.add(2) as *const i8),
-                vld1q_s8(p.add(18) as *const i8),
+                vld1q_s8(p.add(2 + 16) as *const i8),
             )
         };
         for t in 0..NT {
@@ -191,7 +191,7 @@ unsafe fn mm_q<const DOT: bool, const Q4: bool>(
     out: &mut [f32],
     ldo: usize,
 ) {
-    let bb = if Q4 { 18 } else { 34 };
+    let bb = if Q4 { Q4_0_BYTES } else { Q8_0_BYTES };
     check_q8(w, rows, bb, &act, out, ldo);
     let rb = act.nb * bb;
     let o = out.as_mut_ptr();

@@ -10,7 +10,7 @@ pub(crate) mod avx512;
 use core::arch::x86_64::*;
 
 use super::{check_packed, check_q8, F32View, Q8View};
-use crate::blocks::{f16_to_f32, f32_to_f16, QK};
+use crate::blocks::{f16_to_f32, f32_to_f16, Q4_0_BYTES, Q8_0_BYTES, QK};
 use crate::layout::{group_bytes, group_bytes_q8, q4_offsets};
 
 /// Horizontal sum of 8 floats.
@@ -650,7 +650,7 @@ unsafe fn row_q<const NT: usize, const VNNI: bool, const Q4: bool>(
     t0: usize,
 ) -> [f32; NT] {
     let nb = act.nb;
-    let bb = if Q4 { 18 } else { 34 };
+    let bb = if Q4 { Q4_0_BYTES } else { Q8_0_BYTES };
     // Two accumulators per token, alternating blocks, to hide the FMA latency.
     let mut acc0 = [_mm256_setzero_ps(); NT];
     let mut acc1 = [_mm256_setzero_ps(); NT];
@@ -676,7 +676,7 @@ unsafe fn mm_q<const VNNI: bool, const Q4: bool>(
     out: &mut [f32],
     ldo: usize,
 ) {
-    let bb = if Q4 { 18 } else { 34 };
+    let bb = if Q4 { Q4_0_BYTES } else { Q8_0_BYTES };
     check_q8(w, rows, bb, &act, out, ldo);
     let rb = act.nb * bb;
     let o = out.as_mut_ptr();
