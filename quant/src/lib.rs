@@ -37,6 +37,7 @@
 //! `RAVEN_FORCE_SCALAR=1` forces the scalar kernels; `RAVEN_ISA=avx2` (or another name [`isa`]
 //! reports) picks a slower set that the CPU also runs, for benchmarks.
 #![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod blocks;
 mod error;
