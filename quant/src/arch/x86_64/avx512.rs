@@ -8,25 +8,23 @@ use crate::arch::check_packed;
 use crate::blocks::QK;
 use crate::layout::{group_bytes, group_bytes_q8, q4_offsets};
 
-super::kernel_set!(
-    "avx512vnni",
-    "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
-    true,
-    mm_q4_0x16,
-    mm_q8_0x16,
-    true,
-    std::is_x86_feature_detected!("avx2")
+kernel_set! {
+    name: "avx512vnni",
+    features: "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+    int8: true,
+    silu_mul: wrap(super::silu_mul),
+    attend_multi: wrap(super::attend_multi),
+    mm_q4_0x16: wrap(zmm_q4_0x16),
+    mm_q8_0x16: wrap(zmm_q8_0x16),
+    packed_pays: true,
+    detect: std::is_x86_feature_detected!("avx2")
         && std::is_x86_feature_detected!("fma")
         && std::is_x86_feature_detected!("f16c")
         && std::is_x86_feature_detected!("avx512f")
         && std::is_x86_feature_detected!("avx512bw")
         && std::is_x86_feature_detected!("avx512vl")
-        && std::is_x86_feature_detected!("avx512vnni")
-);
-
-super::kernel_set!(@wrap "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", mm_q4_0x16(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) -> () = zmm_q4_0x16);
-
-super::kernel_set!(@wrap "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", mm_q8_0x16(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) -> () = zmm_q8_0x16);
+        && std::is_x86_feature_detected!("avx512vnni"),
+}
 
 /// How far ahead of the Q4_0 quants being multiplied to prefetch into L1 (bytes), when one
 /// group streams at a time. The Q4_0 kernel issues about 9 instructions per 64-byte line (Q8_0:
