@@ -54,10 +54,12 @@ mod matmul;
 mod packed;
 mod par;
 
-pub use arch::set_streams;
 pub use matmul::{
     activation_type, attend_head, attend_queries, axpy_f32, can_matmul, dot_f32, isa, matmul,
     silu_mul, ActivationType, Activations, Matrix, VecDot, Weights,
 };
-pub use packed::{huge_page_vec, repack, PackedMatrix};
+pub use packed::{repack, PackedMatrix};
 pub use par::{par_matmul, SERIAL_WORK};
+/// Hooks for benchmarks (feature `bench-hooks`, off by default): not part of the supported API.
+#[cfg(feature = "bench-hooks")]
+pub use {arch::set_streams, packed::huge_page_vec};

@@ -208,6 +208,7 @@ static STREAMS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::n
 /// Whether packed kernels walk three distant runs of groups side by side when decoding (the
 /// default; see `stream_groups!`). Off: one group at a time. For benchmarks that compare the
 /// two in one run.
+#[cfg(feature = "bench-hooks")]
 #[doc(hidden)]
 pub fn set_streams(on: bool) {
     STREAMS.store(on, std::sync::atomic::Ordering::Relaxed);
