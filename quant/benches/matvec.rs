@@ -1,6 +1,7 @@
 //! Mat-vec (one token) at Huginn-0125's shapes, next to a memory-read bandwidth probe.
 //!
-//! `cargo bench -p raven-quant --bench matvec`. Each product reports bytes of weights read per
+//! `cargo bench -p raven-quant --features bench-hooks --bench matvec` (the hooks the benches
+//! use are behind that feature). Each product reports bytes of weights read per
 //! second (`B/s`) and flops per second (`item/s`, 2 per weight). Weights stream from memory
 //! (a matrix smaller than 256 MiB is cycled through enough copies to defeat the 32 MiB L3):
 //! compare their B/s with the probe's, which sums a 1 GiB buffer. `*_repacked` use

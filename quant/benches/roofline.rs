@@ -1,6 +1,7 @@
 //! Mat-vec speed as a fraction of the memory-read bandwidth, measured in pairs.
 //!
-//! `cargo bench -p raven-quant --bench roofline` (`RAVEN_ROUNDS=N` rounds, default 25). This
+//! `cargo bench -p raven-quant --features bench-hooks --bench roofline` (`RAVEN_ROUNDS=N`
+//! rounds, default 25; the hooks the benches use are behind that feature). This
 //! machine's bandwidth drifts by ±25% from minute to minute (a shared host), so a kernel's GB/s
 //! and a probe's GB/s measured minutes apart say little. Each round here reads a 1 GiB buffer
 //! with the probe and then streams the weights (≥ 256 MiB of copies, past the L3) through the

@@ -12,6 +12,11 @@ pub const QK: usize = 32;
 /// Values per super-block of the K-quants.
 pub const QK_K: usize = 256;
 
+/// Bytes of one Q4_0 block ([`BlockQ4_0`]).
+pub(crate) const Q4_0_BYTES: usize = std::mem::size_of::<BlockQ4_0>();
+/// Bytes of one Q8_0 block ([`BlockQ8_0`]).
+pub(crate) const Q8_0_BYTES: usize = std::mem::size_of::<BlockQ8_0>();
+
 /// Q8_0: 32 signed bytes times one scale: `x = d · qs[i]`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 #[repr(C)]
@@ -114,6 +119,8 @@ pub struct BlockQ6K {
     pub d: u16,
 }
 
+// ggml's block sizes (`ggml-common.h`), checked: the structs above define them for this crate
+// (`Q4_0_BYTES`, `Q8_0_BYTES`, `GgmlType::type_size`, which `block!` checks against them).
 const _: () = {
     assert!(std::mem::size_of::<BlockQ8_0>() == 34);
     assert!(std::mem::size_of::<BlockQ8_1>() == 36);
@@ -216,7 +223,7 @@ mod tests {
 
     #[test]
     fn blocks_read_from_odd_offsets() {
-        let mut bytes = [0u8; 1 + 2 * 18];
+        let mut bytes = [0u8; 1 + 2 * Q4_0_BYTES];
         bytes[1] = 0x00;
         bytes[2] = 0x3c; // 1.0
         bytes[3] = 0x21;

@@ -37,6 +37,7 @@
 //! `RAVEN_FORCE_SCALAR=1` forces the scalar kernels; `RAVEN_ISA=avx2` (or another name [`isa`]
 //! reports) picks a slower set that the CPU also runs, for benchmarks.
 #![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod blocks;
 mod error;
@@ -48,6 +49,7 @@ pub use quantize::{can_dequantize, can_quantize, dequantize_row, quantize_row};
 pub use types::GgmlType;
 
 mod arch;
+mod layout;
 mod matmul;
 mod packed;
 mod par;
@@ -56,5 +58,8 @@ pub use matmul::{
     activation_type, attend_head, attend_queries, axpy_f32, can_matmul, dot_f32, isa, matmul,
     silu_mul, ActivationType, Activations, Matrix, VecDot, Weights,
 };
-pub use packed::{huge_page_vec, repack, set_streams, PackedMatrix};
+pub use packed::{repack, PackedMatrix};
 pub use par::{par_matmul, SERIAL_WORK};
+/// Hooks for benchmarks (feature `bench-hooks`, off by default): not part of the supported API.
+#[cfg(feature = "bench-hooks")]
+pub use {arch::set_streams, packed::huge_page_vec};

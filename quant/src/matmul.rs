@@ -3,8 +3,9 @@
 use std::ops::Range;
 
 use crate::arch::{self, F32View, Kernels, Q8View};
-use crate::blocks::{self, QK};
-use crate::packed::{PackedMatrix, GROUP};
+use crate::blocks::{self, Q4_0_BYTES, Q8_0_BYTES, QK};
+use crate::layout::GROUP;
+use crate::packed::PackedMatrix;
 use crate::quantize::dequantize_unchecked;
 use crate::{GgmlType, QuantError};
 
@@ -427,8 +428,8 @@ fn matmul_packed(
 ) {
     let nb = act.nb;
     let (kernel, tail_kernel, bb) = match p.ty() {
-        GgmlType::Q8_0 => (k.mm_q8_0x16, k.mm_q8_0, 34),
-        _ => (k.mm_q4_0x16, k.mm_q4_0, 18),
+        GgmlType::Q8_0 => (k.mm_q8_0x16, k.mm_q8_0, Q8_0_BYTES),
+        _ => (k.mm_q4_0x16, k.mm_q4_0, Q4_0_BYTES),
     };
     let gb = crate::packed::group_bytes_of(p.ty(), nb);
     let full = p.n_groups() * GROUP;

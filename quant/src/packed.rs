@@ -1,61 +1,15 @@
-//! Q4_0 and Q8_0 weights repacked at load time into groups of 16 interleaved rows.
+//! Q4_0 and Q8_0 weights repacked at load time into groups of 16 interleaved rows, in the
+//! layout that [`crate::layout`] describes (and the packed kernels in `arch` read).
 //!
 //! Plain rows make an int8 dot-product kernel convert one f16 scale and reduce one vector per
 //! 18- or 34-byte block, which costs more than reading the block from memory. Interleaving 16
 //! rows lets one 512-bit `vpdpbusd` (or four 128-bit `sdot`) work on 16 rows at once with a
-//! broadcast activation word, and 16 scales convert with one instruction.
-//!
-//! Layout of one group of 16 rows with `nb` blocks per row (`group_bytes_of(ty, nb)` bytes, a
-//! multiple of 64): the quants of block column `b` take `QS` bytes (256 for Q4_0, 512 for
-//! Q8_0), made of 64-byte chunks `k`, where bytes `4r..4r + 4` of chunk `k` are bytes
-//! `4k..4k + 4` of row `r`'s `qs` (Q4_0: low nibbles are values `4k..4k + 4`, high nibbles
-//! values `16 + 4k..16 + 4k + 4`; Q8_0: values `4k..4k + 4`, as stored); the scales of a
-//! column take 32 bytes (16 f16, row order). Q8_0: all quants, then all scales. Q4_0: pairs
-//! of columns, each pair's quants followed by its scales (`q4_offsets`), so that a group is
-//! one stream of memory (decoding read the scales as a second stream per group before, and
-//! the kernels' share of the read bandwidth was lower; see `benches/roofline.rs`). Rows past
-//! the last whole group are kept as plain rows.
+//! broadcast activation word, and 16 scales convert with one instruction. Rows past the last
+//! whole group are kept as plain rows.
 
+use crate::blocks::{Q4_0_BYTES, Q8_0_BYTES, QK};
+use crate::layout::{group_bytes, group_bytes_q8, q4_offsets, GROUP};
 use crate::{GgmlType, Matrix};
-
-static STREAMS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
-
-/// Whether packed kernels walk three distant runs of groups side by side when decoding (the
-/// default; see `stream_groups!` in `arch`). Off: one group at a time. For benchmarks that
-/// compare the two in one run.
-#[doc(hidden)]
-pub fn set_streams(on: bool) {
-    STREAMS.store(on, std::sync::atomic::Ordering::Relaxed);
-}
-
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // only the x86 Q4_0 kernels stream
-pub(crate) fn streams() -> bool {
-    STREAMS.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-/// Rows per interleaved group.
-pub(crate) const GROUP: usize = 16;
-
-/// Bytes of one group of 16 Q4_0 rows of `nb` blocks: 576 per pair of block columns, 320 for
-/// a last odd one (both multiples of 64).
-pub(crate) fn group_bytes(nb: usize) -> usize {
-    nb / 2 * 576 + nb % 2 * 320
-}
-
-/// Byte offsets of block column `b`'s quants and scales in a Q4_0 group of `nb` columns: pair
-/// `b / 2` starts at `576 · (b / 2)` with its columns' quants (256 bytes each), then their
-/// scales (32 bytes each).
-#[inline(always)]
-pub(crate) fn q4_offsets(nb: usize, b: usize) -> (usize, usize) {
-    let (pair, c) = (b / 2, b % 2);
-    let cols = (nb - 2 * pair).min(2);
-    (576 * pair + 256 * c, 576 * pair + 256 * cols + 32 * c)
-}
-
-/// Bytes of one group of 16 Q8_0 rows of `nb` blocks (padded to 64).
-pub(crate) fn group_bytes_q8(nb: usize) -> usize {
-    (nb * 34 * GROUP).div_ceil(64) * 64
-}
 
 /// Group bytes for a packable type.
 pub(crate) fn group_bytes_of(ty: GgmlType, nb: usize) -> usize {
@@ -181,11 +135,11 @@ pub fn repack(w: &Matrix<'_>) -> Option<PackedMatrix> {
 /// [`repack`] regardless of the kernels (tests use it).
 pub(crate) fn repack_always(w: &Matrix<'_>) -> Option<PackedMatrix> {
     let (bb, qs_bytes) = match w.ty {
-        GgmlType::Q4_0 => (18, 256),
-        GgmlType::Q8_0 => (34, 512),
+        GgmlType::Q4_0 => (Q4_0_BYTES, 256),
+        GgmlType::Q8_0 => (Q8_0_BYTES, 512),
         _ => return None,
     };
-    let nb = w.cols / 32;
+    let nb = w.cols / QK;
     let row_bytes = nb * bb;
     let n_groups = w.rows / GROUP;
     let gb = group_bytes_of(w.ty, nb);

@@ -48,7 +48,7 @@ fn seen(ty: GgmlType, x: &[f32]) -> Vec<f32> {
     if activation_type(ty) != GgmlType::Q8_0 {
         return x.to_vec();
     }
-    let mut q = vec![0u8; x.len() / 32 * 34];
+    let mut q = vec![0u8; x.len() / blocks::QK * std::mem::size_of::<BlockQ8_0>()];
     quantize_row(GgmlType::Q8_0, x, &mut q).unwrap();
     let mut y = vec![0f32; x.len()];
     dequantize_row(GgmlType::Q8_0, &q, &mut y).unwrap();

@@ -92,6 +92,104 @@ macro_rules! attend_body {
     }};
 }
 
+/// Defines one kernel set in the module it is invoked in (`x86_64::avx2`, `aarch64::neon` …):
+/// its `KERNELS`, its `kernels()` (the set if `$detect`, the run-time check of its features),
+/// and the safe entry points. Each entry point wraps an `unsafe` function of the parent module
+/// (`super::…`, the architecture's algorithms) in an inner function compiled with
+/// `$features`, and is only reachable through `KERNELS`, which `kernels()` hands out only after
+/// detection. `$int8` instantiates the int8 kernels with the set's dot-product instruction
+/// (VNNI's `vpdpbusd`, dotprod's `sdot`) or without. The entries that differ between sets:
+///
+/// - `silu_mul: wrap(path)` wraps the parent's kernel; `use(path)` takes a safe one as is.
+/// - `attend_multi: wrap(path)` likewise; `each` calls the set's `attend` once per query
+///   (`attend_multi_each`).
+/// - `mm_q4_0x16` and `mm_q8_0x16`: `wrap(path)` or `use(path)`.
+#[allow(unused_macros)] // not every target has SIMD kernels
+macro_rules! kernel_set {
+    (
+        name: $name:expr,
+        features: $features:literal,
+        int8: $int8:expr,
+        silu_mul: $silu:ident $(($silu_imp:path))?,
+        attend_multi: $multi:ident $(($multi_imp:path))?,
+        mm_q4_0x16: $packed:ident($packed_imp:path),
+        mm_q8_0x16: $packed8:ident($packed8_imp:path),
+        packed_pays: $packed_pays:expr,
+        detect: $detect:expr $(,)?
+    ) => {
+        use $crate::arch::{F32View, Kernels, Q8View};
+
+        static KERNELS: Kernels = Kernels {
+            name: $name,
+            quantize_q8,
+            dot_f32,
+            axpy_f32,
+            silu_mul,
+            attend,
+            attend_multi,
+            mm_q8_0,
+            mm_q4_0,
+            mm_f32,
+            mm_f16,
+            mm_bf16,
+            mm_q4_0x16,
+            mm_q8_0x16,
+            packed_pays: $packed_pays,
+        };
+
+        /// This set, if the CPU has its features.
+        pub(crate) fn kernels() -> Option<&'static Kernels> {
+            if $detect {
+                Some(&KERNELS)
+            } else {
+                None
+            }
+        }
+
+        kernel_set!(@wrap $features, quantize_q8(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [i32]) -> () = super::quantize_q8);
+        kernel_set!(@wrap $features, dot_f32(a: &[f32], b: &[f32]) -> f32 = super::dot_f32);
+        kernel_set!(@$silu $features, silu_mul(g: &mut [f32], u: &[f32]) -> () $(= $silu_imp)?);
+        kernel_set!(@wrap $features, axpy_f32(alpha: f32, x: &[f32], y: &mut [f32]) -> () = super::axpy_f32);
+        kernel_set!(@$multi $features, attend_multi(q: &[f32], d: usize, keys: &[f32], values: &[f32], offs: &[usize], lens: &[usize], col: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32], ldo: usize) -> () $(= $multi_imp)?);
+        kernel_set!(@wrap $features, attend(q: &[f32], keys: &[f32], values: &[f32], offs: &[usize], col: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) -> () = super::attend);
+        kernel_set!(@wrap $features, mm_q8_0(w: &[u8], rows: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) -> () = super::mm_q::<{ $int8 }, false>);
+        kernel_set!(@wrap $features, mm_q4_0(w: &[u8], rows: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) -> () = super::mm_q::<{ $int8 }, true>);
+        kernel_set!(@wrap $features, mm_f32(w: &[u8], rows: usize, act: F32View<'_>, out: &mut [f32], ldo: usize) -> () = super::mm_float::<0>);
+        kernel_set!(@wrap $features, mm_f16(w: &[u8], rows: usize, act: F32View<'_>, out: &mut [f32], ldo: usize) -> () = super::mm_float::<1>);
+        kernel_set!(@wrap $features, mm_bf16(w: &[u8], rows: usize, act: F32View<'_>, out: &mut [f32], ldo: usize) -> () = super::mm_float::<2>);
+        kernel_set!(@$packed $features, mm_q4_0x16(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) -> () = $packed_imp);
+        kernel_set!(@$packed8 $features, mm_q8_0x16(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) -> () = $packed8_imp);
+    };
+    // A safe kernel used as it is (compiled without the set's features).
+    (@use $features:literal, $f:ident($($a:ident: $t:ty),*) -> $r:ty = $imp:path) => {
+        use $imp as $f;
+    };
+    // Multi-query attention as one `attend` call per query.
+    (@each $features:literal, $f:ident($($a:ident: $t:ty),*) -> $r:ty) => {
+        #[allow(clippy::too_many_arguments)]
+        fn $f($($a: $t),*) -> $r {
+            $crate::arch::attend_multi_each(attend, $($a),*)
+        }
+    };
+    (@wrap $features:literal, $f:ident($($a:ident: $t:ty),*) -> $r:ty = $imp:path) => {
+        #[allow(clippy::too_many_arguments)]
+        fn $f($($a: $t),*) -> $r {
+            /// # Safety
+            /// The CPU must have the features named in `target_feature`.
+            #[target_feature(enable = $features)]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn imp($($a: $t),*) -> $r {
+                // SAFETY: the features are enabled on this function; the algorithm checks
+                // slice lengths before its unchecked loops.
+                unsafe { $imp($($a),*) }
+            }
+            // SAFETY: `$f` is only reachable through `KERNELS`, which `kernels()` hands out
+            // only after detecting the features.
+            unsafe { imp($($a),*) }
+        }
+    };
+}
+
 pub(crate) mod scalar;
 
 #[cfg(target_arch = "x86_64")]
@@ -104,6 +202,22 @@ pub(crate) mod aarch64;
 mod tests;
 
 use std::sync::OnceLock;
+
+static STREAMS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Whether packed kernels walk three distant runs of groups side by side when decoding (the
+/// default; see `stream_groups!`). Off: one group at a time. For benchmarks that compare the
+/// two in one run.
+#[cfg(feature = "bench-hooks")]
+#[doc(hidden)]
+pub fn set_streams(on: bool) {
+    STREAMS.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // only the x86 Q4_0 kernels stream
+pub(crate) fn streams() -> bool {
+    STREAMS.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 /// Q8_0 activations, struct-of-arrays: `n` tokens of `nb` blocks.
 #[derive(Clone, Copy)]
@@ -125,7 +239,7 @@ impl<'a> Q8View<'a> {
     pub fn tokens(self, t: std::ops::Range<usize>) -> Self {
         let nb = self.nb;
         Q8View {
-            qs: &self.qs[t.start * nb * 32..t.end * nb * 32],
+            qs: &self.qs[t.start * nb * crate::blocks::QK..t.end * nb * crate::blocks::QK],
             d: &self.d[t.start * nb..t.end * nb],
             s: &self.s[t.start * nb..t.end * nb],
             n: t.len(),

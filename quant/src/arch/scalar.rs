@@ -1,8 +1,8 @@
 //! Portable kernels: the reference every SIMD set is tested against, and the fallback.
 
 use super::{F32View, Kernels, Q8View};
-use crate::blocks::{bf16_to_f32, f16_to_f32, QK};
-use crate::packed::{group_bytes, group_bytes_q8, q4_offsets, GROUP};
+use crate::blocks::{bf16_to_f32, f16_to_f32, Q4_0_BYTES, Q8_0_BYTES, QK};
+use crate::layout::{group_bytes, group_bytes_q8, q4_offsets, GROUP};
 use crate::quantize::quantize_block_q8_0;
 
 pub(crate) static KERNELS: Kernels = Kernels {
@@ -125,7 +125,7 @@ fn mm_q8(
 }
 
 pub(crate) fn mm_q8_0(w: &[u8], rows: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) {
-    mm_q8(w, rows, act, out, ldo, 34, |qw, qa, _| {
+    mm_q8(w, rows, act, out, ldo, Q8_0_BYTES, |qw, qa, _| {
         qw.iter()
             .zip(qa)
             .map(|(&w, &a)| w as i8 as i32 * a as i32)
@@ -134,7 +134,7 @@ pub(crate) fn mm_q8_0(w: &[u8], rows: usize, act: Q8View<'_>, out: &mut [f32], l
 }
 
 pub(crate) fn mm_q4_0(w: &[u8], rows: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) {
-    mm_q8(w, rows, act, out, ldo, 18, |qw, qa, _| {
+    mm_q8(w, rows, act, out, ldo, Q4_0_BYTES, |qw, qa, _| {
         let mut sum = 0i32;
         for j in 0..QK / 2 {
             sum += ((qw[j] & 0x0f) as i32 - 8) * qa[j] as i32;
@@ -190,7 +190,7 @@ pub(crate) fn mm_bf16(w: &[u8], rows: usize, act: F32View<'_>, out: &mut [f32], 
     });
 }
 
-/// Packed Q4_0: see [`crate::packed`] for the layout.
+/// Packed Q4_0: see [`crate::layout`] for the layout.
 pub(crate) fn mm_q4_0x16(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) {
     let nb = act.nb;
     for (g, grp) in w.chunks(group_bytes(nb)).take(groups).enumerate() {
@@ -219,7 +219,7 @@ pub(crate) fn mm_q4_0x16(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f3
     }
 }
 
-/// Packed Q8_0: see [`crate::packed`] for the layout.
+/// Packed Q8_0: see [`crate::layout`] for the layout.
 pub(crate) fn mm_q8_0x16(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) {
     let nb = act.nb;
     for (g, grp) in w.chunks(group_bytes_q8(nb)).take(groups).enumerate() {

@@ -1,6 +1,7 @@
 //! Every kernel set against the scalar one, on this CPU.
 
 use super::{available, scalar, Kernels};
+use crate::blocks::{Q8_0_BYTES, QK};
 use crate::matmul::{matmul_with, Weights};
 use crate::packed::repack_always;
 use crate::{dequantize_row, quantize_row, Activations, GgmlType, Matrix};
@@ -86,20 +87,20 @@ fn activation_quantizers_are_bit_identical() {
                 *v = (i % 64) as f32 * 0.5 - 16.0 + if i.is_multiple_of(32) { 127.0 } else { 0.0 };
             }
         }
-        let mut want = (vec![0i8; nb * 32], vec![0f32; nb], vec![0i32; nb]);
+        let mut want = (vec![0i8; nb * QK], vec![0f32; nb], vec![0i32; nb]);
         scalar::quantize_q8(&x, &mut want.0, &mut want.1, &mut want.2);
         // The scalar activation quantizer is ggml's reference quantizer.
-        let mut bytes = vec![0u8; nb * 34];
+        let mut bytes = vec![0u8; nb * Q8_0_BYTES];
         quantize_row(GgmlType::Q8_0, &x, &mut bytes).unwrap();
         for b in 0..nb {
-            let q: Vec<i8> = bytes[b * 34 + 2..b * 34 + 34]
+            let q: Vec<i8> = bytes[b * Q8_0_BYTES + 2..(b + 1) * Q8_0_BYTES]
                 .iter()
                 .map(|&v| v as i8)
                 .collect();
-            assert_eq!(q, want.0[b * 32..b * 32 + 32]);
+            assert_eq!(q, want.0[b * QK..(b + 1) * QK]);
         }
         for k in available() {
-            let mut got = (vec![0i8; nb * 32], vec![0f32; nb], vec![0i32; nb]);
+            let mut got = (vec![0i8; nb * QK], vec![0f32; nb], vec![0i32; nb]);
             (k.quantize_q8)(&x, &mut got.0, &mut got.1, &mut got.2);
             assert_eq!(got.0, want.0, "{} case {case}", k.name);
             assert_eq!(
@@ -127,11 +128,11 @@ fn activation_quantizers_reproduce_ggml_vectors() {
         .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
         .collect();
     let want = st.tensor("q8_0").unwrap();
-    let nb = x.len() / 32;
+    let nb = x.len() / QK;
     for k in available() {
         let (mut qs, mut d, mut s) = (vec![0i8; x.len()], vec![0f32; nb], vec![0i32; nb]);
         (k.quantize_q8)(&x, &mut qs, &mut d, &mut s);
-        for (b, blk) in want.data().chunks_exact(34).enumerate() {
+        for (b, blk) in want.data().chunks_exact(Q8_0_BYTES).enumerate() {
             let dw = u16::from_le_bytes([blk[0], blk[1]]);
             assert_eq!(
                 d[b].to_bits(),
@@ -140,7 +141,7 @@ fn activation_quantizers_reproduce_ggml_vectors() {
                 k.name
             );
             let q: Vec<i8> = blk[2..].iter().map(|&v| v as i8).collect();
-            assert_eq!(q, qs[b * 32..b * 32 + 32], "{} block {b}", k.name);
+            assert_eq!(q, qs[b * QK..(b + 1) * QK], "{} block {b}", k.name);
         }
     }
 }
@@ -376,7 +377,7 @@ fn check_against_scalar(
     // The activations as the kernels see them, to scale the tolerance.
     let mut xa = x.clone();
     if crate::activation_type(ty) == GgmlType::Q8_0 {
-        let mut q = vec![0u8; x.len() / 32 * 34];
+        let mut q = vec![0u8; x.len() / QK * Q8_0_BYTES];
         quantize_row(GgmlType::Q8_0, &x, &mut q).unwrap();
         dequantize_row(GgmlType::Q8_0, &q, &mut xa).unwrap();
     }

@@ -11,107 +11,148 @@ use core::arch::aarch64::*;
 use core::arch::asm;
 
 use super::{check_packed, check_q8, F32View, Q8View};
-use crate::blocks::{f16_to_f32, f32_to_f16, QK};
-use crate::packed::{group_bytes, group_bytes_q8, q4_offsets};
+use crate::blocks::{f16_to_f32, f32_to_f16, Q4_0_BYTES, Q8_0_BYTES, QK};
+use crate::layout::{group_bytes, group_bytes_q8, q4_offsets};
 
 /// `acc + Σ a·b` over 16 byte pairs, spread over the four lanes in some order.
+///
+/// # Safety
+/// The CPU must support NEON (which the aarch64 targets Raven builds for enable by default). With
+/// `DOT`, also the dotprod extension (`sdot`).
 #[inline(always)]
 unsafe fn dot16<const DOT: bool>(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
-    if DOT {
-        let mut acc = acc;
-        // SAFETY (of the instruction): only reached from functions compiled with `dotprod`.
-        asm!("sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b", acc = inout(vreg) acc, a = in(vreg) a, b = in(vreg) b,
-             options(pure, nomem, nostack));
-        acc
-    } else {
-        // |a·b| ≤ 128·127, so two products fit in an i16.
-        let p = vmull_s8(vget_low_s8(a), vget_low_s8(b));
-        let p = vmlal_high_s8(p, a, b);
-        vpadalq_s16(acc, p)
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`); `sdot` only
+    // reads and writes registers.
+    unsafe {
+        if DOT {
+            let mut acc = acc;
+            asm!("sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b", acc = inout(vreg) acc, a = in(vreg) a, b = in(vreg) b,
+                 options(pure, nomem, nostack));
+            acc
+        } else {
+            // |a·b| ≤ 128·127, so two products fit in an i16.
+            let p = vmull_s8(vget_low_s8(a), vget_low_s8(b));
+            let p = vmlal_high_s8(p, a, b);
+            vpadalq_s16(acc, p)
+        }
     }
 }
 
 /// `acc[i] + Σ_j a[4i + j] · b[4L + j]`: `sdot` by element.
+///
+/// # Safety
+/// The CPU must support the dotprod extension (`sdot`).
 #[inline(always)]
 unsafe fn sdot_lane<const L: i32>(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
-    let mut acc = acc;
-    asm!("sdot {acc:v}.4s, {a:v}.16b, {b:v}.4b[{l}]", acc = inout(vreg) acc, a = in(vreg) a, b = in(vreg) b,
-         l = const L, options(pure, nomem, nostack));
-    acc
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`); `sdot` only
+    // reads and writes registers.
+    unsafe {
+        let mut acc = acc;
+        asm!("sdot {acc:v}.4s, {a:v}.16b, {b:v}.4b[{l}]", acc = inout(vreg) acc, a = in(vreg) a, b = in(vreg) b,
+             l = const L, options(pure, nomem, nostack));
+        acc
+    }
 }
 
 /// Four f16 (as bits) to f32, exactly.
+///
+/// # Safety
+/// The CPU must support NEON (which the aarch64 targets Raven builds for enable by default).
 #[inline(always)]
 unsafe fn cvt_f16x4(h: uint16x4_t) -> float32x4_t {
-    let out: float32x4_t;
-    asm!("fcvtl {o:v}.4s, {i:v}.4h", o = lateout(vreg) out, i = in(vreg) h, options(pure, nomem, nostack));
-    out
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`); `fcvtl` only
+    // reads and writes registers.
+    unsafe {
+        let out: float32x4_t;
+        asm!("fcvtl {o:v}.4s, {i:v}.4h", o = lateout(vreg) out, i = in(vreg) h, options(pure, nomem, nostack));
+        out
+    }
 }
 
 /// Activation quantizer: the operations of `quantize_block_q8_0`, four lanes at a time
 /// (`vcvtaq_s32_f32` rounds half away from zero, as `roundf`).
+///
+/// # Safety
+/// The CPU must support NEON (which the aarch64 targets Raven builds for enable by default).
+/// Lengths are checked here: `x` is read in whole blocks and `qs`, `d`, `s` are asserted to hold
+/// them.
 #[inline(always)]
 unsafe fn quantize_q8(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [i32]) {
-    let nb = x.len() / QK;
-    assert!(qs.len() >= nb * QK && d.len() >= nb && s.len() >= nb);
-    for b in 0..nb {
-        let p = x.as_ptr().add(b * QK);
-        let v: [float32x4_t; 8] = core::array::from_fn(|i| vld1q_f32(p.add(4 * i)));
-        let mut m = vabsq_f32(v[0]);
-        for vi in &v[1..] {
-            m = vmaxq_f32(m, vabsq_f32(*vi));
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`); loads stay in the
+    // whole blocks of `x`, stores in `qs`, `d` and `s`, whose lengths are asserted first.
+    unsafe {
+        let nb = x.len() / QK;
+        assert!(qs.len() >= nb * QK && d.len() >= nb && s.len() >= nb);
+        for b in 0..nb {
+            let p = x.as_ptr().add(b * QK);
+            let v: [float32x4_t; 8] = core::array::from_fn(|i| vld1q_f32(p.add(4 * i)));
+            let mut m = vabsq_f32(v[0]);
+            for vi in &v[1..] {
+                m = vmaxq_f32(m, vabsq_f32(*vi));
+            }
+            let amax = vmaxvq_f32(m);
+            let dd = amax / 127.0;
+            let id = if dd != 0.0 { 1.0 / dd } else { 0.0 };
+            let q: [int32x4_t; 8] = core::array::from_fn(|i| vcvtaq_s32_f32(vmulq_n_f32(v[i], id)));
+            let mut sum = q[0];
+            for qi in &q[1..] {
+                sum = vaddq_s32(sum, *qi);
+            }
+            let out = qs.as_mut_ptr().add(b * QK);
+            for h in 0..2 {
+                let a = vcombine_s16(vqmovn_s32(q[4 * h]), vqmovn_s32(q[4 * h + 1]));
+                let c = vcombine_s16(vqmovn_s32(q[4 * h + 2]), vqmovn_s32(q[4 * h + 3]));
+                vst1q_s8(out.add(16 * h), vcombine_s8(vqmovn_s16(a), vqmovn_s16(c)));
+            }
+            *d.get_unchecked_mut(b) = f16_to_f32(f32_to_f16(dd));
+            *s.get_unchecked_mut(b) = vaddvq_s32(sum);
         }
-        let amax = vmaxvq_f32(m);
-        let dd = amax / 127.0;
-        let id = if dd != 0.0 { 1.0 / dd } else { 0.0 };
-        let q: [int32x4_t; 8] = core::array::from_fn(|i| vcvtaq_s32_f32(vmulq_n_f32(v[i], id)));
-        let mut sum = q[0];
-        for qi in &q[1..] {
-            sum = vaddq_s32(sum, *qi);
-        }
-        let out = qs.as_mut_ptr().add(b * QK);
-        for h in 0..2 {
-            let a = vcombine_s16(vqmovn_s32(q[4 * h]), vqmovn_s32(q[4 * h + 1]));
-            let c = vcombine_s16(vqmovn_s32(q[4 * h + 2]), vqmovn_s32(q[4 * h + 3]));
-            vst1q_s8(out.add(16 * h), vcombine_s8(vqmovn_s16(a), vqmovn_s16(c)));
-        }
-        *d.get_unchecked_mut(b) = f16_to_f32(f32_to_f16(dd));
-        *s.get_unchecked_mut(b) = vaddvq_s32(sum);
     }
 }
 
+/// # Safety
+/// The CPU must support NEON (which the aarch64 targets Raven builds for enable by default). Reads
+/// stay within the shorter slice.
 #[inline(always)]
 unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    let mut acc = [vdupq_n_f32(0.0); 4];
-    let mut i = 0;
-    while i + 16 <= n {
-        for j in 0..4 {
-            acc[j] = vfmaq_f32(
-                acc[j],
-                vld1q_f32(pa.add(i + 4 * j)),
-                vld1q_f32(pb.add(i + 4 * j)),
-            );
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`); every load is at
+    // an index below `n`, the length of the shorter slice.
+    unsafe {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [vdupq_n_f32(0.0); 4];
+        let mut i = 0;
+        while i + 16 <= n {
+            for j in 0..4 {
+                acc[j] = vfmaq_f32(
+                    acc[j],
+                    vld1q_f32(pa.add(i + 4 * j)),
+                    vld1q_f32(pb.add(i + 4 * j)),
+                );
+            }
+            i += 16;
         }
-        i += 16;
+        while i + 4 <= n {
+            acc[0] = vfmaq_f32(acc[0], vld1q_f32(pa.add(i)), vld1q_f32(pb.add(i)));
+            i += 4;
+        }
+        let mut sum = vaddvq_f32(vaddq_f32(
+            vaddq_f32(acc[0], acc[1]),
+            vaddq_f32(acc[2], acc[3]),
+        ));
+        while i < n {
+            sum += *pa.add(i) * *pb.add(i);
+            i += 1;
+        }
+        sum
     }
-    while i + 4 <= n {
-        acc[0] = vfmaq_f32(acc[0], vld1q_f32(pa.add(i)), vld1q_f32(pb.add(i)));
-        i += 4;
-    }
-    let mut sum = vaddvq_f32(vaddq_f32(
-        vaddq_f32(acc[0], acc[1]),
-        vaddq_f32(acc[2], acc[3]),
-    ));
-    while i < n {
-        sum += *pa.add(i) * *pb.add(i);
-        i += 1;
-    }
-    sum
 }
 
 /// One query head (`attend_body!`) with this module's `dot_f32` and `axpy_f32`.
+///
+/// # Safety
+/// The CPU must support NEON (which the aarch64 targets Raven builds for enable by default).
+/// Indexing in `attend_body!` is checked.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn attend(
@@ -124,65 +165,89 @@ unsafe fn attend(
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    attend_body!(dot_f32, axpy_f32, q, keys, values, offs, col, scale, scores, out)
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`); `attend_body!`
+    // slices `keys` and `values` with bounds checks and passes slices to `dot_f32` and
+    // `axpy_f32`, which stay within them.
+    unsafe { attend_body!(dot_f32, axpy_f32, q, keys, values, offs, col, scale, scores, out) }
 }
 
+/// # Safety
+/// The CPU must support NEON (which the aarch64 targets Raven builds for enable by default).
+/// Accesses stay within the shorter slice.
 #[inline(always)]
 unsafe fn axpy_f32(alpha: f32, x: &[f32], y: &mut [f32]) {
-    let n = x.len().min(y.len());
-    let (px, py) = (x.as_ptr(), y.as_mut_ptr());
-    let mut i = 0;
-    while i + 4 <= n {
-        vst1q_f32(
-            py.add(i),
-            vfmaq_n_f32(vld1q_f32(py.add(i)), vld1q_f32(px.add(i)), alpha),
-        );
-        i += 4;
-    }
-    while i < n {
-        *py.add(i) += alpha * *px.add(i);
-        i += 1;
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`); every access is at
+    // an index below `n`, the length of the shorter slice.
+    unsafe {
+        let n = x.len().min(y.len());
+        let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+        let mut i = 0;
+        while i + 4 <= n {
+            vst1q_f32(
+                py.add(i),
+                vfmaq_n_f32(vld1q_f32(py.add(i)), vld1q_f32(px.add(i)), alpha),
+            );
+            i += 4;
+        }
+        while i < n {
+            *py.add(i) += alpha * *px.add(i);
+            i += 1;
+        }
     }
 }
 
 /// One Q8_0 or Q4_0 row against `NT` tokens starting at token `t0`.
+///
+/// # Safety
+/// The CPU must support NEON (which the aarch64 targets Raven builds for enable by default). With
+/// `DOT`, also the dotprod extension (`sdot`). `row` must be valid for reads of `act.nb` blocks (18
+/// bytes each for Q4_0, 34 for Q8_0), and tokens `t0..t0 + NT` must lie in `act` (its slices hold
+/// `act.n` tokens, as `check_q8` checks, and `t0 + NT ≤ act.n`).
 #[inline(always)]
 unsafe fn row_q<const NT: usize, const DOT: bool, const Q4: bool>(
     row: *const u8,
     act: &Q8View<'_>,
     t0: usize,
 ) -> [f32; NT] {
-    let nb = act.nb;
-    let bb = if Q4 { 18 } else { 34 };
-    let qa: [*const i8; NT] = core::array::from_fn(|t| act.qs.as_ptr().add((t0 + t) * nb * QK));
-    let da: [*const f32; NT] = core::array::from_fn(|t| act.d.as_ptr().add((t0 + t) * nb));
-    let mut acc = [[vdupq_n_f32(0.0); NT]; 2];
-    for b in 0..nb {
-        let p = row.add(b * bb);
-        let dw = f16_to_f32((p as *const u16).read_unaligned());
-        let (w0, w1) = if Q4 {
-            let q = vld1q_u8(p.add(2));
-            let eight = vdupq_n_s8(8);
-            (
-                vsubq_s8(vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(0x0f))), eight),
-                vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(q, 4)), eight),
-            )
-        } else {
-            (
-                vld1q_s8(p.add(2) as *const i8),
-                vld1q_s8(p.add(18) as *const i8),
-            )
-        };
-        for t in 0..NT {
-            let a = qa[t].add(b * QK);
-            let isum = dot16::<DOT>(vdupq_n_s32(0), w0, vld1q_s8(a));
-            let isum = dot16::<DOT>(isum, w1, vld1q_s8(a.add(16)));
-            acc[b & 1][t] = vfmaq_n_f32(acc[b & 1][t], vcvtq_f32_s32(isum), dw * *da[t].add(b));
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`), that `row` holds
+    // `act.nb` blocks and that tokens `t0..t0 + NT` are in `act`: every pointer below stays in
+    // those.
+    unsafe {
+        let nb = act.nb;
+        let bb = if Q4 { Q4_0_BYTES } else { Q8_0_BYTES };
+        let qa: [*const i8; NT] = core::array::from_fn(|t| act.qs.as_ptr().add((t0 + t) * nb * QK));
+        let da: [*const f32; NT] = core::array::from_fn(|t| act.d.as_ptr().add((t0 + t) * nb));
+        let mut acc = [[vdupq_n_f32(0.0); NT]; 2];
+        for b in 0..nb {
+            let p = row.add(b * bb);
+            let dw = f16_to_f32((p as *const u16).read_unaligned());
+            let (w0, w1) = if Q4 {
+                let q = vld1q_u8(p.add(2));
+                let eight = vdupq_n_s8(8);
+                (
+                    vsubq_s8(vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(0x0f))), eight),
+                    vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(q, 4)), eight),
+                )
+            } else {
+                (
+                    vld1q_s8(p.add(2) as *const i8),
+                    vld1q_s8(p.add(2 + 16) as *const i8),
+                )
+            };
+            for t in 0..NT {
+                let a = qa[t].add(b * QK);
+                let isum = dot16::<DOT>(vdupq_n_s32(0), w0, vld1q_s8(a));
+                let isum = dot16::<DOT>(isum, w1, vld1q_s8(a.add(16)));
+                acc[b & 1][t] = vfmaq_n_f32(acc[b & 1][t], vcvtq_f32_s32(isum), dw * *da[t].add(b));
+            }
         }
+        core::array::from_fn(|t| vaddvq_f32(vaddq_f32(acc[0][t], acc[1][t])))
     }
-    core::array::from_fn(|t| vaddvq_f32(vaddq_f32(acc[0][t], acc[1][t])))
 }
 
+/// # Safety
+/// The CPU must support NEON (which the aarch64 targets Raven builds for enable by default). With
+/// `DOT`, also the dotprod extension (`sdot`). Lengths are checked here (`check_q8`).
 #[inline(always)]
 unsafe fn mm_q<const DOT: bool, const Q4: bool>(
     w: &[u8],
@@ -191,71 +256,104 @@ unsafe fn mm_q<const DOT: bool, const Q4: bool>(
     out: &mut [f32],
     ldo: usize,
 ) {
-    let bb = if Q4 { 18 } else { 34 };
-    check_q8(w, rows, bb, &act, out, ldo);
-    let rb = act.nb * bb;
-    let o = out.as_mut_ptr();
-    for r in 0..rows {
-        let row = w.as_ptr().add(r * rb);
-        tile_tokens!(act.n, 4, |t, NT| {
-            let v = row_q::<NT, DOT, Q4>(row, &act, t);
-            for (j, v) in v.iter().enumerate() {
-                *o.add((t + j) * ldo + r) = *v;
-            }
-        });
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`); `check_q8`
+    // puts `rows` rows of `act.nb` blocks in `w`, every token in `act` and every
+    // `(t + j) · ldo + r` in `out`.
+    unsafe {
+        let bb = if Q4 { Q4_0_BYTES } else { Q8_0_BYTES };
+        check_q8(w, rows, bb, &act, out, ldo);
+        let rb = act.nb * bb;
+        let o = out.as_mut_ptr();
+        for r in 0..rows {
+            let row = w.as_ptr().add(r * rb);
+            tile_tokens!(act.n, 4, |t, NT| {
+                let v = row_q::<NT, DOT, Q4>(row, &act, t);
+                for (j, v) in v.iter().enumerate() {
+                    *o.add((t + j) * ldo + r) = *v;
+                }
+            });
+        }
     }
 }
 
 /// Four weights of kind `KIND` (0 f32, 1 f16, 2 bf16) from `p`, as f32.
+///
+/// # Safety
+/// The CPU must support NEON (which the aarch64 targets Raven builds for enable by default). `p`
+/// must be valid for reads of 4 values of the kind (16 bytes for f32, 8 for f16 and bf16); any
+/// alignment (`vld1` needs only the element's).
 #[inline(always)]
 unsafe fn load4<const KIND: u8>(p: *const u8) -> float32x4_t {
-    match KIND {
-        0 => vld1q_f32(p as *const f32),
-        1 => cvt_f16x4(vld1_u16(p as *const u16)),
-        _ => vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p as *const u16), 16)),
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`) and 4 readable
+    // values at `p`.
+    unsafe {
+        match KIND {
+            0 => vld1q_f32(p as *const f32),
+            1 => cvt_f16x4(vld1_u16(p as *const u16)),
+            _ => vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p as *const u16), 16)),
+        }
     }
 }
 
+/// # Safety
+/// `p` must be valid for reads of one value of the kind (4 bytes for f32, 2 for f16 and bf16);
+/// any alignment.
 #[inline(always)]
 unsafe fn scalar1<const KIND: u8>(p: *const u8) -> f32 {
-    match KIND {
-        0 => (p as *const f32).read_unaligned(),
-        1 => f16_to_f32((p as *const u16).read_unaligned()),
-        _ => crate::blocks::bf16_to_f32((p as *const u16).read_unaligned()),
+    // SAFETY: the caller guarantees one readable value at `p`; the reads are unaligned.
+    unsafe {
+        match KIND {
+            0 => (p as *const f32).read_unaligned(),
+            1 => f16_to_f32((p as *const u16).read_unaligned()),
+            _ => crate::blocks::bf16_to_f32((p as *const u16).read_unaligned()),
+        }
     }
 }
 
+/// # Safety
+/// The CPU must support NEON (which the aarch64 targets Raven builds for enable by default). `row`
+/// must be valid for reads of `act.cols` values of the kind (4 bytes each for f32, 2 for f16 and
+/// bf16), and tokens `t0..t0 + NT` must lie in `act.x` (`(t0 + NT) · act.cols ≤ act.x.len()`).
 #[inline(always)]
 unsafe fn row_float<const NT: usize, const KIND: u8>(
     row: *const u8,
     act: &F32View<'_>,
     t0: usize,
 ) -> [f32; NT] {
-    let size = if KIND == 0 { 4 } else { 2 };
-    let cols = act.cols;
-    let x: [*const f32; NT] = core::array::from_fn(|t| act.x.as_ptr().add((t0 + t) * cols));
-    let mut acc = [[vdupq_n_f32(0.0); NT]; 2];
-    let mut i = 0;
-    while i + 8 <= cols {
-        let w0 = load4::<KIND>(row.add(i * size));
-        let w1 = load4::<KIND>(row.add((i + 4) * size));
-        for t in 0..NT {
-            acc[0][t] = vfmaq_f32(acc[0][t], w0, vld1q_f32(x[t].add(i)));
-            acc[1][t] = vfmaq_f32(acc[1][t], w1, vld1q_f32(x[t].add(i + 4)));
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`), that `row` holds
+    // `act.cols` values and that tokens `t0..t0 + NT` are in `act.x`: every access below is at
+    // a value index below `cols`.
+    unsafe {
+        let size = if KIND == 0 { 4 } else { 2 };
+        let cols = act.cols;
+        let x: [*const f32; NT] = core::array::from_fn(|t| act.x.as_ptr().add((t0 + t) * cols));
+        let mut acc = [[vdupq_n_f32(0.0); NT]; 2];
+        let mut i = 0;
+        while i + 8 <= cols {
+            let w0 = load4::<KIND>(row.add(i * size));
+            let w1 = load4::<KIND>(row.add((i + 4) * size));
+            for t in 0..NT {
+                acc[0][t] = vfmaq_f32(acc[0][t], w0, vld1q_f32(x[t].add(i)));
+                acc[1][t] = vfmaq_f32(acc[1][t], w1, vld1q_f32(x[t].add(i + 4)));
+            }
+            i += 8;
         }
-        i += 8;
-    }
-    let mut sum: [f32; NT] = core::array::from_fn(|t| vaddvq_f32(vaddq_f32(acc[0][t], acc[1][t])));
-    while i < cols {
-        let wv = scalar1::<KIND>(row.add(i * size));
-        for t in 0..NT {
-            sum[t] += wv * *x[t].add(i);
+        let mut sum: [f32; NT] =
+            core::array::from_fn(|t| vaddvq_f32(vaddq_f32(acc[0][t], acc[1][t])));
+        while i < cols {
+            let wv = scalar1::<KIND>(row.add(i * size));
+            for t in 0..NT {
+                sum[t] += wv * *x[t].add(i);
+            }
+            i += 1;
         }
-        i += 1;
+        sum
     }
-    sum
 }
 
+/// # Safety
+/// The CPU must support NEON (which the aarch64 targets Raven builds for enable by default).
+/// Lengths are checked here (the asserts).
 #[inline(always)]
 unsafe fn mm_float<const KIND: u8>(
     w: &[u8],
@@ -264,209 +362,184 @@ unsafe fn mm_float<const KIND: u8>(
     out: &mut [f32],
     ldo: usize,
 ) {
-    let size = if KIND == 0 { 4 } else { 2 };
-    let rb = act.cols * size;
-    assert!(w.len() >= rows * rb && act.x.len() >= act.n * act.cols);
-    assert!(act.n == 0 || rows == 0 || out.len() >= (act.n - 1) * ldo + rows);
-    let o = out.as_mut_ptr();
-    for r in 0..rows {
-        let row = w.as_ptr().add(r * rb);
-        tile_tokens!(act.n, 4, |t, NT| {
-            let v = row_float::<NT, KIND>(row, &act, t);
-            for (j, v) in v.iter().enumerate() {
-                *o.add((t + j) * ldo + r) = *v;
-            }
-        });
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`); the asserts put
+    // `rows` rows of `act.cols` values in `w`, every token in `act.x` and every
+    // `(t + j) · ldo + r` in `out`.
+    unsafe {
+        let size = if KIND == 0 { 4 } else { 2 };
+        let rb = act.cols * size;
+        assert!(w.len() >= rows * rb && act.x.len() >= act.n * act.cols);
+        assert!(act.n == 0 || rows == 0 || out.len() >= (act.n - 1) * ldo + rows);
+        let o = out.as_mut_ptr();
+        for r in 0..rows {
+            let row = w.as_ptr().add(r * rb);
+            tile_tokens!(act.n, 4, |t, NT| {
+                let v = row_float::<NT, KIND>(row, &act, t);
+                for (j, v) in v.iter().enumerate() {
+                    *o.add((t + j) * ldo + r) = *v;
+                }
+            });
+        }
     }
 }
 
-/// 16 interleaved Q4_0 rows (see `crate::packed`) against `NT` tokens with `sdot` by element:
+/// 16 interleaved Q4_0 rows (see `crate::layout`) against `NT` tokens with `sdot` by element:
 /// each 128-bit vector holds 4 bytes of 4 rows, each activation word is one lane.
+///
+/// # Safety
+/// The CPU must support NEON and the dotprod extension (`sdot`). `g` must be valid for reads
+/// of one Q4_0 group of `act.nb` columns (`group_bytes(act.nb)` bytes), and tokens
+/// `t0..t0 + NT` must lie in `act` (`t0 + NT ≤ act.n`, its slices holding `act.n` tokens).
 #[inline(always)]
 unsafe fn group_q4_0x16<const NT: usize>(
     g: *const u8,
     act: &Q8View<'_>,
     t0: usize,
 ) -> [[float32x4_t; 4]; NT] {
-    let nb = act.nb;
-    let mask = vdupq_n_u8(0x0f);
-    let mut acc = [[vdupq_n_f32(0.0); 4]; NT];
-    for b in 0..nb {
-        let (qo, so) = q4_offsets(nb, b);
-        let (q, sc) = (g.add(qo), g.add(so));
-        let a: [(int8x16_t, int8x16_t); NT] = core::array::from_fn(|t| {
-            let p = act.qs.as_ptr().add(((t0 + t) * nb + b) * QK);
-            (vld1q_s8(p), vld1q_s8(p.add(16)))
-        });
-        for quad in 0..4 {
-            let dw = cvt_f16x4(vld1_u16(sc.add(8 * quad) as *const u16));
-            let c: [uint8x16_t; 4] = core::array::from_fn(|k| vld1q_u8(q.add(64 * k + 16 * quad)));
-            let lo: [int8x16_t; 4] =
-                core::array::from_fn(|k| vreinterpretq_s8_u8(vandq_u8(c[k], mask)));
-            let hi: [int8x16_t; 4] =
-                core::array::from_fn(|k| vreinterpretq_s8_u8(vshrq_n_u8(c[k], 4)));
-            for t in 0..NT {
-                let i = (t0 + t) * nb + b;
-                let (alo, ahi) = a[t];
-                let mut s0 = vdupq_n_s32(-8 * *act.s.get_unchecked(i));
-                let mut s1 = vdupq_n_s32(0);
-                s0 = sdot_lane::<0>(s0, lo[0], alo);
-                s1 = sdot_lane::<0>(s1, hi[0], ahi);
-                s0 = sdot_lane::<1>(s0, lo[1], alo);
-                s1 = sdot_lane::<1>(s1, hi[1], ahi);
-                s0 = sdot_lane::<2>(s0, lo[2], alo);
-                s1 = sdot_lane::<2>(s1, hi[2], ahi);
-                s0 = sdot_lane::<3>(s0, lo[3], alo);
-                s1 = sdot_lane::<3>(s1, hi[3], ahi);
-                let isum = vaddq_s32(s0, s1);
-                let scale = vmulq_n_f32(dw, *act.d.get_unchecked(i));
-                acc[t][quad] = vfmaq_f32(acc[t][quad], vcvtq_f32_s32(isum), scale);
-            }
-        }
-    }
-    acc
-}
-
-#[inline(always)]
-unsafe fn mm_q4_0x16(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) {
-    let gb = group_bytes(act.nb);
-    check_packed(w, groups, gb, &act, out, ldo);
-    let o = out.as_mut_ptr();
-    for g in 0..groups {
-        let gp = w.as_ptr().add(g * gb);
-        tile_tokens!(act.n, 2, |t, NT| {
-            let acc = group_q4_0x16::<NT>(gp, &act, t);
-            for j in 0..NT {
-                for quad in 0..4 {
-                    vst1q_f32(o.add((t + j) * ldo + 16 * g + 4 * quad), acc[j][quad]);
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`), that the group
+    // holds `group_bytes(nb)` bytes (the offsets from `q4_offsets` and the 256 + 32 bytes read
+    // there stay in it) and that tokens `t0..t0 + NT` are in `act`.
+    unsafe {
+        let nb = act.nb;
+        let mask = vdupq_n_u8(0x0f);
+        let mut acc = [[vdupq_n_f32(0.0); 4]; NT];
+        for b in 0..nb {
+            let (qo, so) = q4_offsets(nb, b);
+            let (q, sc) = (g.add(qo), g.add(so));
+            let a: [(int8x16_t, int8x16_t); NT] = core::array::from_fn(|t| {
+                let p = act.qs.as_ptr().add(((t0 + t) * nb + b) * QK);
+                (vld1q_s8(p), vld1q_s8(p.add(16)))
+            });
+            for quad in 0..4 {
+                let dw = cvt_f16x4(vld1_u16(sc.add(8 * quad) as *const u16));
+                let c: [uint8x16_t; 4] =
+                    core::array::from_fn(|k| vld1q_u8(q.add(64 * k + 16 * quad)));
+                let lo: [int8x16_t; 4] =
+                    core::array::from_fn(|k| vreinterpretq_s8_u8(vandq_u8(c[k], mask)));
+                let hi: [int8x16_t; 4] =
+                    core::array::from_fn(|k| vreinterpretq_s8_u8(vshrq_n_u8(c[k], 4)));
+                for t in 0..NT {
+                    let i = (t0 + t) * nb + b;
+                    let (alo, ahi) = a[t];
+                    let mut s0 = vdupq_n_s32(-8 * *act.s.get_unchecked(i));
+                    let mut s1 = vdupq_n_s32(0);
+                    s0 = sdot_lane::<0>(s0, lo[0], alo);
+                    s1 = sdot_lane::<0>(s1, hi[0], ahi);
+                    s0 = sdot_lane::<1>(s0, lo[1], alo);
+                    s1 = sdot_lane::<1>(s1, hi[1], ahi);
+                    s0 = sdot_lane::<2>(s0, lo[2], alo);
+                    s1 = sdot_lane::<2>(s1, hi[2], ahi);
+                    s0 = sdot_lane::<3>(s0, lo[3], alo);
+                    s1 = sdot_lane::<3>(s1, hi[3], ahi);
+                    let isum = vaddq_s32(s0, s1);
+                    let scale = vmulq_n_f32(dw, *act.d.get_unchecked(i));
+                    acc[t][quad] = vfmaq_f32(acc[t][quad], vcvtq_f32_s32(isum), scale);
                 }
             }
-        });
+        }
+        acc
+    }
+}
+
+/// # Safety
+/// The CPU must support NEON and the dotprod extension (`sdot`). Lengths are checked here
+/// (`check_packed`).
+#[inline(always)]
+unsafe fn mm_q4_0x16(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) {
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`); `check_packed`
+    // puts `groups` groups of `gb` bytes in `w`, every token in `act` and 16 values per group
+    // per token at `(t + j) · ldo + 16 · g` in `out`.
+    unsafe {
+        let gb = group_bytes(act.nb);
+        check_packed(w, groups, gb, &act, out, ldo);
+        let o = out.as_mut_ptr();
+        for g in 0..groups {
+            let gp = w.as_ptr().add(g * gb);
+            tile_tokens!(act.n, 2, |t, NT| {
+                let acc = group_q4_0x16::<NT>(gp, &act, t);
+                for j in 0..NT {
+                    for quad in 0..4 {
+                        vst1q_f32(o.add((t + j) * ldo + 16 * g + 4 * quad), acc[j][quad]);
+                    }
+                }
+            });
+        }
     }
 }
 
 /// 16 interleaved Q8_0 rows against `NT` tokens with `sdot` by element (signed × signed).
+///
+/// # Safety
+/// The CPU must support NEON and the dotprod extension (`sdot`). `g` must be valid for reads
+/// of one Q8_0 group of `act.nb` columns (`group_bytes_q8(act.nb)` bytes), and tokens
+/// `t0..t0 + NT` must lie in `act` (`t0 + NT ≤ act.n`, its slices holding `act.n` tokens).
 #[inline(always)]
 unsafe fn group_q8_0x16<const NT: usize>(
     g: *const u8,
     act: &Q8View<'_>,
     t0: usize,
 ) -> [[float32x4_t; 4]; NT] {
-    let nb = act.nb;
-    let sc = g.add(nb * 512);
-    let mut acc = [[vdupq_n_f32(0.0); 4]; NT];
-    for b in 0..nb {
-        let q = g.add(512 * b);
-        let a: [(int8x16_t, int8x16_t); NT] = core::array::from_fn(|t| {
-            let p = act.qs.as_ptr().add(((t0 + t) * nb + b) * QK);
-            (vld1q_s8(p), vld1q_s8(p.add(16)))
-        });
-        for quad in 0..4 {
-            let dw = cvt_f16x4(vld1_u16(sc.add(32 * b + 8 * quad) as *const u16));
-            let c: [int8x16_t; 8] =
-                core::array::from_fn(|k| vld1q_s8(q.add(64 * k + 16 * quad) as *const i8));
-            for t in 0..NT {
-                let (alo, ahi) = a[t];
-                let mut s0 = vdupq_n_s32(0);
-                let mut s1 = vdupq_n_s32(0);
-                s0 = sdot_lane::<0>(s0, c[0], alo);
-                s1 = sdot_lane::<0>(s1, c[4], ahi);
-                s0 = sdot_lane::<1>(s0, c[1], alo);
-                s1 = sdot_lane::<1>(s1, c[5], ahi);
-                s0 = sdot_lane::<2>(s0, c[2], alo);
-                s1 = sdot_lane::<2>(s1, c[6], ahi);
-                s0 = sdot_lane::<3>(s0, c[3], alo);
-                s1 = sdot_lane::<3>(s1, c[7], ahi);
-                let i = (t0 + t) * nb + b;
-                let scale = vmulq_n_f32(dw, *act.d.get_unchecked(i));
-                acc[t][quad] = vfmaq_f32(acc[t][quad], vcvtq_f32_s32(vaddq_s32(s0, s1)), scale);
-            }
-        }
-    }
-    acc
-}
-
-#[inline(always)]
-unsafe fn mm_q8_0x16(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) {
-    let gb = group_bytes_q8(act.nb);
-    check_packed(w, groups, gb, &act, out, ldo);
-    let o = out.as_mut_ptr();
-    for g in 0..groups {
-        let gp = w.as_ptr().add(g * gb);
-        tile_tokens!(act.n, 2, |t, NT| {
-            let acc = group_q8_0x16::<NT>(gp, &act, t);
-            for j in 0..NT {
-                for quad in 0..4 {
-                    vst1q_f32(o.add((t + j) * ldo + 16 * g + 4 * quad), acc[j][quad]);
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`), that the group
+    // holds `group_bytes_q8(nb)` bytes (quants `512 · nb`, then scales `32 · nb`) and that
+    // tokens `t0..t0 + NT` are in `act`.
+    unsafe {
+        let nb = act.nb;
+        let sc = g.add(nb * 512);
+        let mut acc = [[vdupq_n_f32(0.0); 4]; NT];
+        for b in 0..nb {
+            let q = g.add(512 * b);
+            let a: [(int8x16_t, int8x16_t); NT] = core::array::from_fn(|t| {
+                let p = act.qs.as_ptr().add(((t0 + t) * nb + b) * QK);
+                (vld1q_s8(p), vld1q_s8(p.add(16)))
+            });
+            for quad in 0..4 {
+                let dw = cvt_f16x4(vld1_u16(sc.add(32 * b + 8 * quad) as *const u16));
+                let c: [int8x16_t; 8] =
+                    core::array::from_fn(|k| vld1q_s8(q.add(64 * k + 16 * quad) as *const i8));
+                for t in 0..NT {
+                    let (alo, ahi) = a[t];
+                    let mut s0 = vdupq_n_s32(0);
+                    let mut s1 = vdupq_n_s32(0);
+                    s0 = sdot_lane::<0>(s0, c[0], alo);
+                    s1 = sdot_lane::<0>(s1, c[4], ahi);
+                    s0 = sdot_lane::<1>(s0, c[1], alo);
+                    s1 = sdot_lane::<1>(s1, c[5], ahi);
+                    s0 = sdot_lane::<2>(s0, c[2], alo);
+                    s1 = sdot_lane::<2>(s1, c[6], ahi);
+                    s0 = sdot_lane::<3>(s0, c[3], alo);
+                    s1 = sdot_lane::<3>(s1, c[7], ahi);
+                    let i = (t0 + t) * nb + b;
+                    let scale = vmulq_n_f32(dw, *act.d.get_unchecked(i));
+                    acc[t][quad] = vfmaq_f32(acc[t][quad], vcvtq_f32_s32(vaddq_s32(s0, s1)), scale);
                 }
             }
-        });
+        }
+        acc
     }
 }
 
-/// Defines the safe entry points of one kernel set: each wraps an `unsafe` function compiled
-/// with `$features` and is only reachable through a `Kernels` built after detection.
-macro_rules! kernel_set {
-    ($name:expr, $features:literal, $dot:expr, $packed:path, $packed8:path, $packed_pays:expr, $detect:expr) => {
-        use super::super::{F32View, Kernels, Q8View};
-
-        static KERNELS: Kernels = Kernels {
-            name: $name,
-            quantize_q8,
-            dot_f32,
-            axpy_f32,
-            silu_mul: crate::arch::scalar::silu_mul,
-            attend,
-            attend_multi,
-            mm_q8_0,
-            mm_q4_0,
-            mm_f32,
-            mm_f16,
-            mm_bf16,
-            mm_q4_0x16: $packed,
-            mm_q8_0x16: $packed8,
-            packed_pays: $packed_pays,
-        };
-
-        /// This set, if the CPU has its features.
-        pub(crate) fn kernels() -> Option<&'static Kernels> {
-            if $detect {
-                Some(&KERNELS)
-            } else {
-                None
-            }
+/// # Safety
+/// The CPU must support NEON and the dotprod extension (`sdot`). Lengths are checked here
+/// (`check_packed`).
+#[inline(always)]
+unsafe fn mm_q8_0x16(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) {
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`); `check_packed`
+    // puts `groups` groups of `gb` bytes in `w`, every token in `act` and 16 values per group
+    // per token at `(t + j) · ldo + 16 · g` in `out`.
+    unsafe {
+        let gb = group_bytes_q8(act.nb);
+        check_packed(w, groups, gb, &act, out, ldo);
+        let o = out.as_mut_ptr();
+        for g in 0..groups {
+            let gp = w.as_ptr().add(g * gb);
+            tile_tokens!(act.n, 2, |t, NT| {
+                let acc = group_q8_0x16::<NT>(gp, &act, t);
+                for j in 0..NT {
+                    for quad in 0..4 {
+                        vst1q_f32(o.add((t + j) * ldo + 16 * g + 4 * quad), acc[j][quad]);
+                    }
+                }
+            });
         }
-
-        $crate::arch::aarch64::kernel_set!(@wrap $features, quantize_q8(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [i32]) -> () = super::quantize_q8);
-        $crate::arch::aarch64::kernel_set!(@wrap $features, dot_f32(a: &[f32], b: &[f32]) -> f32 = super::dot_f32);
-        $crate::arch::aarch64::kernel_set!(@wrap $features, axpy_f32(alpha: f32, x: &[f32], y: &mut [f32]) -> () = super::axpy_f32);
-        #[allow(clippy::too_many_arguments)]
-        fn attend_multi(q: &[f32], d: usize, keys: &[f32], values: &[f32], offs: &[usize], lens: &[usize], col: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32], ldo: usize) {
-            $crate::arch::attend_multi_each(attend, q, d, keys, values, offs, lens, col, scale, scores, out, ldo)
-        }
-        $crate::arch::aarch64::kernel_set!(@wrap $features, attend(q: &[f32], keys: &[f32], values: &[f32], offs: &[usize], col: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) -> () = super::attend);
-        $crate::arch::aarch64::kernel_set!(@wrap $features, mm_q8_0(w: &[u8], rows: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) -> () = super::mm_q::<{ $dot }, false>);
-        $crate::arch::aarch64::kernel_set!(@wrap $features, mm_q4_0(w: &[u8], rows: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) -> () = super::mm_q::<{ $dot }, true>);
-        $crate::arch::aarch64::kernel_set!(@wrap $features, mm_f32(w: &[u8], rows: usize, act: F32View<'_>, out: &mut [f32], ldo: usize) -> () = super::mm_float::<0>);
-        $crate::arch::aarch64::kernel_set!(@wrap $features, mm_f16(w: &[u8], rows: usize, act: F32View<'_>, out: &mut [f32], ldo: usize) -> () = super::mm_float::<1>);
-        $crate::arch::aarch64::kernel_set!(@wrap $features, mm_bf16(w: &[u8], rows: usize, act: F32View<'_>, out: &mut [f32], ldo: usize) -> () = super::mm_float::<2>);
-    };
-    (@wrap $features:literal, $f:ident($($a:ident: $t:ty),*) -> $r:ty = $imp:path) => {
-        #[allow(clippy::too_many_arguments)]
-        fn $f($($a: $t),*) -> $r {
-            /// # Safety
-            /// The CPU must have the features named in `target_feature`.
-            #[target_feature(enable = $features)]
-            #[allow(clippy::too_many_arguments)]
-            unsafe fn imp($($a: $t),*) -> $r {
-                // SAFETY: the features are enabled on this function; the algorithm checks
-                // slice lengths before its unchecked loops.
-                unsafe { $imp($($a),*) }
-            }
-            // SAFETY: `$f` is only reachable through `KERNELS`, which `kernels()` hands out
-            // only after detecting the features.
-            unsafe { imp($($a),*) }
-        }
-    };
+    }
 }
-pub(crate) use kernel_set;

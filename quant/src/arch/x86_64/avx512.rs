@@ -6,27 +6,25 @@ use core::arch::x86_64::*;
 
 use crate::arch::check_packed;
 use crate::blocks::QK;
-use crate::packed::{group_bytes, group_bytes_q8, q4_offsets};
+use crate::layout::{group_bytes, group_bytes_q8, q4_offsets};
 
-super::kernel_set!(
-    "avx512vnni",
-    "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
-    true,
-    mm_q4_0x16,
-    mm_q8_0x16,
-    true,
-    std::is_x86_feature_detected!("avx2")
+kernel_set! {
+    name: "avx512vnni",
+    features: "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+    int8: true,
+    silu_mul: wrap(super::silu_mul),
+    attend_multi: wrap(super::attend_multi),
+    mm_q4_0x16: wrap(zmm_q4_0x16),
+    mm_q8_0x16: wrap(zmm_q8_0x16),
+    packed_pays: true,
+    detect: std::is_x86_feature_detected!("avx2")
         && std::is_x86_feature_detected!("fma")
         && std::is_x86_feature_detected!("f16c")
         && std::is_x86_feature_detected!("avx512f")
         && std::is_x86_feature_detected!("avx512bw")
         && std::is_x86_feature_detected!("avx512vl")
-        && std::is_x86_feature_detected!("avx512vnni")
-);
-
-super::kernel_set!(@wrap "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", mm_q4_0x16(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) -> () = zmm_q4_0x16);
-
-super::kernel_set!(@wrap "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", mm_q8_0x16(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) -> () = zmm_q8_0x16);
+        && std::is_x86_feature_detected!("avx512vnni"),
+}
 
 /// How far ahead of the Q4_0 quants being multiplied to prefetch into L1 (bytes), when one
 /// group streams at a time. The Q4_0 kernel issues about 9 instructions per 64-byte line (Q8_0:
@@ -38,129 +36,166 @@ super::kernel_set!(@wrap "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", m
 const PREFETCH: usize = 4096;
 
 /// Prefetches `N` consecutive 64-byte lines from `p` into L1 (a hint: never faults).
+///
+/// # Safety
+/// The CPU must support SSE (every x86_64 CPU does). `p` may point anywhere: a prefetch reads
+/// nothing the program sees and never faults.
 #[inline(always)]
 unsafe fn prefetch_lines<const N: usize>(p: *const u8) {
     for k in 0..N {
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64 * k) as *const i8);
+        // SAFETY: SSE is part of x86_64; the address is only a hint (`wrapping_add`, no
+        // dereference).
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64 * k) as *const i8) };
     }
 }
 
 /// Activation pointers of tokens `t0..t0 + NT`: quants, scales and block sums.
+///
+/// # Safety
+/// Tokens `t0..t0 + NT` must lie in `act`: `t0 + NT ≤ act.n`, with `act`'s slices holding
+/// `act.n` tokens (as `check_packed` checks).
 #[inline(always)]
 #[allow(clippy::type_complexity)]
 unsafe fn act_ptrs<const NT: usize>(
     act: &Q8View<'_>,
     t0: usize,
 ) -> ([*const i32; NT], [*const f32; NT], [*const i32; NT]) {
-    let nb = act.nb;
-    (
-        core::array::from_fn(|t| act.qs.as_ptr().add((t0 + t) * nb * QK) as *const i32),
-        core::array::from_fn(|t| act.d.as_ptr().add((t0 + t) * nb)),
-        core::array::from_fn(|t| act.s.as_ptr().add((t0 + t) * nb)),
-    )
+    // SAFETY: the caller guarantees tokens `t0..t0 + NT` are in `act`, so every offset
+    // stays inside its slice.
+    unsafe {
+        let nb = act.nb;
+        (
+            core::array::from_fn(|t| act.qs.as_ptr().add((t0 + t) * nb * QK) as *const i32),
+            core::array::from_fn(|t| act.d.as_ptr().add((t0 + t) * nb)),
+            core::array::from_fn(|t| act.s.as_ptr().add((t0 + t) * nb)),
+        )
+    }
 }
 
 /// `S` groups of 16 interleaved Q4_0 rows (walked side by side, see `stream_groups!`) against
 /// `NT` tokens: lane `r` of `acc[j][t]` is row `r` of group `gs[j]`.
+///
+/// # Safety
+/// The CPU must support AVX-512F, AVX-512BW and AVX-512 VNNI (and AVX, F16C), as the
+/// `avx512vnni` set that inlines it does. Each `gs[j]` must be valid for reads of one
+/// Q4_0 group of `act.nb` columns (`group_bytes(act.nb)` bytes), and tokens `t0..t0 + NT`
+/// must lie in `act` (`t0 + NT ≤ act.n`, its slices holding `act.n` tokens).
 #[inline(always)]
 unsafe fn group<const NT: usize, const S: usize>(
     gs: [*const u8; S],
     act: &Q8View<'_>,
     t0: usize,
 ) -> [[__m512; NT]; S] {
-    let nb = act.nb;
-    let mask = _mm512_set1_epi8(0x0f);
-    let mask_hi = _mm512_set1_epi8(0xf0u8 as i8);
-    let (qa, da, sa) = act_ptrs::<NT>(act, t0);
-    let mut acc = [[_mm512_setzero_ps(); NT]; S];
-    for b in 0..nb {
-        let (qo, so) = q4_offsets(nb, b);
-        for (j, &g) in gs.iter().enumerate() {
-            let q = g.add(qo);
-            if S == 1 {
-                // The column's quants and (every other column) the pair's scales line.
-                prefetch_lines::<5>(q.wrapping_add(PREFETCH));
-            }
-            let c: [__m512i; 4] =
-                core::array::from_fn(|k| _mm512_loadu_si512(q.add(64 * k) as *const _));
-            let lo: [__m512i; 4] = core::array::from_fn(|k| _mm512_and_si512(c[k], mask));
-            // High nibbles left in place (16 × value): one AND instead of a shift and an AND;
-            // their sums are exact multiples of 16, divided back below.
-            let hi: [__m512i; 4] = core::array::from_fn(|k| _mm512_and_si512(c[k], mask_hi));
-            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(g.add(so) as *const __m256i));
-            for t in 0..NT {
-                let a = qa[t].add(b * QK / 4);
-                // Σ nibble·a − 8·Σ a, exact in each lane.
-                let mut s0 = _mm512_set1_epi32(-8 * *sa[t].add(b));
-                let mut s1 = _mm512_setzero_si512();
-                for k in 0..4 {
-                    s0 = _mm512_dpbusd_epi32(
-                        s0,
-                        lo[k],
-                        _mm512_set1_epi32(a.add(k).read_unaligned()),
-                    );
-                    s1 = _mm512_dpbusd_epi32(
-                        s1,
-                        hi[k],
-                        _mm512_set1_epi32(a.add(4 + k).read_unaligned()),
-                    );
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`), that each
+    // group holds `group_bytes(nb)` bytes (the offsets from `q4_offsets` and the 256 + 32
+    // bytes read there stay in it; the prefetches may point past it, which is harmless) and
+    // that tokens `t0..t0 + NT` are in `act`.
+    unsafe {
+        let nb = act.nb;
+        let mask = _mm512_set1_epi8(0x0f);
+        let mask_hi = _mm512_set1_epi8(0xf0u8 as i8);
+        let (qa, da, sa) = act_ptrs::<NT>(act, t0);
+        let mut acc = [[_mm512_setzero_ps(); NT]; S];
+        for b in 0..nb {
+            let (qo, so) = q4_offsets(nb, b);
+            for (j, &g) in gs.iter().enumerate() {
+                let q = g.add(qo);
+                if S == 1 {
+                    // The column's quants and (every other column) the pair's scales line.
+                    prefetch_lines::<5>(q.wrapping_add(PREFETCH));
                 }
-                let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*da[t].add(b)));
-                let s = _mm512_add_epi32(s0, _mm512_srai_epi32(s1, 4));
-                acc[j][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc[j][t]);
+                let c: [__m512i; 4] =
+                    core::array::from_fn(|k| _mm512_loadu_si512(q.add(64 * k) as *const _));
+                let lo: [__m512i; 4] = core::array::from_fn(|k| _mm512_and_si512(c[k], mask));
+                // High nibbles left in place (16 × value): one AND instead of a shift and an AND;
+                // their sums are exact multiples of 16, divided back below.
+                let hi: [__m512i; 4] = core::array::from_fn(|k| _mm512_and_si512(c[k], mask_hi));
+                let dw = _mm512_cvtph_ps(_mm256_loadu_si256(g.add(so) as *const __m256i));
+                for t in 0..NT {
+                    let a = qa[t].add(b * QK / 4);
+                    // Σ nibble·a − 8·Σ a, exact in each lane.
+                    let mut s0 = _mm512_set1_epi32(-8 * *sa[t].add(b));
+                    let mut s1 = _mm512_setzero_si512();
+                    for k in 0..4 {
+                        s0 = _mm512_dpbusd_epi32(
+                            s0,
+                            lo[k],
+                            _mm512_set1_epi32(a.add(k).read_unaligned()),
+                        );
+                        s1 = _mm512_dpbusd_epi32(
+                            s1,
+                            hi[k],
+                            _mm512_set1_epi32(a.add(4 + k).read_unaligned()),
+                        );
+                    }
+                    let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*da[t].add(b)));
+                    let s = _mm512_add_epi32(s0, _mm512_srai_epi32(s1, 4));
+                    acc[j][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc[j][t]);
+                }
             }
         }
+        acc
     }
-    acc
 }
 
 /// `S` groups of 16 interleaved Q8_0 rows against `NT` tokens: weights offset to unsigned
 /// (`w + 128`) for `vpdpbusd`, and `128 · Σ a` subtracted, exactly per lane.
+///
+/// # Safety
+/// The CPU must support AVX-512F, AVX-512BW and AVX-512 VNNI (and AVX, F16C), as the
+/// `avx512vnni` set that inlines it does. Each `gs[j]` must be valid for reads of one
+/// Q8_0 group of `act.nb` columns (`group_bytes_q8(act.nb)` bytes), and tokens
+/// `t0..t0 + NT` must lie in `act` (`t0 + NT ≤ act.n`, its slices holding `act.n` tokens).
 #[inline(always)]
 unsafe fn group_q8<const NT: usize, const S: usize>(
     gs: [*const u8; S],
     act: &Q8View<'_>,
     t0: usize,
 ) -> [[__m512; NT]; S] {
-    let nb = act.nb;
-    let flip = _mm512_set1_epi8(-128);
-    let (qa, da, sa) = act_ptrs::<NT>(act, t0);
-    let mut acc = [[_mm512_setzero_ps(); NT]; S];
-    for b in 0..nb {
-        for (j, &g) in gs.iter().enumerate() {
-            let q = g.add(512 * b);
-            let u: [__m512i; 8] = core::array::from_fn(|k| {
-                _mm512_xor_si512(_mm512_loadu_si512(q.add(64 * k) as *const _), flip)
-            });
-            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(
-                g.add(nb * 512 + 32 * b) as *const __m256i
-            ));
-            for t in 0..NT {
-                let a = qa[t].add(b * QK / 4);
-                let mut s0 = _mm512_set1_epi32(-128 * *sa[t].add(b));
-                let mut s1 = _mm512_setzero_si512();
-                for k in 0..4 {
-                    s0 = _mm512_dpbusd_epi32(
-                        s0,
-                        u[2 * k],
-                        _mm512_set1_epi32(a.add(2 * k).read_unaligned()),
-                    );
-                    s1 = _mm512_dpbusd_epi32(
-                        s1,
-                        u[2 * k + 1],
-                        _mm512_set1_epi32(a.add(2 * k + 1).read_unaligned()),
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`), that each
+    // group holds `group_bytes_q8(nb)` bytes (quants `512 · nb`, then scales `32 · nb`) and that
+    // tokens `t0..t0 + NT` are in `act`.
+    unsafe {
+        let nb = act.nb;
+        let flip = _mm512_set1_epi8(-128);
+        let (qa, da, sa) = act_ptrs::<NT>(act, t0);
+        let mut acc = [[_mm512_setzero_ps(); NT]; S];
+        for b in 0..nb {
+            for (j, &g) in gs.iter().enumerate() {
+                let q = g.add(512 * b);
+                let u: [__m512i; 8] = core::array::from_fn(|k| {
+                    _mm512_xor_si512(_mm512_loadu_si512(q.add(64 * k) as *const _), flip)
+                });
+                let dw = _mm512_cvtph_ps(_mm256_loadu_si256(
+                    g.add(nb * 512 + 32 * b) as *const __m256i
+                ));
+                for t in 0..NT {
+                    let a = qa[t].add(b * QK / 4);
+                    let mut s0 = _mm512_set1_epi32(-128 * *sa[t].add(b));
+                    let mut s1 = _mm512_setzero_si512();
+                    for k in 0..4 {
+                        s0 = _mm512_dpbusd_epi32(
+                            s0,
+                            u[2 * k],
+                            _mm512_set1_epi32(a.add(2 * k).read_unaligned()),
+                        );
+                        s1 = _mm512_dpbusd_epi32(
+                            s1,
+                            u[2 * k + 1],
+                            _mm512_set1_epi32(a.add(2 * k + 1).read_unaligned()),
+                        );
+                    }
+                    let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*da[t].add(b)));
+                    acc[j][t] = _mm512_fmadd_ps(
+                        _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)),
+                        scale,
+                        acc[j][t],
                     );
                 }
-                let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*da[t].add(b)));
-                acc[j][t] = _mm512_fmadd_ps(
-                    _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)),
-                    scale,
-                    acc[j][t],
-                );
             }
         }
+        acc
     }
-    acc
 }
 
 /// The drivers of the packed kernels: groups in streams (`stream_groups!`, when `$streams`),
@@ -175,17 +210,23 @@ macro_rules! zmm_packed {
             let gb = $group_bytes(act.nb);
             check_packed(w, groups, gb, &act, out, ldo);
             let o = out.as_mut_ptr();
-            let decode = $streams && act.n <= 2 && crate::packed::streams();
+            let decode = $streams && act.n <= 2 && crate::arch::streams();
             stream_groups!(groups, decode, |gi, S| {
-                let gp: [*const u8; S] = core::array::from_fn(|j| w.as_ptr().add(gi[j] * gb));
-                tile_tokens!(act.n, if S > 1 { 2 } else { 4 }, |t, NT| {
-                    let acc = $group::<NT, S>(gp, &act, t);
-                    for (j, accj) in acc.iter().enumerate() {
-                        for (k, a) in accj.iter().enumerate() {
-                            _mm512_storeu_ps(o.add((t + k) * ldo + 16 * gi[j]), *a);
+                // SAFETY: the caller guarantees the CPU features (see `# Safety`);
+                // `check_packed` puts `groups` groups of `gb` bytes in `w` (so each `gi[j]`
+                // group), every token in `act` (so tiles `t..t + NT`) and 16 values per group
+                // per token at `(t + k) · ldo + 16 · gi[j]` in `out`.
+                unsafe {
+                    let gp: [*const u8; S] = core::array::from_fn(|j| w.as_ptr().add(gi[j] * gb));
+                    tile_tokens!(act.n, if S > 1 { 2 } else { 4 }, |t, NT| {
+                        let acc = $group::<NT, S>(gp, &act, t);
+                        for (j, accj) in acc.iter().enumerate() {
+                            for (k, a) in accj.iter().enumerate() {
+                                _mm512_storeu_ps(o.add((t + k) * ldo + 16 * gi[j]), *a);
+                            }
                         }
-                    }
-                });
+                    });
+                }
             });
         }
     };

@@ -10,168 +10,213 @@ pub(crate) mod avx512;
 use core::arch::x86_64::*;
 
 use super::{check_packed, check_q8, F32View, Q8View};
-use crate::blocks::{f16_to_f32, f32_to_f16, QK};
-use crate::packed::{group_bytes, group_bytes_q8, q4_offsets};
+use crate::blocks::{f16_to_f32, f32_to_f16, Q4_0_BYTES, Q8_0_BYTES, QK};
+use crate::layout::{group_bytes, group_bytes_q8, q4_offsets};
 
 /// Horizontal sum of 8 floats.
+///
+/// # Safety
+/// The CPU must support AVX.
 #[inline(always)]
 unsafe fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    _mm_cvtss_f32(s)
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`).
+    unsafe {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
 }
 
 /// `acc + Σ_{4 bytes} u · s` per 32-bit lane, `u` unsigned and `s` signed bytes (the pairwise
 /// sums of `maddubs` cannot saturate: |u| ≤ 255 with |s| ≤ 127 only where callers keep
 /// `u ≤ 128`).
+///
+/// # Safety
+/// The CPU must support AVX2. With `VNNI`, also AVX-512 VNNI and AVX-512 VL (`vpdpbusd` on 256-bit
+/// vectors).
 #[inline(always)]
 unsafe fn dot4<const VNNI: bool>(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
-    if VNNI {
-        _mm256_dpbusd_epi32(acc, u, s)
-    } else {
-        _mm256_add_epi32(
-            acc,
-            _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)),
-        )
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`).
+    unsafe {
+        if VNNI {
+            _mm256_dpbusd_epi32(acc, u, s)
+        } else {
+            _mm256_add_epi32(
+                acc,
+                _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)),
+            )
+        }
     }
 }
 
 /// Round half away from zero (C's `roundf`), exactly.
+///
+/// # Safety
+/// The CPU must support AVX.
 #[inline(always)]
 unsafe fn round_away(v: __m256) -> __m256 {
-    let sign = _mm256_set1_ps(-0.0);
-    let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
-    let frac = _mm256_andnot_ps(sign, _mm256_sub_ps(v, t));
-    let up = _mm256_cmp_ps::<_CMP_GE_OQ>(frac, _mm256_set1_ps(0.5));
-    let one = _mm256_or_ps(_mm256_and_ps(v, sign), _mm256_set1_ps(1.0));
-    _mm256_add_ps(t, _mm256_and_ps(up, one))
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`).
+    unsafe {
+        let sign = _mm256_set1_ps(-0.0);
+        let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
+        let frac = _mm256_andnot_ps(sign, _mm256_sub_ps(v, t));
+        let up = _mm256_cmp_ps::<_CMP_GE_OQ>(frac, _mm256_set1_ps(0.5));
+        let one = _mm256_or_ps(_mm256_and_ps(v, sign), _mm256_set1_ps(1.0));
+        _mm256_add_ps(t, _mm256_and_ps(up, one))
+    }
 }
 
 /// Activation quantizer: the same operations as `quantize_block_q8_0`, eight lanes at a time.
+///
+/// # Safety
+/// The CPU must support AVX2. Lengths are checked here: `x` is read in whole blocks
+/// and `qs`, `d`, `s` are asserted to hold them.
 #[inline(always)]
 unsafe fn quantize_q8(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [i32]) {
-    let nb = x.len() / QK;
-    assert!(qs.len() >= nb * QK && d.len() >= nb && s.len() >= nb);
-    let sign = _mm256_set1_ps(-0.0);
-    for b in 0..nb {
-        let p = x.as_ptr().add(b * QK);
-        let v = [
-            _mm256_loadu_ps(p),
-            _mm256_loadu_ps(p.add(8)),
-            _mm256_loadu_ps(p.add(16)),
-            _mm256_loadu_ps(p.add(24)),
-        ];
-        let m = _mm256_max_ps(
-            _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
-            _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])),
-        );
-        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-        let m = _mm_max_ss(m, _mm_movehdup_ps(m));
-        let amax = _mm_cvtss_f32(m);
-        let dd = amax / 127.0;
-        let id = _mm256_set1_ps(if dd != 0.0 { 1.0 / dd } else { 0.0 });
-        // Not `array::from_fn`: its closure does not inherit the target features, so the
-        // intrinsics inside were compiled as out-of-line calls (seen in a decode profile).
-        let q = [
-            _mm256_cvtps_epi32(round_away(_mm256_mul_ps(v[0], id))),
-            _mm256_cvtps_epi32(round_away(_mm256_mul_ps(v[1], id))),
-            _mm256_cvtps_epi32(round_away(_mm256_mul_ps(v[2], id))),
-            _mm256_cvtps_epi32(round_away(_mm256_mul_ps(v[3], id))),
-        ];
-        let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
-        let sum = _mm_add_epi32(
-            _mm256_castsi256_si128(sum),
-            _mm256_extracti128_si256(sum, 1),
-        );
-        let sum = _mm_add_epi32(sum, _mm_shuffle_epi32(sum, 0b01_00_11_10));
-        let sum = _mm_add_epi32(sum, _mm_shuffle_epi32(sum, 0b10_11_00_01));
-        let packed = _mm256_packs_epi16(
-            _mm256_packs_epi32(q[0], q[1]),
-            _mm256_packs_epi32(q[2], q[3]),
-        );
-        let packed = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-        _mm256_storeu_si256(qs.as_mut_ptr().add(b * QK) as *mut __m256i, packed);
-        *d.get_unchecked_mut(b) = f16_to_f32(f32_to_f16(dd));
-        *s.get_unchecked_mut(b) = _mm_cvtsi128_si32(sum);
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`); loads stay in the
+    // whole blocks of `x`, stores in `qs`, `d` and `s`, whose lengths are asserted first.
+    unsafe {
+        let nb = x.len() / QK;
+        assert!(qs.len() >= nb * QK && d.len() >= nb && s.len() >= nb);
+        let sign = _mm256_set1_ps(-0.0);
+        for b in 0..nb {
+            let p = x.as_ptr().add(b * QK);
+            let v = [
+                _mm256_loadu_ps(p),
+                _mm256_loadu_ps(p.add(8)),
+                _mm256_loadu_ps(p.add(16)),
+                _mm256_loadu_ps(p.add(24)),
+            ];
+            let m = _mm256_max_ps(
+                _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+                _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])),
+            );
+            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            let m = _mm_max_ss(m, _mm_movehdup_ps(m));
+            let amax = _mm_cvtss_f32(m);
+            let dd = amax / 127.0;
+            let id = _mm256_set1_ps(if dd != 0.0 { 1.0 / dd } else { 0.0 });
+            // Not `array::from_fn`: its closure does not inherit the target features, so the
+            // intrinsics inside were compiled as out-of-line calls (seen in a decode profile).
+            let q = [
+                _mm256_cvtps_epi32(round_away(_mm256_mul_ps(v[0], id))),
+                _mm256_cvtps_epi32(round_away(_mm256_mul_ps(v[1], id))),
+                _mm256_cvtps_epi32(round_away(_mm256_mul_ps(v[2], id))),
+                _mm256_cvtps_epi32(round_away(_mm256_mul_ps(v[3], id))),
+            ];
+            let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+            let sum = _mm_add_epi32(
+                _mm256_castsi256_si128(sum),
+                _mm256_extracti128_si256(sum, 1),
+            );
+            let sum = _mm_add_epi32(sum, _mm_shuffle_epi32(sum, 0b01_00_11_10));
+            let sum = _mm_add_epi32(sum, _mm_shuffle_epi32(sum, 0b10_11_00_01));
+            let packed = _mm256_packs_epi16(
+                _mm256_packs_epi32(q[0], q[1]),
+                _mm256_packs_epi32(q[2], q[3]),
+            );
+            let packed =
+                _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256(qs.as_mut_ptr().add(b * QK) as *mut __m256i, packed);
+            *d.get_unchecked_mut(b) = f16_to_f32(f32_to_f16(dd));
+            *s.get_unchecked_mut(b) = _mm_cvtsi128_si32(sum);
+        }
     }
 }
 
+/// # Safety
+/// The CPU must support AVX and FMA. Reads stay within the shorter slice.
 #[inline(always)]
 unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut i = 0;
-    while i + 32 <= n {
-        for (j, acc) in acc.iter_mut().enumerate() {
-            *acc = _mm256_fmadd_ps(
-                _mm256_loadu_ps(pa.add(i + 8 * j)),
-                _mm256_loadu_ps(pb.add(i + 8 * j)),
-                *acc,
-            );
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`); every load is at
+    // an index below `n`, the length of the shorter slice.
+    unsafe {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (j, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(pa.add(i + 8 * j)),
+                    _mm256_loadu_ps(pb.add(i + 8 * j)),
+                    *acc,
+                );
+            }
+            i += 32;
         }
-        i += 32;
+        while i + 8 <= n {
+            acc[0] = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i)),
+                _mm256_loadu_ps(pb.add(i)),
+                acc[0],
+            );
+            i += 8;
+        }
+        let mut sum = hsum(_mm256_add_ps(
+            _mm256_add_ps(acc[0], acc[1]),
+            _mm256_add_ps(acc[2], acc[3]),
+        ));
+        while i < n {
+            sum += *pa.add(i) * *pb.add(i);
+            i += 1;
+        }
+        sum
     }
-    while i + 8 <= n {
-        acc[0] = _mm256_fmadd_ps(
-            _mm256_loadu_ps(pa.add(i)),
-            _mm256_loadu_ps(pb.add(i)),
-            acc[0],
-        );
-        i += 8;
-    }
-    let mut sum = hsum(_mm256_add_ps(
-        _mm256_add_ps(acc[0], acc[1]),
-        _mm256_add_ps(acc[2], acc[3]),
-    ));
-    while i < n {
-        sum += *pa.add(i) * *pb.add(i);
-        i += 1;
-    }
-    sum
 }
 
 /// `e^x` in every lane (Cephes' `expf`: `2^n · p(r)` with `r = x − n·ln 2` split in two parts
 /// and a degree-5 polynomial; within 2 ulp of `f32::exp`; lanes below −87.3 give ~1e-38, as
 /// softmax weights that is 0).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
 #[inline(always)]
 unsafe fn exp8(x: __m256) -> __m256 {
-    let x = _mm256_max_ps(
-        _mm256_min_ps(x, _mm256_set1_ps(88.37626)),
-        _mm256_set1_ps(-87.33654),
-    );
-    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
-        x,
-        _mm256_set1_ps(std::f32::consts::LOG2_E),
-    ));
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
-    let mut p = _mm256_set1_ps(1.987_569_1e-4);
-    for c in [
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        0.166_666_65,
-        0.5,
-    ] {
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`).
+    unsafe {
+        let x = _mm256_max_ps(
+            _mm256_min_ps(x, _mm256_set1_ps(88.37626)),
+            _mm256_set1_ps(-87.33654),
+        );
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm256_set1_ps(1.987_569_1e-4);
+        for c in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            0.166_666_65,
+            0.5,
+        ] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        }
+        let y = _mm256_add_ps(
+            _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r),
+            _mm256_set1_ps(1.0),
+        );
+        let pow2 = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvtps_epi32(n),
+            _mm256_set1_epi32(127),
+        ));
+        _mm256_mul_ps(y, _mm256_castsi256_ps(pow2))
     }
-    let y = _mm256_add_ps(
-        _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r),
-        _mm256_set1_ps(1.0),
-    );
-    let pow2 = _mm256_slli_epi32::<23>(_mm256_add_epi32(
-        _mm256_cvtps_epi32(n),
-        _mm256_set1_epi32(127),
-    ));
-    _mm256_mul_ps(y, _mm256_castsi256_ps(pow2))
 }
 
 /// `dst[i] = scale · (q · key row at kp + offs[i])` for a head of `d` values (a multiple of 8):
 /// four positions at a time, their sums reduced together instead of one horizontal sum each.
 /// The caller checks that every row lies inside the keys.
+///
+/// # Safety
+/// The CPU must support AVX and FMA. `d` must be a multiple of 8; `qp` must be valid for
+/// reads of `d` f32 and, for every `o` in `offs`, `kp + o` for reads of `d` f32 (all inside
+/// the allocation `kp` points into); `dst` must be valid for writes of `offs.len()` f32 and
+/// not overlap the query or the key rows.
 #[inline(always)]
 unsafe fn score_rows(
     qp: *const f32,
@@ -181,70 +226,84 @@ unsafe fn score_rows(
     scale: f32,
     dst: *mut f32,
 ) {
-    let n = offs.len();
-    let mut i = 0;
-    while i + 4 <= n {
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut j = 0;
-        while j < d {
-            let qv = _mm256_loadu_ps(qp.add(j));
-            for (u, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kp.add(offs[i + u] + j)), *a);
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`), and that the query,
+    // the `d`-value key rows and `dst[..offs.len()]` are valid (`d` a multiple of 8, so the
+    // 8-wide loads end at `d`); the slices made for the tail are read-only and `dst` does not
+    // overlap them.
+    unsafe {
+        let n = offs.len();
+        let mut i = 0;
+        while i + 4 <= n {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut j = 0;
+            while j < d {
+                let qv = _mm256_loadu_ps(qp.add(j));
+                for (u, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kp.add(offs[i + u] + j)), *a);
+                }
+                j += 8;
             }
-            j += 8;
+            let h = _mm256_hadd_ps(
+                _mm256_hadd_ps(acc[0], acc[1]),
+                _mm256_hadd_ps(acc[2], acc[3]),
+            );
+            let s4 = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+            _mm_storeu_ps(dst.add(i), _mm_mul_ps(s4, _mm_set1_ps(scale)));
+            i += 4;
         }
-        let h = _mm256_hadd_ps(
-            _mm256_hadd_ps(acc[0], acc[1]),
-            _mm256_hadd_ps(acc[2], acc[3]),
-        );
-        let s4 = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-        _mm_storeu_ps(dst.add(i), _mm_mul_ps(s4, _mm_set1_ps(scale)));
-        i += 4;
-    }
-    while i < n {
-        let k = core::slice::from_raw_parts(kp.add(offs[i]), d);
-        *dst.add(i) = dot_f32(core::slice::from_raw_parts(qp, d), k) * scale;
-        i += 1;
+        while i < n {
+            let k = core::slice::from_raw_parts(kp.add(offs[i]), d);
+            *dst.add(i) = dot_f32(core::slice::from_raw_parts(qp, d), k) * scale;
+            i += 1;
+        }
     }
 }
 
 /// Transposes the key rows at `kp + offs[0..8]` (`d` values each, a multiple of 8) into `kt`:
 /// `kt[8j..8j + 8]` holds value `j` of the eight rows.
+///
+/// # Safety
+/// The CPU must support AVX. `d` must be a multiple of 8; for `i < 8`, `kp + offs[i]` must be
+/// valid for reads of `d` f32, and `kt` valid for writes of `8 · d` f32.
 #[inline(always)]
 unsafe fn transpose_rows8(kp: *const f32, offs: &[usize], d: usize, kt: *mut f32) {
-    let mut c = 0;
-    while c < d {
-        let r: [__m256; 8] = core::array::from_fn(|i| _mm256_loadu_ps(kp.add(offs[i] + c)));
-        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
-        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
-        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
-        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
-        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
-        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
-        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
-        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
-        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-        let u1 = _mm256_shuffle_ps::<0xee>(t0, t2);
-        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-        let u3 = _mm256_shuffle_ps::<0xee>(t1, t3);
-        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-        let u5 = _mm256_shuffle_ps::<0xee>(t4, t6);
-        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-        let u7 = _mm256_shuffle_ps::<0xee>(t5, t7);
-        let cols = [
-            _mm256_permute2f128_ps::<0x20>(u0, u4),
-            _mm256_permute2f128_ps::<0x20>(u1, u5),
-            _mm256_permute2f128_ps::<0x20>(u2, u6),
-            _mm256_permute2f128_ps::<0x20>(u3, u7),
-            _mm256_permute2f128_ps::<0x31>(u0, u4),
-            _mm256_permute2f128_ps::<0x31>(u1, u5),
-            _mm256_permute2f128_ps::<0x31>(u2, u6),
-            _mm256_permute2f128_ps::<0x31>(u3, u7),
-        ];
-        for (j, col) in cols.iter().enumerate() {
-            _mm256_storeu_ps(kt.add(8 * (c + j)), *col);
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`), that the eight rows
+    // hold `d` (a multiple of 8) values each and that `kt` holds `8 · d`.
+    unsafe {
+        let mut c = 0;
+        while c < d {
+            let r: [__m256; 8] = core::array::from_fn(|i| _mm256_loadu_ps(kp.add(offs[i] + c)));
+            let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+            let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+            let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+            let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+            let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+            let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+            let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+            let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+            let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+            let u1 = _mm256_shuffle_ps::<0xee>(t0, t2);
+            let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+            let u3 = _mm256_shuffle_ps::<0xee>(t1, t3);
+            let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+            let u5 = _mm256_shuffle_ps::<0xee>(t4, t6);
+            let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+            let u7 = _mm256_shuffle_ps::<0xee>(t5, t7);
+            let cols = [
+                _mm256_permute2f128_ps::<0x20>(u0, u4),
+                _mm256_permute2f128_ps::<0x20>(u1, u5),
+                _mm256_permute2f128_ps::<0x20>(u2, u6),
+                _mm256_permute2f128_ps::<0x20>(u3, u7),
+                _mm256_permute2f128_ps::<0x31>(u0, u4),
+                _mm256_permute2f128_ps::<0x31>(u1, u5),
+                _mm256_permute2f128_ps::<0x31>(u2, u6),
+                _mm256_permute2f128_ps::<0x31>(u3, u7),
+            ];
+            for (j, col) in cols.iter().enumerate() {
+                _mm256_storeu_ps(kt.add(8 * (c + j)), *col);
+            }
+            c += 8;
         }
-        c += 8;
     }
 }
 
@@ -252,94 +311,122 @@ unsafe fn transpose_rows8(kp: *const f32, offs: &[usize], d: usize, kt: *mut f32
 /// into `dst[0..8]`: bit for bit what `score_rows` gives them (lane `j` of a row's sum takes
 /// values `j, j + 8, …` in order, then the same tree of additions), with one multiply-add per
 /// product and no horizontal additions.
+///
+/// # Safety
+/// The CPU must support AVX and FMA. `d` must be a multiple of 8, `qp` valid for reads of `d`
+/// f32, `kt` for reads of `8 · d` f32 and `dst` for writes of 8 f32.
 #[inline(always)]
 unsafe fn score8_transposed(qp: *const f32, d: usize, kt: *const f32, scale: f32, dst: *mut f32) {
-    let mut a = [_mm256_setzero_ps(); 8];
-    let mut c = 0;
-    while c < d {
-        for (j, aj) in a.iter_mut().enumerate() {
-            let k = _mm256_loadu_ps(kt.add(8 * (c + j)));
-            *aj = _mm256_fmadd_ps(_mm256_set1_ps(*qp.add(c + j)), k, *aj);
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`) and the lengths
+    // behind `qp` (`d`), `kt` (`8 · d`) and `dst` (8), `d` a multiple of 8.
+    unsafe {
+        let mut a = [_mm256_setzero_ps(); 8];
+        let mut c = 0;
+        while c < d {
+            for (j, aj) in a.iter_mut().enumerate() {
+                let k = _mm256_loadu_ps(kt.add(8 * (c + j)));
+                *aj = _mm256_fmadd_ps(_mm256_set1_ps(*qp.add(c + j)), k, *aj);
+            }
+            c += 8;
         }
-        c += 8;
+        let s = _mm256_add_ps(
+            _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])),
+            _mm256_add_ps(_mm256_add_ps(a[4], a[5]), _mm256_add_ps(a[6], a[7])),
+        );
+        _mm256_storeu_ps(dst, _mm256_mul_ps(s, _mm256_set1_ps(scale)));
     }
-    let s = _mm256_add_ps(
-        _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])),
-        _mm256_add_ps(_mm256_add_ps(a[4], a[5]), _mm256_add_ps(a[6], a[7])),
-    );
-    _mm256_storeu_ps(dst, _mm256_mul_ps(s, _mm256_set1_ps(scale)));
 }
 
 /// `g[i] = g[i] / (1 + e^(−g[i])) · u[i]`, eight at a time (`exp8`; its clamp keeps
 /// `e^(−g)` finite, so a very negative `g` gives a tiny value where `f32::exp` gives −0).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA. Reads and writes stay within the shorter slice.
 #[inline(always)]
 unsafe fn silu_mul(g: &mut [f32], u: &[f32]) {
-    let n = g.len().min(u.len());
-    let (gp, up) = (g.as_mut_ptr(), u.as_ptr());
-    let one = _mm256_set1_ps(1.0);
-    let mut i = 0;
-    while i + 8 <= n {
-        let x = _mm256_loadu_ps(gp.add(i));
-        let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), x));
-        let s = _mm256_div_ps(x, _mm256_add_ps(one, e));
-        _mm256_storeu_ps(gp.add(i), _mm256_mul_ps(s, _mm256_loadu_ps(up.add(i))));
-        i += 8;
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`); every access is at
+    // an index below `n`, the length of the shorter slice.
+    unsafe {
+        let n = g.len().min(u.len());
+        let (gp, up) = (g.as_mut_ptr(), u.as_ptr());
+        let one = _mm256_set1_ps(1.0);
+        let mut i = 0;
+        while i + 8 <= n {
+            let x = _mm256_loadu_ps(gp.add(i));
+            let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), x));
+            let s = _mm256_div_ps(x, _mm256_add_ps(one, e));
+            _mm256_storeu_ps(gp.add(i), _mm256_mul_ps(s, _mm256_loadu_ps(up.add(i))));
+            i += 8;
+        }
+        super::scalar::silu_mul(&mut g[i..n], &u[i..n]);
     }
-    super::scalar::silu_mul(&mut g[i..n], &u[i..n]);
 }
 
 /// Softmax in place: `e^(s − max)` eight at a time, then each times `1 / Σ` (the weights
 /// `wsum_rows` takes).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA. Accesses stay within `s`.
 #[inline(always)]
 unsafe fn softmax(s: &mut [f32]) {
-    let (n, sp) = (s.len(), s.as_mut_ptr());
-    let mut i = 0;
-    let mut mv = _mm256_set1_ps(f32::NEG_INFINITY);
-    while i + 8 <= n {
-        mv = _mm256_max_ps(mv, _mm256_loadu_ps(sp.add(i)));
-        i += 8;
-    }
-    let mut m = hmax(mv);
-    while i < n {
-        m = m.max(*sp.add(i));
-        i += 1;
-    }
-    let mv = _mm256_set1_ps(m);
-    let mut sums = _mm256_setzero_ps();
-    i = 0;
-    while i + 8 <= n {
-        let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(sp.add(i)), mv));
-        _mm256_storeu_ps(sp.add(i), e);
-        sums = _mm256_add_ps(sums, e);
-        i += 8;
-    }
-    let mut sum = hsum(sums);
-    while i < n {
-        let e = (*sp.add(i) - m).exp();
-        *sp.add(i) = e;
-        sum += e;
-        i += 1;
-    }
-    let inv = 1.0 / sum;
-    let iv = _mm256_set1_ps(inv);
-    i = 0;
-    while i + 8 <= n {
-        _mm256_storeu_ps(sp.add(i), _mm256_mul_ps(_mm256_loadu_ps(sp.add(i)), iv));
-        i += 8;
-    }
-    while i < n {
-        *sp.add(i) *= inv;
-        i += 1;
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`); every access is at
+    // an index below `s.len()`.
+    unsafe {
+        let (n, sp) = (s.len(), s.as_mut_ptr());
+        let mut i = 0;
+        let mut mv = _mm256_set1_ps(f32::NEG_INFINITY);
+        while i + 8 <= n {
+            mv = _mm256_max_ps(mv, _mm256_loadu_ps(sp.add(i)));
+            i += 8;
+        }
+        let mut m = hmax(mv);
+        while i < n {
+            m = m.max(*sp.add(i));
+            i += 1;
+        }
+        let mv = _mm256_set1_ps(m);
+        let mut sums = _mm256_setzero_ps();
+        i = 0;
+        while i + 8 <= n {
+            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(sp.add(i)), mv));
+            _mm256_storeu_ps(sp.add(i), e);
+            sums = _mm256_add_ps(sums, e);
+            i += 8;
+        }
+        let mut sum = hsum(sums);
+        while i < n {
+            let e = (*sp.add(i) - m).exp();
+            *sp.add(i) = e;
+            sum += e;
+            i += 1;
+        }
+        let inv = 1.0 / sum;
+        let iv = _mm256_set1_ps(inv);
+        i = 0;
+        while i + 8 <= n {
+            _mm256_storeu_ps(sp.add(i), _mm256_mul_ps(_mm256_loadu_ps(sp.add(i)), iv));
+            i += 8;
+        }
+        while i < n {
+            *sp.add(i) *= inv;
+            i += 1;
+        }
     }
 }
 
 /// Largest of 8 floats.
+///
+/// # Safety
+/// The CPU must support AVX.
 #[inline(always)]
 unsafe fn hmax(v: __m256) -> f32 {
-    let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    let m = _mm_max_ss(m, _mm_movehdup_ps(m));
-    _mm_cvtss_f32(m)
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`).
+    unsafe {
+        let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_max_ss(m, _mm_movehdup_ps(m));
+        _mm_cvtss_f32(m)
+    }
 }
 
 /// Whether the SIMD attention path takes a head of `d` values (else `attend_body!`).
@@ -357,6 +444,9 @@ fn check_rows(keys: &[f32], values: &[f32], offs: &[usize], col: usize, d: usize
 
 /// One query head (see `score_rows`, `softmax`, `wsum_rows`); other head sizes:
 /// `attend_body!`.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA. Lengths are checked here (`check_rows`, `out.len()`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn attend(
@@ -369,30 +459,40 @@ unsafe fn attend(
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    let d = q.len();
-    if !simd_head(d) || out.len() < d {
-        return attend_body!(dot_f32, axpy_f32, q, keys, values, offs, col, scale, scores, out);
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`); `check_rows` puts
+    // every row `o + col .. o + col + d` inside `keys` and `values` (the base pointers at `col`
+    // use `wrapping_add`: with no position, `col` may lie past them), `scores` is resized to
+    // one value per position and `out` holds `d` values (checked first); `d` is a multiple of
+    // 8 (`simd_head`).
+    unsafe {
+        let d = q.len();
+        if !simd_head(d) || out.len() < d {
+            return attend_body!(dot_f32, axpy_f32, q, keys, values, offs, col, scale, scores, out);
+        }
+        check_rows(keys, values, offs, col, d);
+        let n = offs.len();
+        scores.clear();
+        scores.resize(n, 0.0);
+        score_rows(
+            q.as_ptr(),
+            d,
+            keys.as_ptr().wrapping_add(col),
+            offs,
+            scale,
+            scores.as_mut_ptr(),
+        );
+        softmax(scores);
+        let (vp, w) = (values.as_ptr().wrapping_add(col), [scores.as_ptr()]);
+        wsum_rows::<1, true>(vp, d, offs, w, [out.as_mut_ptr()], true);
     }
-    check_rows(keys, values, offs, col, d);
-    let n = offs.len();
-    scores.clear();
-    scores.resize(n, 0.0);
-    score_rows(
-        q.as_ptr(),
-        d,
-        keys.as_ptr().add(col),
-        offs,
-        scale,
-        scores.as_mut_ptr(),
-    );
-    softmax(scores);
-    let (vp, w) = (values.as_ptr().add(col), [scores.as_ptr()]);
-    wsum_rows::<1, true>(vp, d, offs, w, [out.as_mut_ptr()], true);
 }
 
 /// Several queries of one head over nested position lists (see `crate::attend_queries`):
 /// positions in blocks of 64, each block's key and value rows used by every query while they
 /// are in L1, instead of each query walking the whole cache.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA. Shapes are checked here (`check_multi`, `check_rows`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn attend_multi(
@@ -408,104 +508,111 @@ unsafe fn attend_multi(
     out: &mut [f32],
     ldo: usize,
 ) {
-    super::check_multi(q, d, offs, lens, out, ldo);
-    let nq = lens.len();
-    if !simd_head(d) {
-        for (t, &len) in lens.iter().enumerate() {
-            let (qt, ot) = (&q[t * d..(t + 1) * d], &mut out[t * ldo..t * ldo + d]);
-            attend(qt, keys, values, &offs[..len], col, scale, scores, ot);
-        }
-        return;
-    }
-    check_rows(keys, values, offs, col, d);
-    let l = offs.len();
-    // Scores [query][position], then each query's partial weighted sums of even and odd
-    // positions ([query][even d, odd d]).
-    scores.clear();
-    scores.resize(nq * l + nq * 2 * d, 0.0);
-    let (kp, vp, sp) = (
-        keys.as_ptr().add(col),
-        values.as_ptr().add(col),
-        scores.as_mut_ptr(),
-    );
-    // Keys eight positions at a time, transposed once (into `kt`, on the stack: d ≤ 256, each
-    // value written before it is read) for all the queries that see all eight; a query's last
-    // few positions go through `score_rows`, as the single-query call has them.
-    let mut kt_store = core::mem::MaybeUninit::<[__m256; 256]>::uninit();
-    let kt = kt_store.as_mut_ptr() as *mut f32;
-    let mut i = 0;
-    while i < l {
-        // A group's work for all queries spans more instructions than the out-of-order window,
-        // so the next rows' cache misses would wait for it (the full cache's rows come from L3:
-        // 1.9x slower than from L1 without this): keys two groups ahead into L1, values into
-        // L2 for the weighted sums.
-        if i + 24 <= l {
-            for &o in &offs[i + 16..i + 24] {
-                let mut c = 0;
-                while c < d {
-                    _mm_prefetch::<_MM_HINT_T0>(kp.add(o + c) as *const i8);
-                    _mm_prefetch::<_MM_HINT_T1>(vp.add(o + c) as *const i8);
-                    c += 16;
-                }
-                _mm_prefetch::<_MM_HINT_T0>(kp.add(o + d - 1) as *const i8);
-                _mm_prefetch::<_MM_HINT_T1>(vp.add(o + d - 1) as *const i8);
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`); `check_multi` and
+    // `check_rows` bound every query, output and cached row used below (`kp` and `vp` use
+    // `wrapping_add`: with no position, `col` may lie past the cache), `scores` is resized to
+    // the scores and partial sums addressed through `sp`, and `kt` holds the `8 · d ≤ 2048`
+    // values `transpose_rows8` writes (`simd_head`: `d ≤ 256`, a multiple of 8).
+    unsafe {
+        super::check_multi(q, d, offs, lens, out, ldo);
+        let nq = lens.len();
+        if !simd_head(d) {
+            for (t, &len) in lens.iter().enumerate() {
+                let (qt, ot) = (&q[t * d..(t + 1) * d], &mut out[t * ldo..t * ldo + d]);
+                attend(qt, keys, values, &offs[..len], col, scale, scores, ot);
             }
+            return;
         }
-        if i + 8 <= l {
-            transpose_rows8(kp, &offs[i..i + 8], d, kt);
-        }
-        for (t, &len) in lens.iter().enumerate() {
-            if len >= i + 8 {
-                score8_transposed(q.as_ptr().add(t * d), d, kt, scale, sp.add(t * l + i));
-            } else if len > i {
-                let qt = q.as_ptr().add(t * d);
-                score_rows(qt, d, kp, &offs[i..len], scale, sp.add(t * l + i));
-            }
-        }
-        i += 8;
-    }
-    const BLOCK: usize = 64;
-    // Plain loops: a closure here would be compiled without the kernel's features.
-    for (t, &len) in lens.iter().enumerate() {
-        softmax(core::slice::from_raw_parts_mut(sp.add(t * l), len));
-    }
-    // Values in the same blocks, two queries at a time (one load of each row for both). The
-    // even/odd partial sums carry from block to block in memory where the single-query call
-    // keeps them in registers, so every query's output equals `attend`'s bit for bit (a batch's
-    // verification then picks exactly the tokens plain decoding picks).
-    let part = sp.add(nq * l);
-    let mut b = 0;
-    while b < l {
-        let e = (b + BLOCK).min(l);
-        let mut pending: Option<usize> = None;
-        for (t, &len) in lens.iter().enumerate() {
-            if len >= e {
-                if let Some(t0) = pending.take() {
-                    let w = [sp.add(t0 * l + b) as *const f32, sp.add(t * l + b)];
-                    let pt = [part.add(t0 * 2 * d), part.add(t * 2 * d)];
-                    wsum_rows::<2, false>(vp, d, &offs[b..e], w, pt, b == 0);
-                } else {
-                    pending = Some(t);
+        check_rows(keys, values, offs, col, d);
+        let l = offs.len();
+        // Scores [query][position], then each query's partial weighted sums of even and odd
+        // positions ([query][even d, odd d]).
+        scores.clear();
+        scores.resize(nq * l + nq * 2 * d, 0.0);
+        let (kp, vp, sp) = (
+            keys.as_ptr().wrapping_add(col),
+            values.as_ptr().wrapping_add(col),
+            scores.as_mut_ptr(),
+        );
+        // Keys eight positions at a time, transposed once (into `kt`, on the stack: d ≤ 256, each
+        // value written before it is read) for all the queries that see all eight; a query's last
+        // few positions go through `score_rows`, as the single-query call has them.
+        let mut kt_store = core::mem::MaybeUninit::<[__m256; 256]>::uninit();
+        let kt = kt_store.as_mut_ptr() as *mut f32;
+        let mut i = 0;
+        while i < l {
+            // A group's work for all queries spans more instructions than the out-of-order window,
+            // so the next rows' cache misses would wait for it (the full cache's rows come from L3:
+            // 1.9x slower than from L1 without this): keys two groups ahead into L1, values into
+            // L2 for the weighted sums.
+            if i + 24 <= l {
+                for &o in &offs[i + 16..i + 24] {
+                    let mut c = 0;
+                    while c < d {
+                        _mm_prefetch::<_MM_HINT_T0>(kp.add(o + c) as *const i8);
+                        _mm_prefetch::<_MM_HINT_T1>(vp.add(o + c) as *const i8);
+                        c += 16;
+                    }
+                    _mm_prefetch::<_MM_HINT_T0>(kp.add(o + d - 1) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T1>(vp.add(o + d - 1) as *const i8);
                 }
-            } else if len > b {
+            }
+            if i + 8 <= l {
+                transpose_rows8(kp, &offs[i..i + 8], d, kt);
+            }
+            for (t, &len) in lens.iter().enumerate() {
+                if len >= i + 8 {
+                    score8_transposed(q.as_ptr().add(t * d), d, kt, scale, sp.add(t * l + i));
+                } else if len > i {
+                    let qt = q.as_ptr().add(t * d);
+                    score_rows(qt, d, kp, &offs[i..len], scale, sp.add(t * l + i));
+                }
+            }
+            i += 8;
+        }
+        const BLOCK: usize = 64;
+        // Plain loops: a closure here would be compiled without the kernel's features.
+        for (t, &len) in lens.iter().enumerate() {
+            softmax(core::slice::from_raw_parts_mut(sp.add(t * l), len));
+        }
+        // Values in the same blocks, two queries at a time (one load of each row for both). The
+        // even/odd partial sums carry from block to block in memory where the single-query call
+        // keeps them in registers, so every query's output equals `attend`'s bit for bit (a batch's
+        // verification then picks exactly the tokens plain decoding picks).
+        let part = sp.add(nq * l);
+        let mut b = 0;
+        while b < l {
+            let e = (b + BLOCK).min(l);
+            let mut pending: Option<usize> = None;
+            for (t, &len) in lens.iter().enumerate() {
+                if len >= e {
+                    if let Some(t0) = pending.take() {
+                        let w = [sp.add(t0 * l + b) as *const f32, sp.add(t * l + b)];
+                        let pt = [part.add(t0 * 2 * d), part.add(t * 2 * d)];
+                        wsum_rows::<2, false>(vp, d, &offs[b..e], w, pt, b == 0);
+                    } else {
+                        pending = Some(t);
+                    }
+                } else if len > b {
+                    let (w, pt) = (sp.add(t * l + b) as *const f32, part.add(t * 2 * d));
+                    wsum_rows::<1, false>(vp, d, &offs[b..len], [w], [pt], b == 0);
+                }
+            }
+            if let Some(t) = pending {
                 let (w, pt) = (sp.add(t * l + b) as *const f32, part.add(t * 2 * d));
-                wsum_rows::<1, false>(vp, d, &offs[b..len], [w], [pt], b == 0);
+                wsum_rows::<1, false>(vp, d, &offs[b..e], [w], [pt], b == 0);
             }
+            b = e;
         }
-        if let Some(t) = pending {
-            let (w, pt) = (sp.add(t * l + b) as *const f32, part.add(t * 2 * d));
-            wsum_rows::<1, false>(vp, d, &offs[b..e], [w], [pt], b == 0);
-        }
-        b = e;
-    }
-    let op = out.as_mut_ptr();
-    for t in 0..nq {
-        let (pe, o) = (part.add(t * 2 * d), op.add(t * ldo));
-        let mut c = 0;
-        while c < d {
-            let r = _mm256_add_ps(_mm256_loadu_ps(pe.add(c)), _mm256_loadu_ps(pe.add(d + c)));
-            _mm256_storeu_ps(o.add(c), r);
-            c += 8;
+        let op = out.as_mut_ptr();
+        for t in 0..nq {
+            let (pe, o) = (part.add(t * 2 * d), op.add(t * ldo));
+            let mut c = 0;
+            while c < d {
+                let r = _mm256_add_ps(_mm256_loadu_ps(pe.add(c)), _mm256_loadu_ps(pe.add(d + c)));
+                _mm256_storeu_ps(o.add(c), r);
+                c += 8;
+            }
         }
     }
 }
@@ -518,6 +625,12 @@ unsafe fn attend_multi(
 /// be set). Without, `dst[u]` holds the even and odd sums (`[even d, odd d]`), loaded unless
 /// `first` and stored back, so a query's rows can come in blocks (each starting at an even
 /// position) and still add in exactly the order of one `SUM` call over all of them.
+///
+/// # Safety
+/// The CPU must support AVX and FMA. `d` must be a multiple of 8; for every `o` in `offs`,
+/// `vp + o` must be valid for reads of `d` f32; each `w[u]` valid for reads of `offs.len()`
+/// f32; each `dst[u]` valid for writes (and, unless `first`, reads) of `d` f32 with `SUM`,
+/// `2 · d` without.
 #[inline(always)]
 unsafe fn wsum_rows<const N: usize, const SUM: bool>(
     vp: *const f32,
@@ -527,91 +640,107 @@ unsafe fn wsum_rows<const N: usize, const SUM: bool>(
     dst: [*mut f32; N],
     first: bool,
 ) {
-    debug_assert!(first || !SUM, "final sums start from zero");
-    let n = offs.len();
-    let mut c = 0;
-    while c < d {
-        let two = d - c >= 16;
-        // acc[u][parity][half]
-        let mut acc = [[[_mm256_setzero_ps(); 2]; 2]; N];
-        if !first {
-            for u in 0..N {
-                for (par, a) in acc[u].iter_mut().enumerate() {
-                    a[0] = _mm256_loadu_ps(dst[u].add(par * d + c));
-                    if two {
-                        a[1] = _mm256_loadu_ps(dst[u].add(par * d + c + 8));
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`) and the lengths
+    // behind `vp`, `w` and `dst` (`d` a multiple of 8, so the 8-wide accesses end at `d`).
+    unsafe {
+        debug_assert!(first || !SUM, "final sums start from zero");
+        let n = offs.len();
+        let mut c = 0;
+        while c < d {
+            let two = d - c >= 16;
+            // acc[u][parity][half]
+            let mut acc = [[[_mm256_setzero_ps(); 2]; 2]; N];
+            if !first {
+                for u in 0..N {
+                    for (par, a) in acc[u].iter_mut().enumerate() {
+                        a[0] = _mm256_loadu_ps(dst[u].add(par * d + c));
+                        if two {
+                            a[1] = _mm256_loadu_ps(dst[u].add(par * d + c + 8));
+                        }
                     }
                 }
             }
-        }
-        let mut p = 0;
-        while p + 2 <= n {
-            for e in 0..2 {
-                let v = vp.add(offs[p + e] + c);
+            let mut p = 0;
+            while p + 2 <= n {
+                for e in 0..2 {
+                    let v = vp.add(offs[p + e] + c);
+                    let v0 = _mm256_loadu_ps(v);
+                    let v1 = if two { _mm256_loadu_ps(v.add(8)) } else { v0 };
+                    for u in 0..N {
+                        let wv = _mm256_set1_ps(*w[u].add(p + e));
+                        acc[u][e][0] = _mm256_fmadd_ps(wv, v0, acc[u][e][0]);
+                        if two {
+                            acc[u][e][1] = _mm256_fmadd_ps(wv, v1, acc[u][e][1]);
+                        }
+                    }
+                }
+                p += 2;
+            }
+            if p < n {
+                let v = vp.add(offs[p] + c);
                 let v0 = _mm256_loadu_ps(v);
                 let v1 = if two { _mm256_loadu_ps(v.add(8)) } else { v0 };
                 for u in 0..N {
-                    let wv = _mm256_set1_ps(*w[u].add(p + e));
-                    acc[u][e][0] = _mm256_fmadd_ps(wv, v0, acc[u][e][0]);
+                    let wv = _mm256_set1_ps(*w[u].add(p));
+                    acc[u][0][0] = _mm256_fmadd_ps(wv, v0, acc[u][0][0]);
                     if two {
-                        acc[u][e][1] = _mm256_fmadd_ps(wv, v1, acc[u][e][1]);
+                        acc[u][0][1] = _mm256_fmadd_ps(wv, v1, acc[u][0][1]);
                     }
                 }
             }
-            p += 2;
-        }
-        if p < n {
-            let v = vp.add(offs[p] + c);
-            let v0 = _mm256_loadu_ps(v);
-            let v1 = if two { _mm256_loadu_ps(v.add(8)) } else { v0 };
             for u in 0..N {
-                let wv = _mm256_set1_ps(*w[u].add(p));
-                acc[u][0][0] = _mm256_fmadd_ps(wv, v0, acc[u][0][0]);
-                if two {
-                    acc[u][0][1] = _mm256_fmadd_ps(wv, v1, acc[u][0][1]);
-                }
-            }
-        }
-        for u in 0..N {
-            let [even, odd] = acc[u];
-            if SUM {
-                _mm256_storeu_ps(dst[u].add(c), _mm256_add_ps(even[0], odd[0]));
-                if two {
-                    _mm256_storeu_ps(dst[u].add(c + 8), _mm256_add_ps(even[1], odd[1]));
-                }
-            } else {
-                for (par, a) in [even, odd].iter().enumerate() {
-                    _mm256_storeu_ps(dst[u].add(par * d + c), a[0]);
+                let [even, odd] = acc[u];
+                if SUM {
+                    _mm256_storeu_ps(dst[u].add(c), _mm256_add_ps(even[0], odd[0]));
                     if two {
-                        _mm256_storeu_ps(dst[u].add(par * d + c + 8), a[1]);
+                        _mm256_storeu_ps(dst[u].add(c + 8), _mm256_add_ps(even[1], odd[1]));
+                    }
+                } else {
+                    for (par, a) in [even, odd].iter().enumerate() {
+                        _mm256_storeu_ps(dst[u].add(par * d + c), a[0]);
+                        if two {
+                            _mm256_storeu_ps(dst[u].add(par * d + c + 8), a[1]);
+                        }
                     }
                 }
             }
+            c += if two { 16 } else { 8 };
         }
-        c += if two { 16 } else { 8 };
     }
 }
 
+/// # Safety
+/// The CPU must support AVX and FMA. Accesses stay within the shorter slice.
 #[inline(always)]
 unsafe fn axpy_f32(alpha: f32, x: &[f32], y: &mut [f32]) {
-    let n = x.len().min(y.len());
-    let (px, py) = (x.as_ptr(), y.as_mut_ptr());
-    let a = _mm256_set1_ps(alpha);
-    let mut i = 0;
-    while i + 8 <= n {
-        _mm256_storeu_ps(
-            py.add(i),
-            _mm256_fmadd_ps(a, _mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(py.add(i))),
-        );
-        i += 8;
-    }
-    while i < n {
-        *py.add(i) += alpha * *px.add(i);
-        i += 1;
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`); every access is at
+    // an index below `n`, the length of the shorter slice.
+    unsafe {
+        let n = x.len().min(y.len());
+        let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+        let a = _mm256_set1_ps(alpha);
+        let mut i = 0;
+        while i + 8 <= n {
+            _mm256_storeu_ps(
+                py.add(i),
+                _mm256_fmadd_ps(a, _mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(py.add(i))),
+            );
+            i += 8;
+        }
+        while i < n {
+            *py.add(i) += alpha * *px.add(i);
+            i += 1;
+        }
     }
 }
 
 /// One Q8_0 or Q4_0 block against `NT` tokens, accumulated into `acc`.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C. With `VNNI`, also AVX-512 VNNI and AVX-512 VL
+/// (`vpdpbusd` on 256-bit vectors). `p` must be valid for reads of one block (18 bytes for Q4_0, 34
+/// for Q8_0); for each token `t`, `qa[t] + b · 32` valid for reads of 32 i8 and `da[t] + b` for
+/// reads of one f32.
 #[inline(always)]
 unsafe fn block_q<const NT: usize, const VNNI: bool, const Q4: bool>(
     p: *const u8,
@@ -620,54 +749,72 @@ unsafe fn block_q<const NT: usize, const VNNI: bool, const Q4: bool>(
     da: &[*const f32; NT],
     acc: &mut [__m256; NT],
 ) {
-    // The scale broadcast before converting: no scalar temporaries, no false dependencies.
-    let dw = _mm256_cvtph_ps(_mm_set1_epi16((p as *const i16).read_unaligned()));
-    // Signed weights (Q4_0: nibble − 8), then |w| · (a with w's sign): exact per lane.
-    let w = if Q4 {
-        let q = _mm_loadu_si128(p.add(2) as *const __m128i);
-        let w = _mm256_and_si256(
-            _mm256_set_m128i(_mm_srli_epi16(q, 4), q),
-            _mm256_set1_epi8(0x0f),
-        );
-        _mm256_sub_epi8(w, _mm256_set1_epi8(8))
-    } else {
-        _mm256_loadu_si256(p.add(2) as *const __m256i)
-    };
-    let wu = _mm256_sign_epi8(w, w);
-    for t in 0..NT {
-        let a = _mm256_loadu_si256(qa[t].add(b * QK) as *const __m256i);
-        let isum = dot4::<VNNI>(_mm256_setzero_si256(), wu, _mm256_sign_epi8(a, w));
-        let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*da[t].add(b)));
-        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[t]);
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`) and that the
+    // block at `p` and each token's block `b` of quants and scale are readable.
+    unsafe {
+        // The scale broadcast before converting: no scalar temporaries, no false dependencies.
+        let dw = _mm256_cvtph_ps(_mm_set1_epi16((p as *const i16).read_unaligned()));
+        // Signed weights (Q4_0: nibble − 8), then |w| · (a with w's sign): exact per lane.
+        let w = if Q4 {
+            let q = _mm_loadu_si128(p.add(2) as *const __m128i);
+            let w = _mm256_and_si256(
+                _mm256_set_m128i(_mm_srli_epi16(q, 4), q),
+                _mm256_set1_epi8(0x0f),
+            );
+            _mm256_sub_epi8(w, _mm256_set1_epi8(8))
+        } else {
+            _mm256_loadu_si256(p.add(2) as *const __m256i)
+        };
+        let wu = _mm256_sign_epi8(w, w);
+        for t in 0..NT {
+            let a = _mm256_loadu_si256(qa[t].add(b * QK) as *const __m256i);
+            let isum = dot4::<VNNI>(_mm256_setzero_si256(), wu, _mm256_sign_epi8(a, w));
+            let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*da[t].add(b)));
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[t]);
+        }
     }
 }
 
 /// One Q8_0 or Q4_0 row against `NT` tokens starting at token `t0`.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C. With `VNNI`, also AVX-512 VNNI and AVX-512 VL
+/// (`vpdpbusd` on 256-bit vectors). `row` must be valid for reads of `act.nb` blocks (18 bytes each
+/// for Q4_0, 34 for Q8_0), and tokens `t0..t0 + NT` must lie in `act` (its slices hold `act.n`
+/// tokens, as `check_q8` checks, and `t0 + NT ≤ act.n`).
 #[inline(always)]
 unsafe fn row_q<const NT: usize, const VNNI: bool, const Q4: bool>(
     row: *const u8,
     act: &Q8View<'_>,
     t0: usize,
 ) -> [f32; NT] {
-    let nb = act.nb;
-    let bb = if Q4 { 18 } else { 34 };
-    // Two accumulators per token, alternating blocks, to hide the FMA latency.
-    let mut acc0 = [_mm256_setzero_ps(); NT];
-    let mut acc1 = [_mm256_setzero_ps(); NT];
-    let qa: [*const i8; NT] = core::array::from_fn(|t| act.qs.as_ptr().add((t0 + t) * nb * QK));
-    let da: [*const f32; NT] = core::array::from_fn(|t| act.d.as_ptr().add((t0 + t) * nb));
-    let mut b = 0;
-    while b + 2 <= nb {
-        block_q::<NT, VNNI, Q4>(row.add(b * bb), b, &qa, &da, &mut acc0);
-        block_q::<NT, VNNI, Q4>(row.add((b + 1) * bb), b + 1, &qa, &da, &mut acc1);
-        b += 2;
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`), that `row` holds
+    // `act.nb` blocks and that tokens `t0..t0 + NT` are in `act`: every pointer below stays in
+    // those.
+    unsafe {
+        let nb = act.nb;
+        let bb = if Q4 { Q4_0_BYTES } else { Q8_0_BYTES };
+        // Two accumulators per token, alternating blocks, to hide the FMA latency.
+        let mut acc0 = [_mm256_setzero_ps(); NT];
+        let mut acc1 = [_mm256_setzero_ps(); NT];
+        let qa: [*const i8; NT] = core::array::from_fn(|t| act.qs.as_ptr().add((t0 + t) * nb * QK));
+        let da: [*const f32; NT] = core::array::from_fn(|t| act.d.as_ptr().add((t0 + t) * nb));
+        let mut b = 0;
+        while b + 2 <= nb {
+            block_q::<NT, VNNI, Q4>(row.add(b * bb), b, &qa, &da, &mut acc0);
+            block_q::<NT, VNNI, Q4>(row.add((b + 1) * bb), b + 1, &qa, &da, &mut acc1);
+            b += 2;
+        }
+        if b < nb {
+            block_q::<NT, VNNI, Q4>(row.add(b * bb), b, &qa, &da, &mut acc0);
+        }
+        core::array::from_fn(|t| hsum(_mm256_add_ps(acc0[t], acc1[t])))
     }
-    if b < nb {
-        block_q::<NT, VNNI, Q4>(row.add(b * bb), b, &qa, &da, &mut acc0);
-    }
-    core::array::from_fn(|t| hsum(_mm256_add_ps(acc0[t], acc1[t])))
 }
 
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C. With `VNNI`, also AVX-512 VNNI and AVX-512 VL
+/// (`vpdpbusd` on 256-bit vectors). Lengths are checked here (`check_q8`).
 #[inline(always)]
 unsafe fn mm_q<const VNNI: bool, const Q4: bool>(
     w: &[u8],
@@ -676,81 +823,112 @@ unsafe fn mm_q<const VNNI: bool, const Q4: bool>(
     out: &mut [f32],
     ldo: usize,
 ) {
-    let bb = if Q4 { 18 } else { 34 };
-    check_q8(w, rows, bb, &act, out, ldo);
-    let rb = act.nb * bb;
-    let o = out.as_mut_ptr();
-    for r in 0..rows {
-        let row = w.as_ptr().add(r * rb);
-        tile_tokens!(act.n, 4, |t, NT| {
-            let v = row_q::<NT, VNNI, Q4>(row, &act, t);
-            for (j, v) in v.iter().enumerate() {
-                *o.add((t + j) * ldo + r) = *v;
-            }
-        });
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`); `check_q8`
+    // puts `rows` rows of `act.nb` blocks in `w`, every token in `act` and every
+    // `(t + j) · ldo + r` in `out`.
+    unsafe {
+        let bb = if Q4 { Q4_0_BYTES } else { Q8_0_BYTES };
+        check_q8(w, rows, bb, &act, out, ldo);
+        let rb = act.nb * bb;
+        let o = out.as_mut_ptr();
+        for r in 0..rows {
+            let row = w.as_ptr().add(r * rb);
+            tile_tokens!(act.n, 4, |t, NT| {
+                let v = row_q::<NT, VNNI, Q4>(row, &act, t);
+                for (j, v) in v.iter().enumerate() {
+                    *o.add((t + j) * ldo + r) = *v;
+                }
+            });
+        }
     }
 }
 
 /// Eight weights of kind `KIND` (0 f32, 1 f16, 2 bf16) from `p`, as f32.
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C. `p` must be valid for reads of 8 values of the kind
+/// (32 bytes for f32, 16 for f16 and bf16); any alignment.
 #[inline(always)]
 unsafe fn load8<const KIND: u8>(p: *const u8) -> __m256 {
-    match KIND {
-        0 => _mm256_loadu_ps(p as *const f32),
-        1 => _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)),
-        _ => _mm256_castsi256_ps(_mm256_slli_epi32(
-            _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i)),
-            16,
-        )),
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`) and 8 readable
+    // values at `p`; the loads are unaligned.
+    unsafe {
+        match KIND {
+            0 => _mm256_loadu_ps(p as *const f32),
+            1 => _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)),
+            _ => _mm256_castsi256_ps(_mm256_slli_epi32(
+                _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i)),
+                16,
+            )),
+        }
     }
 }
 
+/// # Safety
+/// `p` must be valid for reads of one value of the kind (4 bytes for f32, 2 for f16 and bf16);
+/// any alignment.
 #[inline(always)]
 unsafe fn scalar1<const KIND: u8>(p: *const u8) -> f32 {
-    match KIND {
-        0 => (p as *const f32).read_unaligned(),
-        1 => f16_to_f32((p as *const u16).read_unaligned()),
-        _ => crate::blocks::bf16_to_f32((p as *const u16).read_unaligned()),
+    // SAFETY: the caller guarantees one readable value at `p`; the reads are unaligned.
+    unsafe {
+        match KIND {
+            0 => (p as *const f32).read_unaligned(),
+            1 => f16_to_f32((p as *const u16).read_unaligned()),
+            _ => crate::blocks::bf16_to_f32((p as *const u16).read_unaligned()),
+        }
     }
 }
 
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C. `row` must be valid for reads of `act.cols`
+/// values of the kind (4 bytes each for f32, 2 for f16 and bf16), and tokens `t0..t0 + NT`
+/// must lie in `act.x` (`(t0 + NT) · act.cols ≤ act.x.len()`).
 #[inline(always)]
 unsafe fn row_float<const NT: usize, const KIND: u8>(
     row: *const u8,
     act: &F32View<'_>,
     t0: usize,
 ) -> [f32; NT] {
-    let size = if KIND == 0 { 4 } else { 2 };
-    let cols = act.cols;
-    let x: [*const f32; NT] = core::array::from_fn(|t| act.x.as_ptr().add((t0 + t) * cols));
-    let mut acc = [[_mm256_setzero_ps(); NT]; 2];
-    let mut i = 0;
-    while i + 16 <= cols {
-        let w0 = load8::<KIND>(row.add(i * size));
-        let w1 = load8::<KIND>(row.add((i + 8) * size));
-        for t in 0..NT {
-            acc[0][t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x[t].add(i)), acc[0][t]);
-            acc[1][t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x[t].add(i + 8)), acc[1][t]);
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`), that `row` holds
+    // `act.cols` values and that tokens `t0..t0 + NT` are in `act.x`: every access below is at
+    // a value index below `cols`.
+    unsafe {
+        let size = if KIND == 0 { 4 } else { 2 };
+        let cols = act.cols;
+        let x: [*const f32; NT] = core::array::from_fn(|t| act.x.as_ptr().add((t0 + t) * cols));
+        let mut acc = [[_mm256_setzero_ps(); NT]; 2];
+        let mut i = 0;
+        while i + 16 <= cols {
+            let w0 = load8::<KIND>(row.add(i * size));
+            let w1 = load8::<KIND>(row.add((i + 8) * size));
+            for t in 0..NT {
+                acc[0][t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x[t].add(i)), acc[0][t]);
+                acc[1][t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x[t].add(i + 8)), acc[1][t]);
+            }
+            i += 16;
         }
-        i += 16;
-    }
-    if i + 8 <= cols {
-        let w0 = load8::<KIND>(row.add(i * size));
-        for t in 0..NT {
-            acc[0][t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x[t].add(i)), acc[0][t]);
+        if i + 8 <= cols {
+            let w0 = load8::<KIND>(row.add(i * size));
+            for t in 0..NT {
+                acc[0][t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x[t].add(i)), acc[0][t]);
+            }
+            i += 8;
         }
-        i += 8;
-    }
-    let mut sum: [f32; NT] = core::array::from_fn(|t| hsum(_mm256_add_ps(acc[0][t], acc[1][t])));
-    while i < cols {
-        let wv = scalar1::<KIND>(row.add(i * size));
-        for t in 0..NT {
-            sum[t] += wv * *x[t].add(i);
+        let mut sum: [f32; NT] =
+            core::array::from_fn(|t| hsum(_mm256_add_ps(acc[0][t], acc[1][t])));
+        while i < cols {
+            let wv = scalar1::<KIND>(row.add(i * size));
+            for t in 0..NT {
+                sum[t] += wv * *x[t].add(i);
+            }
+            i += 1;
         }
-        i += 1;
+        sum
     }
-    sum
 }
 
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C. Lengths are checked here (the asserts).
 #[inline(always)]
 unsafe fn mm_float<const KIND: u8>(
     w: &[u8],
@@ -759,68 +937,93 @@ unsafe fn mm_float<const KIND: u8>(
     out: &mut [f32],
     ldo: usize,
 ) {
-    let size = if KIND == 0 { 4 } else { 2 };
-    let rb = act.cols * size;
-    assert!(w.len() >= rows * rb && act.x.len() >= act.n * act.cols);
-    assert!(act.n == 0 || rows == 0 || out.len() >= (act.n - 1) * ldo + rows);
-    let o = out.as_mut_ptr();
-    for r in 0..rows {
-        let row = w.as_ptr().add(r * rb);
-        tile_tokens!(act.n, 4, |t, NT| {
-            let v = row_float::<NT, KIND>(row, &act, t);
-            for (j, v) in v.iter().enumerate() {
-                *o.add((t + j) * ldo + r) = *v;
-            }
-        });
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`); the asserts put
+    // `rows` rows of `act.cols` values in `w`, every token in `act.x` and every
+    // `(t + j) · ldo + r` in `out`.
+    unsafe {
+        let size = if KIND == 0 { 4 } else { 2 };
+        let rb = act.cols * size;
+        assert!(w.len() >= rows * rb && act.x.len() >= act.n * act.cols);
+        assert!(act.n == 0 || rows == 0 || out.len() >= (act.n - 1) * ldo + rows);
+        let o = out.as_mut_ptr();
+        for r in 0..rows {
+            let row = w.as_ptr().add(r * rb);
+            tile_tokens!(act.n, 4, |t, NT| {
+                let v = row_float::<NT, KIND>(row, &act, t);
+                for (j, v) in v.iter().enumerate() {
+                    *o.add((t + j) * ldo + r) = *v;
+                }
+            });
+        }
     }
 }
 
-/// `S` groups of 16 interleaved Q4_0 rows (see `crate::packed`; walked side by side, see
+/// `S` groups of 16 interleaved Q4_0 rows (see `crate::layout`; walked side by side, see
 /// `stream_groups!`) against `NT` tokens, 8 rows per vector.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C. With `VNNI`, also AVX-512 VNNI and AVX-512 VL
+/// (`vpdpbusd` on 256-bit vectors). Each `gs[j]` must be valid for reads of one Q4_0 group of
+/// `act.nb` columns (`group_bytes(act.nb)` bytes), and tokens `t0..t0 + NT` must lie in `act` (`t0
+/// + NT ≤ act.n`, its slices holding `act.n` tokens).
 #[inline(always)]
 unsafe fn group_q4_0x16<const NT: usize, const VNNI: bool, const S: usize>(
     gs: [*const u8; S],
     act: &Q8View<'_>,
     t0: usize,
 ) -> [[[__m256; NT]; 2]; S] {
-    let nb = act.nb;
-    let mask = _mm256_set1_epi8(0x0f);
-    let mut acc = [[[_mm256_setzero_ps(); NT]; 2]; S];
-    for b in 0..nb {
-        let (qo, so) = q4_offsets(nb, b);
-        for (j, &g) in gs.iter().enumerate() {
-            let (q, sc) = (g.add(qo), g.add(so));
-            for h in 0..2 {
-                let c: [__m256i; 4] = core::array::from_fn(|k| {
-                    _mm256_loadu_si256(q.add(64 * k + 32 * h) as *const __m256i)
-                });
-                let lo: [__m256i; 4] = core::array::from_fn(|k| _mm256_and_si256(c[k], mask));
-                let hi: [__m256i; 4] =
-                    core::array::from_fn(|k| _mm256_and_si256(_mm256_srli_epi16(c[k], 4), mask));
-                let dw = _mm256_cvtph_ps(_mm_loadu_si128(sc.add(16 * h) as *const __m128i));
-                for t in 0..NT {
-                    let i = (t0 + t) * nb + b;
-                    let a = act.qs.as_ptr().add(i * QK) as *const i32;
-                    let mut s0 = _mm256_set1_epi32(-8 * *act.s.get_unchecked(i));
-                    let mut s1 = _mm256_setzero_si256();
-                    for k in 0..4 {
-                        s0 = dot4::<VNNI>(s0, lo[k], _mm256_set1_epi32(a.add(k).read_unaligned()));
-                        s1 = dot4::<VNNI>(
-                            s1,
-                            hi[k],
-                            _mm256_set1_epi32(a.add(4 + k).read_unaligned()),
-                        );
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`), that each
+    // group holds `group_bytes(nb)` bytes (the offsets from `q4_offsets` and the 256 + 32
+    // bytes read there stay in it) and that tokens `t0..t0 + NT` are in `act`.
+    unsafe {
+        let nb = act.nb;
+        let mask = _mm256_set1_epi8(0x0f);
+        let mut acc = [[[_mm256_setzero_ps(); NT]; 2]; S];
+        for b in 0..nb {
+            let (qo, so) = q4_offsets(nb, b);
+            for (j, &g) in gs.iter().enumerate() {
+                let (q, sc) = (g.add(qo), g.add(so));
+                for h in 0..2 {
+                    let c: [__m256i; 4] = core::array::from_fn(|k| {
+                        _mm256_loadu_si256(q.add(64 * k + 32 * h) as *const __m256i)
+                    });
+                    let lo: [__m256i; 4] = core::array::from_fn(|k| _mm256_and_si256(c[k], mask));
+                    let hi: [__m256i; 4] = core::array::from_fn(|k| {
+                        _mm256_and_si256(_mm256_srli_epi16(c[k], 4), mask)
+                    });
+                    let dw = _mm256_cvtph_ps(_mm_loadu_si128(sc.add(16 * h) as *const __m128i));
+                    for t in 0..NT {
+                        let i = (t0 + t) * nb + b;
+                        let a = act.qs.as_ptr().add(i * QK) as *const i32;
+                        let mut s0 = _mm256_set1_epi32(-8 * *act.s.get_unchecked(i));
+                        let mut s1 = _mm256_setzero_si256();
+                        for k in 0..4 {
+                            s0 = dot4::<VNNI>(
+                                s0,
+                                lo[k],
+                                _mm256_set1_epi32(a.add(k).read_unaligned()),
+                            );
+                            s1 = dot4::<VNNI>(
+                                s1,
+                                hi[k],
+                                _mm256_set1_epi32(a.add(4 + k).read_unaligned()),
+                            );
+                        }
+                        let isum = _mm256_add_epi32(s0, s1);
+                        let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*act.d.get_unchecked(i)));
+                        acc[j][h][t] =
+                            _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[j][h][t]);
                     }
-                    let isum = _mm256_add_epi32(s0, s1);
-                    let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*act.d.get_unchecked(i)));
-                    acc[j][h][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[j][h][t]);
                 }
             }
         }
+        acc
     }
-    acc
 }
 
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C. With `VNNI`, also AVX-512 VNNI and AVX-512 VL
+/// (`vpdpbusd` on 256-bit vectors). Lengths are checked here (`check_packed`).
 #[inline(always)]
 unsafe fn mm_q4_0x16<const VNNI: bool>(
     w: &[u8],
@@ -829,78 +1032,98 @@ unsafe fn mm_q4_0x16<const VNNI: bool>(
     out: &mut [f32],
     ldo: usize,
 ) {
-    let gb = group_bytes(act.nb);
-    check_packed(w, groups, gb, &act, out, ldo);
-    let o = out.as_mut_ptr();
-    let streams = act.n == 1 && crate::packed::streams();
-    stream_groups!(groups, streams, |gi, S| {
-        let gp: [*const u8; S] = core::array::from_fn(|j| w.as_ptr().add(gi[j] * gb));
-        tile_tokens!(act.n, if VNNI { 4 } else { 2 }, |t, NT| {
-            let acc = group_q4_0x16::<NT, VNNI, S>(gp, &act, t);
-            for (j, accj) in acc.iter().enumerate() {
-                for k in 0..NT {
-                    let p = o.add((t + k) * ldo + 16 * gi[j]);
-                    _mm256_storeu_ps(p, accj[0][k]);
-                    _mm256_storeu_ps(p.add(8), accj[1][k]);
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`); `check_packed`
+    // puts `groups` groups of `gb` bytes in `w`, every token in `act` and 16 values per group
+    // per token at `(t + k) · ldo + 16 · g` in `out`.
+    unsafe {
+        let gb = group_bytes(act.nb);
+        check_packed(w, groups, gb, &act, out, ldo);
+        let o = out.as_mut_ptr();
+        let streams = act.n == 1 && crate::arch::streams();
+        stream_groups!(groups, streams, |gi, S| {
+            let gp: [*const u8; S] = core::array::from_fn(|j| w.as_ptr().add(gi[j] * gb));
+            tile_tokens!(act.n, if VNNI { 4 } else { 2 }, |t, NT| {
+                let acc = group_q4_0x16::<NT, VNNI, S>(gp, &act, t);
+                for (j, accj) in acc.iter().enumerate() {
+                    for k in 0..NT {
+                        let p = o.add((t + k) * ldo + 16 * gi[j]);
+                        _mm256_storeu_ps(p, accj[0][k]);
+                        _mm256_storeu_ps(p.add(8), accj[1][k]);
+                    }
                 }
-            }
+            });
         });
-    });
+    }
 }
 
-/// 16 interleaved Q8_0 rows (see `crate::packed`) against `NT` tokens, 8 rows per vector.
+/// 16 interleaved Q8_0 rows (see `crate::layout`) against `NT` tokens, 8 rows per vector.
 /// With VNNI the weights are offset to unsigned (`w + 128`) and `128 · Σ a` subtracted, exactly
 /// per lane; without, `maddubs` takes `|w|` and `a` with `w`'s sign.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C. With `VNNI`, also AVX-512 VNNI and AVX-512 VL
+/// (`vpdpbusd` on 256-bit vectors). `g` must be valid for reads of one Q8_0 group of `act.nb`
+/// columns (`group_bytes_q8(act.nb)` bytes), and tokens `t0..t0 + NT` must lie in `act` (`t0 + NT ≤
+/// act.n`, its slices holding `act.n` tokens).
 #[inline(always)]
 unsafe fn group_q8_0x16<const NT: usize, const VNNI: bool>(
     g: *const u8,
     act: &Q8View<'_>,
     t0: usize,
 ) -> [[__m256; NT]; 2] {
-    let nb = act.nb;
-    let sc = g.add(nb * 512);
-    let mut acc = [[_mm256_setzero_ps(); NT]; 2];
-    for b in 0..nb {
-        let q = g.add(512 * b);
-        for h in 0..2 {
-            let c: [__m256i; 8] = core::array::from_fn(|k| {
-                _mm256_loadu_si256(q.add(64 * k + 32 * h) as *const __m256i)
-            });
-            let u: [__m256i; 8] = core::array::from_fn(|k| {
-                if VNNI {
-                    _mm256_xor_si256(c[k], _mm256_set1_epi8(-128))
-                } else {
-                    _mm256_sign_epi8(c[k], c[k])
-                }
-            });
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(sc.add(32 * b + 16 * h) as *const __m128i));
-            for t in 0..NT {
-                let i = (t0 + t) * nb + b;
-                let a = act.qs.as_ptr().add(i * QK) as *const i32;
-                let mut s0 = if VNNI {
-                    _mm256_set1_epi32(-128 * *act.s.get_unchecked(i))
-                } else {
-                    _mm256_setzero_si256()
-                };
-                let mut s1 = _mm256_setzero_si256();
-                for k in 0..8 {
-                    let ak = _mm256_set1_epi32(a.add(k).read_unaligned());
-                    let sk = if VNNI { ak } else { _mm256_sign_epi8(ak, c[k]) };
-                    if k.is_multiple_of(2) {
-                        s0 = dot4::<VNNI>(s0, u[k], sk);
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`), that the group
+    // holds `group_bytes_q8(nb)` bytes (quants `512 · nb`, then scales `32 · nb`) and that
+    // tokens `t0..t0 + NT` are in `act`.
+    unsafe {
+        let nb = act.nb;
+        let sc = g.add(nb * 512);
+        let mut acc = [[_mm256_setzero_ps(); NT]; 2];
+        for b in 0..nb {
+            let q = g.add(512 * b);
+            for h in 0..2 {
+                let c: [__m256i; 8] = core::array::from_fn(|k| {
+                    _mm256_loadu_si256(q.add(64 * k + 32 * h) as *const __m256i)
+                });
+                let u: [__m256i; 8] = core::array::from_fn(|k| {
+                    if VNNI {
+                        _mm256_xor_si256(c[k], _mm256_set1_epi8(-128))
                     } else {
-                        s1 = dot4::<VNNI>(s1, u[k], sk);
+                        _mm256_sign_epi8(c[k], c[k])
                     }
+                });
+                let dw =
+                    _mm256_cvtph_ps(_mm_loadu_si128(sc.add(32 * b + 16 * h) as *const __m128i));
+                for t in 0..NT {
+                    let i = (t0 + t) * nb + b;
+                    let a = act.qs.as_ptr().add(i * QK) as *const i32;
+                    let mut s0 = if VNNI {
+                        _mm256_set1_epi32(-128 * *act.s.get_unchecked(i))
+                    } else {
+                        _mm256_setzero_si256()
+                    };
+                    let mut s1 = _mm256_setzero_si256();
+                    for k in 0..8 {
+                        let ak = _mm256_set1_epi32(a.add(k).read_unaligned());
+                        let sk = if VNNI { ak } else { _mm256_sign_epi8(ak, c[k]) };
+                        if k.is_multiple_of(2) {
+                            s0 = dot4::<VNNI>(s0, u[k], sk);
+                        } else {
+                            s1 = dot4::<VNNI>(s1, u[k], sk);
+                        }
+                    }
+                    let isum = _mm256_add_epi32(s0, s1);
+                    let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*act.d.get_unchecked(i)));
+                    acc[h][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[h][t]);
                 }
-                let isum = _mm256_add_epi32(s0, s1);
-                let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*act.d.get_unchecked(i)));
-                acc[h][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[h][t]);
             }
         }
+        acc
     }
-    acc
 }
 
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C. With `VNNI`, also AVX-512 VNNI and AVX-512 VL
+/// (`vpdpbusd` on 256-bit vectors). Lengths are checked here (`check_packed`).
 #[inline(always)]
 unsafe fn mm_q8_0x16<const VNNI: bool>(
     w: &[u8],
@@ -909,86 +1132,26 @@ unsafe fn mm_q8_0x16<const VNNI: bool>(
     out: &mut [f32],
     ldo: usize,
 ) {
-    let gb = group_bytes_q8(act.nb);
-    check_packed(w, groups, gb, &act, out, ldo);
-    let o = out.as_mut_ptr();
-    for g in 0..groups {
-        let gp = w.as_ptr().add(g * gb);
-        tile_tokens!(act.n, if VNNI { 4 } else { 2 }, |t, NT| {
-            let acc = group_q8_0x16::<NT, VNNI>(gp, &act, t);
-            for j in 0..NT {
-                let p = o.add((t + j) * ldo + 16 * g);
-                _mm256_storeu_ps(p, acc[0][j]);
-                _mm256_storeu_ps(p.add(8), acc[1][j]);
-            }
-        });
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`); `check_packed`
+    // puts `groups` groups of `gb` bytes in `w`, every token in `act` and 16 values per group
+    // per token at `(t + j) · ldo + 16 · g` in `out`.
+    unsafe {
+        let gb = group_bytes_q8(act.nb);
+        check_packed(w, groups, gb, &act, out, ldo);
+        let o = out.as_mut_ptr();
+        for g in 0..groups {
+            let gp = w.as_ptr().add(g * gb);
+            tile_tokens!(act.n, if VNNI { 4 } else { 2 }, |t, NT| {
+                let acc = group_q8_0x16::<NT, VNNI>(gp, &act, t);
+                for j in 0..NT {
+                    let p = o.add((t + j) * ldo + 16 * g);
+                    _mm256_storeu_ps(p, acc[0][j]);
+                    _mm256_storeu_ps(p.add(8), acc[1][j]);
+                }
+            });
+        }
     }
 }
-
-/// Defines the safe entry points of one kernel set: each wraps an `unsafe` function compiled
-/// with `$features` and is only reachable through a `Kernels` built after detection.
-macro_rules! kernel_set {
-    ($name:expr, $features:literal, $vnni:expr, $packed:path, $packed8:path, $packed_pays:expr, $detect:expr) => {
-        use super::super::{F32View, Kernels, Q8View};
-
-        static KERNELS: Kernels = Kernels {
-            name: $name,
-            quantize_q8,
-            dot_f32,
-            axpy_f32,
-            silu_mul,
-            attend,
-            attend_multi,
-            mm_q8_0,
-            mm_q4_0,
-            mm_f32,
-            mm_f16,
-            mm_bf16,
-            mm_q4_0x16: $packed,
-            mm_q8_0x16: $packed8,
-            packed_pays: $packed_pays,
-        };
-
-        /// This set, if the CPU has its features.
-        pub(crate) fn kernels() -> Option<&'static Kernels> {
-            if $detect {
-                Some(&KERNELS)
-            } else {
-                None
-            }
-        }
-
-        $crate::arch::x86_64::kernel_set!(@wrap $features, quantize_q8(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [i32]) -> () = super::quantize_q8);
-        $crate::arch::x86_64::kernel_set!(@wrap $features, dot_f32(a: &[f32], b: &[f32]) -> f32 = super::dot_f32);
-        $crate::arch::x86_64::kernel_set!(@wrap $features, silu_mul(g: &mut [f32], u: &[f32]) -> () = super::silu_mul);
-        $crate::arch::x86_64::kernel_set!(@wrap $features, axpy_f32(alpha: f32, x: &[f32], y: &mut [f32]) -> () = super::axpy_f32);
-        $crate::arch::x86_64::kernel_set!(@wrap $features, attend_multi(q: &[f32], d: usize, keys: &[f32], values: &[f32], offs: &[usize], lens: &[usize], col: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32], ldo: usize) -> () = super::attend_multi);
-        $crate::arch::x86_64::kernel_set!(@wrap $features, attend(q: &[f32], keys: &[f32], values: &[f32], offs: &[usize], col: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) -> () = super::attend);
-        $crate::arch::x86_64::kernel_set!(@wrap $features, mm_q8_0(w: &[u8], rows: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) -> () = super::mm_q::<{ $vnni }, false>);
-        $crate::arch::x86_64::kernel_set!(@wrap $features, mm_q4_0(w: &[u8], rows: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) -> () = super::mm_q::<{ $vnni }, true>);
-        $crate::arch::x86_64::kernel_set!(@wrap $features, mm_f32(w: &[u8], rows: usize, act: F32View<'_>, out: &mut [f32], ldo: usize) -> () = super::mm_float::<0>);
-        $crate::arch::x86_64::kernel_set!(@wrap $features, mm_f16(w: &[u8], rows: usize, act: F32View<'_>, out: &mut [f32], ldo: usize) -> () = super::mm_float::<1>);
-        $crate::arch::x86_64::kernel_set!(@wrap $features, mm_bf16(w: &[u8], rows: usize, act: F32View<'_>, out: &mut [f32], ldo: usize) -> () = super::mm_float::<2>);
-    };
-    (@wrap $features:literal, $f:ident($($a:ident: $t:ty),*) -> $r:ty = $imp:path) => {
-        #[allow(clippy::too_many_arguments)]
-        fn $f($($a: $t),*) -> $r {
-            /// # Safety
-            /// The CPU must have the features named in `target_feature`.
-            #[target_feature(enable = $features)]
-            #[allow(clippy::too_many_arguments)]
-            unsafe fn imp($($a: $t),*) -> $r {
-                // SAFETY: the features are enabled on this function; the algorithm checks
-                // slice lengths before its unchecked loops.
-                unsafe { $imp($($a),*) }
-            }
-            // SAFETY: `$f` is only reachable through `KERNELS`, which `kernels()` hands out
-            // only after detecting the features.
-            unsafe { imp($($a),*) }
-        }
-    };
-}
-pub(crate) use kernel_set;
 
 #[cfg(test)]
 mod tests {
@@ -998,12 +1161,18 @@ mod tests {
         if !(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")) {
             return;
         }
+        /// # Safety
+        /// The CPU must support AVX2 and FMA.
         #[target_feature(enable = "avx2,fma")]
         unsafe fn run(x: &[f32; 8]) -> [f32; 8] {
-            use core::arch::x86_64::*;
-            let mut out = [0f32; 8];
-            _mm256_storeu_ps(out.as_mut_ptr(), super::exp8(_mm256_loadu_ps(x.as_ptr())));
-            out
+            // SAFETY: `exp8` needs AVX2 and FMA, which the caller guarantees (see `# Safety`);
+            // `x` and `out` hold the 8 values loaded and stored.
+            unsafe {
+                use core::arch::x86_64::*;
+                let mut out = [0f32; 8];
+                _mm256_storeu_ps(out.as_mut_ptr(), super::exp8(_mm256_loadu_ps(x.as_ptr())));
+                out
+            }
         }
         let n = if cfg!(miri) { 64 } else { 200_000 };
         for i in 0..n {
