@@ -99,6 +99,18 @@ pub struct GenArgs {
     /// Show the iterations each token used, as [n] after it.
     #[arg(long = "show-steps")]
     pub show_steps: bool,
+    /// Print one JSON object per generation on stdout instead of streaming text: the generated
+    /// token ids, the text, the iterations of each token and the counters.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `raven run` is given to continue.
+pub enum Prompt {
+    /// Text (`-p`).
+    Text(String),
+    /// Token ids (`--prompt-tokens`).
+    Tokens(Vec<u32>),
 }
 
 impl GenArgs {
@@ -247,11 +259,13 @@ fn stream_generate(
     let mut prompt_secs = 0.0;
     let mut first = true;
     let mut io_err = None;
+    let mut tokens = Vec::new();
     let on_token = |t: u32, st: &TokenStats| {
         if first {
             prompt_secs = t0.elapsed().as_secs_f64() - st.ms / 1e3;
             first = false;
         }
+        tokens.push(t);
         let mut piece = match dec.push(t) {
             Ok(p) => p.unwrap_or_default(),
             Err(e) => {
@@ -259,10 +273,13 @@ fn stream_generate(
                 return false;
             }
         };
-        if a.show_steps {
+        if a.show_steps && !a.json {
             piece += &format!("[{}]", st.steps);
         }
         text += &piece;
+        if a.json {
+            return true;
+        }
         if let Err(e) = out.write_all(piece.as_bytes()).and_then(|_| out.flush()) {
             io_err = Some(e.into());
             return false;
@@ -278,11 +295,31 @@ fn stream_generate(
     if let Some(e) = io_err {
         return Err(e);
     }
-    if let Some(rest) = dec.flush() {
-        text += &rest;
+    let rest = dec.flush().unwrap_or_default();
+    text += &rest;
+    if a.json {
+        let spec = session.speculative_stats();
+        let n = stats.len();
+        let v = serde_json::json!({
+            "tokens": tokens,
+            "text": text,
+            "steps": stats.iter().map(|s| s.steps).collect::<Vec<_>>(),
+            "prompt_tokens": prompt.len(),
+            "counters": {
+                "generated": n,
+                "mean_steps": stats.iter().map(|s| s.steps).sum::<usize>() as f64 / n.max(1) as f64,
+                "exited_early": stats.iter().filter(|s| s.exited_early).count(),
+                "budget_capped": stats.iter().filter(|s| s.budget_capped).count(),
+                "speculative_rounds": spec.rounds,
+                "drafted": spec.drafted,
+                "accepted": spec.accepted,
+            },
+        });
+        writeln!(out, "{v}")?;
+    } else {
         out.write_all(rest.as_bytes())?;
+        writeln!(out)?;
     }
-    writeln!(out)?;
     if first {
         prompt_secs = t0.elapsed().as_secs_f64();
     }
@@ -295,24 +332,32 @@ fn stream_generate(
 }
 
 /// `raven run`.
-pub fn run(a: &GenArgs, prompt: &str, chat: bool) -> Result<()> {
+pub fn run(a: &GenArgs, prompt: &Prompt, chat: bool) -> Result<()> {
     let model = a.load()?;
     let params = a.params(&model)?;
     let tok = model.tokenizer()?;
-    let text = if chat {
-        model.render_chat(&[ChatMessage::new("user", prompt)])?
-    } else {
-        prompt.to_string()
+    let (ids, echo) = match prompt {
+        Prompt::Tokens(ids) => {
+            let v = model.config.n_vocab;
+            if let Some(t) = ids.iter().find(|&&t| t as usize >= v) {
+                bail!("--prompt-tokens: id {t} is outside the model's vocabulary (0..{v})");
+            }
+            (ids.clone(), None)
+        }
+        Prompt::Text(p) if chat => (
+            tok.encode(&model.render_chat(&[ChatMessage::new("user", p)])?, false)?,
+            None,
+        ),
+        Prompt::Text(p) => (tok.encode(p, false)?, Some(p.as_str())),
     };
-    let ids = tok.encode(&text, false)?;
     if ids.is_empty() {
         bail!("-p: the prompt is empty");
     }
     let mut session = Session::new(model.clone(), params)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    if !chat {
-        out.write_all(prompt.as_bytes())?;
+    if let (Some(p), false) = (echo, a.json) {
+        out.write_all(p.as_bytes())?;
     }
     stream_generate(&mut session, &ids, a, &mut out).map(|_| ())
 }

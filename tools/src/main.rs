@@ -63,8 +63,16 @@ enum Cmd {
     /// Generate text from a prompt, streaming it.
     Run {
         /// The prompt.
-        #[arg(short = 'p', long = "prompt")]
-        prompt: String,
+        #[arg(
+            short = 'p',
+            long = "prompt",
+            required_unless_present = "prompt_tokens"
+        )]
+        prompt: Option<String>,
+        /// The prompt as token ids, 1,2,3 (instead of -p; for scripts that check generation
+        /// exactly).
+        #[arg(long = "prompt-tokens", conflicts_with_all = ["prompt", "chat"])]
+        prompt_tokens: Option<String>,
         /// Wrap the prompt in the model's chat template as a user message.
         #[arg(long)]
         chat: bool,
@@ -287,13 +295,13 @@ pub(crate) fn load_model_with(path: &Path, o: raven::model::LoadOptions) -> Resu
     Model::load_with(path, o).with_context(|| format!("cannot load model {}", path.display()))
 }
 
-fn parse_tokens(s: &str) -> Result<Vec<u32>> {
+fn parse_tokens(s: &str, flag: &str) -> Result<Vec<u32>> {
     s.split(',')
         .map(|t| t.trim())
         .filter(|t| !t.is_empty())
         .map(|t| {
             t.parse::<u32>().with_context(|| {
-                format!("--tokens: \"{t}\" is not a token id (a non-negative integer)")
+                format!("{flag}: \"{t}\" is not a token id (a non-negative integer)")
             })
         })
         .collect()
@@ -363,7 +371,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 fn cmd_logits(a: LogitsArgs) -> Result<()> {
-    let tokens = parse_tokens(&a.tokens)?;
+    let tokens = parse_tokens(&a.tokens, "--tokens")?;
     let cache = CacheStrategy::parse(&a.cache)?;
     if !(a.init_scale.is_finite() && a.init_scale >= 0.0) {
         bail!("--init-scale {}: must be a finite number ≥ 0", a.init_scale);
@@ -535,7 +543,19 @@ fn run() -> Result<()> {
             eprintln!("wrote {} ({:.1} MB)", out.display(), bytes as f64 / 1e6);
             Ok(())
         }
-        Cmd::Run { prompt, chat, gen } => generate::run(&gen, &prompt, chat),
+        Cmd::Run {
+            prompt,
+            prompt_tokens,
+            chat,
+            gen,
+        } => {
+            let prompt = match (prompt, prompt_tokens) {
+                (_, Some(t)) => generate::Prompt::Tokens(parse_tokens(&t, "--prompt-tokens")?),
+                (Some(p), None) => generate::Prompt::Text(p),
+                (None, None) => bail!("-p or --prompt-tokens is required"),
+            };
+            generate::run(&gen, &prompt, chat)
+        }
         Cmd::Chat { system, gen } => generate::chat(&gen, system.as_deref()),
         Cmd::Serve(a) => serve(a),
     }

@@ -844,3 +844,65 @@ fn closed_stdout_ends_quietly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// `raven run --prompt-tokens … --json` (SPEC §6): the generated ids, text and iterations as one
+/// JSON object; greedy decoding of the fixture gives the official tokens of decode.full.p0.r8.
+#[test]
+fn run_prompt_tokens_json_gives_the_official_tokens() {
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture().join("reference.json")).unwrap())
+            .unwrap();
+    let case = r["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "decode.full.p0.r8")
+        .unwrap();
+    let want: Vec<u64> = match &case["new_tokens"] {
+        serde_json::Value::String(s) => serde_json::from_str(s).unwrap(),
+        v => serde_json::from_value(v.clone()).unwrap(),
+    };
+    let prompt: Vec<String> = r["prompt_token_ids"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+    let prompt = prompt.join(",");
+    let n = want.len().to_string();
+    let o = ok(&[
+        "run",
+        "-m",
+        s(model()),
+        "--prompt-tokens",
+        &prompt,
+        "--json",
+        "-n",
+        &n,
+        "--steps",
+        "8",
+        "--init-scale",
+        "0",
+        "--cache",
+        "full",
+        "--ignore-eos",
+    ]);
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    let got: Vec<u64> = serde_json::from_value(j["tokens"].clone()).unwrap();
+    assert_eq!(got, want);
+    assert_eq!(j["steps"], serde_json::json!(vec![8; want.len()]));
+    assert_eq!(
+        j["prompt_tokens"],
+        r["prompt_token_ids"][0].as_array().unwrap().len()
+    );
+    assert_eq!(j["counters"]["generated"], want.len());
+    assert!(j["text"].is_string());
+    fails(
+        &["run", "-m", s(model()), "--prompt-tokens", "1,x"],
+        &["--prompt-tokens", "\"x\""],
+    );
+    fails(
+        &["run", "-m", s(model()), "--prompt-tokens", "1,99999"],
+        &["--prompt-tokens", "99999"],
+    );
+}
