@@ -67,6 +67,50 @@ impl SessionParams {
         }
     }
 
+    /// Checks every parameter against `m` (the one place they are checked; a session is
+    /// created only from parameters that pass): an invalid one is
+    /// [`RavenError::InvalidParam`], a KV cache over the cap [`RavenError::CacheTooLarge`].
+    pub fn validate(&self, m: &Model) -> Result<()> {
+        self.exit.validate()?;
+        self.sampling.validate()?;
+        self.cache.validate(&m.config)?;
+        if let Some(b) = self.budget_ms {
+            if !(b.is_finite() && b > 0.0) {
+                return Err(RavenError::param(
+                    Param::BudgetMs,
+                    format!("{b} must be a positive number of milliseconds"),
+                ));
+            }
+        }
+        if !(self.init_scale.is_finite() && self.init_scale >= 0.0) {
+            return Err(RavenError::param(
+                Param::InitScale,
+                format!("{} must be a finite number ≥ 0", self.init_scale),
+            ));
+        }
+        let ctx = self.context_for(m);
+        if ctx > m.config.context {
+            return Err(RavenError::param(
+                Param::Ctx,
+                format!(
+                    "{ctx} is larger than the model's trained context ({})",
+                    m.config.context
+                ),
+            ));
+        }
+        let needed = self.kv_bytes(m);
+        if let Some(cap) = self.kv_cap_bytes {
+            if needed > cap {
+                return Err(RavenError::CacheTooLarge {
+                    needed,
+                    cap,
+                    n_core: m.config.n_core,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The context length these parameters give for `m`.
     pub fn context_for(&self, m: &Model) -> usize {
         if self.ctx == 0 {
@@ -152,43 +196,8 @@ impl Session {
         params: SessionParams,
         threads: Arc<Threads>,
     ) -> Result<Session> {
-        params.exit.validate()?;
-        params.sampling.validate()?;
-        params.cache.validate(&model.config)?;
-        if let Some(b) = params.budget_ms {
-            if !(b.is_finite() && b > 0.0) {
-                return Err(RavenError::param(
-                    Param::BudgetMs,
-                    format!("{b} must be a positive number of milliseconds"),
-                ));
-            }
-        }
-        if !(params.init_scale.is_finite() && params.init_scale >= 0.0) {
-            return Err(RavenError::param(
-                Param::InitScale,
-                format!("{} must be a finite number ≥ 0", params.init_scale),
-            ));
-        }
+        params.validate(&model)?;
         let ctx = params.context_for(&model);
-        if ctx > model.config.context {
-            return Err(RavenError::param(
-                Param::Ctx,
-                format!(
-                    "{ctx} is larger than the model's trained context ({})",
-                    model.config.context
-                ),
-            ));
-        }
-        let needed = params.kv_bytes(&model);
-        if let Some(cap) = params.kv_cap_bytes {
-            if needed > cap {
-                return Err(RavenError::CacheTooLarge {
-                    needed,
-                    cap,
-                    n_core: model.config.n_core,
-                });
-            }
-        }
         let steps = params.exit.max_steps.max(params.prefill_steps);
         let cache = KvCache::new(&model.config, params.cache, ctx, steps)?;
         Ok(Session {
@@ -402,6 +411,16 @@ impl Session {
             &mut self.rng,
             &mut self.scratch,
         )
+    }
+
+    /// The stop tokens of this session's generations: the model's ([`Model::stop_tokens`]),
+    /// none with `ignore_eos`.
+    pub fn stop_tokens(&self) -> Vec<u32> {
+        if self.params.ignore_eos {
+            Vec::new()
+        } else {
+            self.model.stop_tokens()
+        }
     }
 
     /// True when `t` ends a generation: the model's end-of-sequence ids, plus `<|end_text|>` and

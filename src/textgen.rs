@@ -155,11 +155,7 @@ pub fn generate_text(
     let t1 = Instant::now();
     let model = session.model().clone();
     let tok = model.tokenizer()?;
-    let stop_ids = if session.params().ignore_eos {
-        Vec::new()
-    } else {
-        model.stop_tokens()
-    };
+    let stop_ids = session.stop_tokens();
     let stops: Vec<String> = o.stop.iter().filter(|s| !s.is_empty()).cloned().collect();
     let mut dec = StreamDecoder::new(tok);
     let mut text = String::new();

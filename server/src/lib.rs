@@ -461,41 +461,23 @@ fn parse_job(st: &AppState, body: &[u8], chat: bool) -> Result<Job, ApiError> {
         p.sampling.temperature = t as f32;
     }
     if let Some(t) = num(&req.top_p, "top_p")? {
-        if !(t > 0.0 && t <= 1.0) {
-            return Err(ApiError::bad(
-                "top_p",
-                format!("top_p must be in (0, 1], got {t}"),
-            ));
-        }
         p.sampling.top_p = t as f32;
     }
     if let Some(k) = int(&req.top_k, "top_k", 0, 1 << 22)? {
         p.sampling.top_k = k as usize;
     }
     if let Some(m) = num(&req.min_p, "min_p")? {
-        if !(0.0..1.0).contains(&m) {
-            return Err(ApiError::bad(
-                "min_p",
-                format!("min_p must be in [0, 1), got {m}"),
-            ));
-        }
         p.sampling.min_p = m as f32;
     }
     if let Some(s) = int(&req.seed, "seed", i64::MIN, i64::MAX)? {
         p.seed = s as u64;
     }
     if let Some(s) = num(&req.init_scale, "init_scale")? {
-        if !(s.is_finite() && s >= 0.0) {
-            return Err(ApiError::bad(
-                "init_scale",
-                format!("init_scale must be ≥ 0, got {s}"),
-            ));
-        }
         p.init_scale = s as f32;
     }
     let mut exit: ExitPolicy = p.exit;
     if let Some(e) = &req.exit {
-        exit.criterion = Criterion::parse(e).map_err(|e| ApiError::bad("exit", e.to_string()))?;
+        exit.criterion = Criterion::parse(e).map_err(invalid_param)?;
     }
     if let Some(s) = int(&req.steps, "steps", 1, 4096)? {
         exit.max_steps = s as usize;
@@ -506,24 +488,16 @@ fn parse_job(st: &AppState, body: &[u8], chat: bool) -> Result<Job, ApiError> {
     if let Some(s) = int(&req.min_steps, "min_steps", 1, 4096)? {
         exit.min_steps = s as usize;
     }
-    exit.validate()
-        .map_err(|e| ApiError::bad("steps", e.to_string()))?;
     p.exit = exit;
     if let Some(b) = num(&req.budget_ms, "budget_ms")? {
-        if !(b.is_finite() && b > 0.0) {
-            return Err(ApiError::bad(
-                "budget_ms",
-                format!("budget_ms must be a positive number, got {b}"),
-            ));
-        }
         p.budget_ms = Some(b);
     }
     if let Some(c) = &req.cache {
-        p.cache = CacheStrategy::parse(c).map_err(|e| ApiError::bad("cache", e.to_string()))?;
-        p.cache
-            .validate(&model.config)
-            .map_err(|e| ApiError::bad("cache", e.to_string()))?;
+        p.cache = CacheStrategy::parse(c).map_err(invalid_param)?;
     }
+    // Ranges, consistency and the KV cap are the library's checks (SessionParams::validate),
+    // its errors naming the request field (Param::api).
+    p.validate(model).map_err(invalid_param)?;
     let ctx = p.context_for(model);
     if tokens.len() >= ctx {
         return Err(ApiError {
@@ -566,6 +540,14 @@ fn parse_job(st: &AppState, body: &[u8], chat: bool) -> Result<Job, ApiError> {
     })
 }
 
+/// A parameter the library refused: 400 naming its request field.
+fn invalid_param(e: raven::RavenError) -> ApiError {
+    match e.invalid_param() {
+        Some(param) => ApiError::bad(param.api(), e.to_string()),
+        None => gen_error(e),
+    }
+}
+
 fn internal(e: raven::RavenError) -> ApiError {
     ApiError {
         status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -581,8 +563,8 @@ enum Out {
     Done(Result<TextOutput, raven::RavenError>),
 }
 
-/// Releases a request's admission and slot when the generation ends; raises its cancel flag
-/// when the response is dropped before that (the client went away).
+/// Raises a request's cancel flag when its response is dropped: when it has been sent, or
+/// before that when the client went away (the generation then stops at its next iteration).
 struct CancelOnDrop(Arc<AtomicBool>);
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
@@ -590,6 +572,7 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// A request's place among the admitted ones, released when its generation task ends.
 struct Admission(Arc<AppState>);
 impl Drop for Admission {
     fn drop(&mut self) {

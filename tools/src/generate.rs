@@ -248,11 +248,7 @@ fn stream_generate(
 ) -> Result<String> {
     let model = session.model().clone();
     let tok = model.tokenizer()?;
-    let stops = if a.ignore_eos {
-        Vec::new()
-    } else {
-        model.stop_tokens()
-    };
+    let stops = session.stop_tokens();
     let mut dec = StreamDecoder::new(tok);
     let mut text = String::new();
     let t0 = std::time::Instant::now();
