@@ -443,6 +443,9 @@ fn cmd_logits(a: LogitsArgs) -> Result<()> {
 
 fn run() -> Result<()> {
     let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Serve(..)) {
+        quiet_on_closed_stdout();
+    }
     match cli.cmd {
         Cmd::Convert { hf_dir, out, ty } => {
             let ty = OutType::parse(&ty)?;
@@ -583,14 +586,19 @@ fn report(e: &anyhow::Error) -> String {
     out
 }
 
-fn main() -> ExitCode {
-    // Like other command-line tools, end quietly when the reader of stdout goes away
-    // (`raven inspect m.gguf | head`): Rust ignores SIGPIPE, so println! panicked instead.
+/// Like other command-line tools, end quietly when the reader of stdout goes away
+/// (`raven inspect m.gguf | head`): Rust ignores SIGPIPE, so println! panicked instead.
+/// Not for `serve`: a client that hangs up mid-stream would kill the server (its sockets are
+/// written with `write`, which raises SIGPIPE); there a closed peer is an error to handle.
+fn quiet_on_closed_stdout() {
     #[cfg(unix)]
     // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+}
+
+fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
