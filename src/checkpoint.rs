@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
-use crate::config::Config;
+use crate::config::{Config, Family};
 use crate::error::{RavenError, Result};
 
 /// One tensor of a checkpoint: where it lives and what it is.
@@ -245,6 +245,13 @@ impl Checkpoint {
             }
             files.push(f);
         }
+        let mut config = config;
+        // The OLMo-2 variant's config is the Llama variant's; its q/k norms tell them apart.
+        if config.family == Family::RecurrentLlama
+            && tensors.keys().any(|k| k.ends_with(".attn.q_norm.weight"))
+        {
+            config.family = Family::RecurrentOlmo2;
+        }
         let ck = Checkpoint {
             dir: dir.to_path_buf(),
             config,
@@ -258,38 +265,7 @@ impl Checkpoint {
 
     /// The tensors the model needs, HF name → expected shape.
     pub fn expected_tensors(c: &Config) -> Vec<(String, Vec<usize>)> {
-        let (h, f, v) = (c.n_embd, c.n_ff, c.n_vocab);
-        let mut out = vec![
-            ("transformer.wte.weight".to_string(), vec![v, h]),
-            ("transformer.ln_f.weight".to_string(), vec![h]),
-            ("transformer.adapter.weight".to_string(), vec![h, 2 * h]),
-        ];
-        if !c.tied {
-            out.push(("lm_head.weight".to_string(), vec![v, h]));
-        }
-        for (group, n) in [
-            ("prelude", c.n_prelude),
-            ("core_block", c.n_core),
-            ("coda", c.n_coda),
-        ] {
-            for i in 0..n {
-                let p = format!("transformer.{group}.{i}");
-                out.push((format!("{p}.attn.Wqkv.weight"), vec![3 * h, h]));
-                if c.qk_bias {
-                    out.push((
-                        format!("{p}.attn.qk_bias"),
-                        vec![2, 1, c.n_heads, c.head_dim()],
-                    ));
-                }
-                out.push((format!("{p}.attn.proj.weight"), vec![h, h]));
-                out.push((format!("{p}.mlp.fc.weight"), vec![2 * f, h]));
-                out.push((format!("{p}.mlp.proj.weight"), vec![h, f]));
-                for n in 1..=4 {
-                    out.push((format!("{p}.norm_{n}.weight"), vec![h]));
-                }
-            }
-        }
-        out
+        crate::schema::hf_tensors(c)
     }
 
     fn validate(&self) -> Result<()> {

@@ -9,8 +9,8 @@ use raven_gguf::{Array, GgufWriter, Value};
 use raven_quant::GgmlType;
 
 use crate::checkpoint::{read_json_opt, Checkpoint, CkptTensor};
-use crate::config::ARCH;
 use crate::error::{RavenError, Result};
+use crate::schema::Role;
 
 /// The weight type a conversion targets (`--type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,13 +81,12 @@ pub trait Progress {
 pub struct NoProgress;
 impl Progress for NoProgress {}
 
-/// What to write for one GGUF tensor.
+/// What to write for one GGUF tensor: the parts of source tensors it is made of, in order.
 struct Plan {
     gguf_name: String,
-    src: CkptTensor,
-    /// Elements of the source tensor (row-major) that form this one, in order (the whole tensor,
-    /// or the gate/up halves of `mlp.fc`, or one row of `qk_bias`).
-    elems: std::ops::Range<usize>,
+    /// Source tensors and the elements (row-major) each contributes: the whole tensor, the
+    /// gate/up halves of `mlp.fc`, one row of `qk_bias`, or q, k and v one after the other.
+    parts: Vec<(CkptTensor, std::ops::Range<usize>)>,
     /// GGUF dims, ggml order (row length first).
     dims: Vec<u64>,
     ty: GgmlType,
@@ -105,208 +104,44 @@ pub struct ConvertReport {
 }
 
 fn plan(ck: &Checkpoint, out: OutType, notes: &mut Vec<String>) -> Vec<Plan> {
-    let c = &ck.config;
-    let (h, f) = (c.n_embd as u64, c.n_ff as u64);
-    let t = |n: &str| ck.tensor(n).expect("validated by Checkpoint::open").clone();
-    let mut plans = Vec::new();
-    let mut push = |plans: &mut Vec<Plan>,
-                    gguf: String,
-                    src: CkptTensor,
-                    rows: std::ops::Range<usize>,
-                    dims: Vec<u64>,
-                    matrix: bool,
-                    embed: bool| {
-        // `rows` counts rows of the source viewed as [shape[0], rest]: a 1-D tensor's rows are
-        // single values. The output is `dims` (row length first), which may cut the same
-        // elements into rows of another length.
-        let src_row: usize = src.shape.iter().skip(1).product();
-        let elems = rows.start * src_row..rows.end * src_row;
-        assert_eq!(
-            elems.len() as u64,
-            dims.iter().product::<u64>(),
-            "{gguf}: plan takes {} elements of {:?} for dims {dims:?}",
-            elems.len(),
-            src.shape
-        );
-        let mut ty = if !matrix {
-            GgmlType::F32
-        } else if embed && out == OutType::Q4_0 {
-            GgmlType::Q8_0
-        } else {
-            out.matrix_type()
-        };
-        if ty.row_bytes(dims[0]).is_none() {
-            notes.push(format!(
-                "{gguf}: rows of {} values are not a multiple of {}, stored as f16 instead of {ty}",
-                dims[0],
-                ty.block_size()
-            ));
-            ty = GgmlType::F16;
-        }
-        plans.push(Plan {
-            gguf_name: gguf,
-            src,
-            elems,
-            dims,
-            ty,
-        });
-    };
-    let v = c.n_vocab;
-    push(
-        &mut plans,
-        "token_embd.weight".into(),
-        t("transformer.wte.weight"),
-        0..v,
-        vec![h, v as u64],
-        true,
-        true,
-    );
-    push(
-        &mut plans,
-        "output_norm.weight".into(),
-        t("transformer.ln_f.weight"),
-        0..c.n_embd,
-        vec![h],
-        false,
-        false,
-    );
-    if !c.tied {
-        push(
-            &mut plans,
-            "output.weight".into(),
-            t("lm_head.weight"),
-            0..v,
-            vec![h, v as u64],
-            true,
-            true,
-        );
-    }
-    push(
-        &mut plans,
-        "adapter.weight".into(),
-        t("transformer.adapter.weight"),
-        0..c.n_embd,
-        vec![2 * h, h],
-        true,
-        false,
-    );
-    let groups = [
-        ("prelude", c.n_prelude, 0),
-        ("core_block", c.n_core, c.n_prelude),
-        ("coda", c.n_coda, c.n_prelude + c.n_core),
-    ];
-    for (group, n, base) in groups {
-        for i in 0..n {
-            let p = format!("transformer.{group}.{i}");
-            let b = format!("blk.{}", base + i);
-            let hn = c.n_embd;
-            let fnn = c.n_ff;
-            push(
-                &mut plans,
-                format!("{b}.attn_norm.weight"),
-                t(&format!("{p}.norm_1.weight")),
-                0..hn,
-                vec![h],
-                false,
-                false,
-            );
-            push(
-                &mut plans,
-                format!("{b}.attn_qkv.weight"),
-                t(&format!("{p}.attn.Wqkv.weight")),
-                0..3 * hn,
-                vec![h, 3 * h],
-                true,
-                false,
-            );
-            if c.qk_bias {
-                let qb = t(&format!("{p}.attn.qk_bias"));
-                push(
-                    &mut plans,
-                    format!("{b}.attn_q.bias"),
-                    qb.clone(),
-                    0..1,
-                    vec![h],
-                    false,
-                    false,
-                );
-                push(
-                    &mut plans,
-                    format!("{b}.attn_k.bias"),
-                    qb,
-                    1..2,
-                    vec![h],
-                    false,
-                    false,
-                );
+    crate::schema::entries(&ck.config)
+        .into_iter()
+        .map(|e| {
+            let parts: Vec<(CkptTensor, std::ops::Range<usize>)> = e
+                .parts
+                .into_iter()
+                .map(|p| {
+                    let t = ck
+                        .tensor(&p.hf)
+                        .expect("validated by Checkpoint::open")
+                        .clone();
+                    (t, p.elems)
+                })
+                .collect();
+            let n: usize = parts.iter().map(|(_, r)| r.len()).sum();
+            assert_eq!(n as u64, e.dims.iter().product::<u64>(), "{}", e.name);
+            let mut ty = match e.role {
+                Role::Vector => GgmlType::F32,
+                Role::Embedding if out == OutType::Q4_0 => GgmlType::Q8_0,
+                _ => out.matrix_type(),
+            };
+            if ty.row_bytes(e.dims[0]).is_none() {
+                notes.push(format!(
+                    "{}: rows of {} values are not a multiple of {}, stored as f16 instead of {ty}",
+                    e.name,
+                    e.dims[0],
+                    ty.block_size()
+                ));
+                ty = GgmlType::F16;
             }
-            push(
-                &mut plans,
-                format!("{b}.attn_output.weight"),
-                t(&format!("{p}.attn.proj.weight")),
-                0..hn,
-                vec![h, h],
-                true,
-                false,
-            );
-            push(
-                &mut plans,
-                format!("{b}.attn_post_norm.weight"),
-                t(&format!("{p}.norm_2.weight")),
-                0..hn,
-                vec![h],
-                false,
-                false,
-            );
-            push(
-                &mut plans,
-                format!("{b}.ffn_norm.weight"),
-                t(&format!("{p}.norm_3.weight")),
-                0..hn,
-                vec![h],
-                false,
-                false,
-            );
-            let fc = t(&format!("{p}.mlp.fc.weight"));
-            push(
-                &mut plans,
-                format!("{b}.ffn_gate.weight"),
-                fc.clone(),
-                0..fnn,
-                vec![h, f],
-                true,
-                false,
-            );
-            push(
-                &mut plans,
-                format!("{b}.ffn_up.weight"),
-                fc,
-                fnn..2 * fnn,
-                vec![h, f],
-                true,
-                false,
-            );
-            push(
-                &mut plans,
-                format!("{b}.ffn_down.weight"),
-                t(&format!("{p}.mlp.proj.weight")),
-                0..hn,
-                vec![f, h],
-                true,
-                false,
-            );
-            push(
-                &mut plans,
-                format!("{b}.ffn_post_norm.weight"),
-                t(&format!("{p}.norm_4.weight")),
-                0..hn,
-                vec![h],
-                false,
-                false,
-            );
-        }
-    }
-    plans
+            Plan {
+                gguf_name: e.name,
+                parts,
+                dims: e.dims,
+                ty,
+            }
+        })
+        .collect()
 }
 
 /// Deletes the temporary file unless the conversion finished.
@@ -430,7 +265,7 @@ fn tokenizer_metadata(
     }
     if eos.len() > 1 {
         kv.push((
-            format!("{ARCH}.eos_token_ids"),
+            format!("{}.eos_token_ids", ck.config.family.arch()),
             Value::Array(Array::U32(eos.clone())),
         ));
     }
@@ -499,7 +334,10 @@ pub fn convert(
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "huginn".into());
     let mut kv: Vec<(String, Value)> = vec![
-        ("general.architecture".into(), Value::Str(ARCH.into())),
+        (
+            "general.architecture".into(),
+            Value::Str(ck.config.family.arch().into()),
+        ),
         ("general.name".into(), Value::Str(name)),
         ("general.file_type".into(), Value::U32(ty.file_type())),
         ("general.quantization_version".into(), Value::U32(2)),
@@ -526,7 +364,12 @@ pub fn convert(
     }
     w.write_header().map_err(|e| write_err(out, e))?;
 
-    let in_bytes = |p: &Plan| (p.elems.len() * p.src.dtype.bitsize() / 8) as u64;
+    let in_bytes = |p: &Plan| -> u64 {
+        p.parts
+            .iter()
+            .map(|(t, r)| (r.len() * t.dtype.bitsize() / 8) as u64)
+            .sum()
+    };
     let total: u64 = plans.iter().map(in_bytes).sum();
     progress.start(total);
     let mut done = 0u64;
@@ -535,26 +378,28 @@ pub fn convert(
     for p in &plans {
         // Output rows of `cols` values, converted a chunk of whole rows at a time (at least one
         // row, about 1M values), so neither a 65536 × 5280 embedding nor anything else ever sits
-        // in memory whole.
+        // in memory whole. Every part holds whole rows (q, k and v of a fused projection).
         let cols = p.dims[0] as usize;
-        let n_rows = p.elems.len() / cols;
         let row_bytes = p.ty.row_bytes(cols as u64).expect("planned") as usize;
         let chunk = ((1usize << 20) / cols).max(1);
-        let mut r = 0;
-        while r < n_rows {
-            let e = (r + chunk).min(n_rows);
-            let first = p.elems.start + r * cols;
-            ck.elems_f32(&p.src, first..first + (e - r) * cols, &mut f32buf)?;
-            qbuf.resize((e - r) * row_bytes, 0);
-            for (src, dst) in f32buf
-                .chunks_exact(cols)
-                .zip(qbuf.chunks_exact_mut(row_bytes))
-            {
-                raven_quant::quantize_row(p.ty, src, dst)?;
+        for (src, elems) in &p.parts {
+            let n_rows = elems.len() / cols;
+            let mut r = 0;
+            while r < n_rows {
+                let e = (r + chunk).min(n_rows);
+                let first = elems.start + r * cols;
+                ck.elems_f32(src, first..first + (e - r) * cols, &mut f32buf)?;
+                qbuf.resize((e - r) * row_bytes, 0);
+                for (s, dst) in f32buf
+                    .chunks_exact(cols)
+                    .zip(qbuf.chunks_exact_mut(row_bytes))
+                {
+                    raven_quant::quantize_row(p.ty, s, dst)?;
+                }
+                w.write_tensor_part(&p.gguf_name, &qbuf)
+                    .map_err(|e| write_err(out, e))?;
+                r = e;
             }
-            w.write_tensor_part(&p.gguf_name, &qbuf)
-                .map_err(|e| write_err(out, e))?;
-            r = e;
         }
         done += in_bytes(p);
         progress.advance(done, &p.gguf_name);

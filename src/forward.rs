@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use raven_quant::{Activations, SERIAL_WORK};
 
+use crate::config::BlockKind;
 use crate::kv::{KvCache, Slot};
 use crate::model::{Block, Model, Weight};
 
@@ -27,6 +28,8 @@ pub struct Workspace {
     pub latent: Vec<f32>,
     /// Logits of the last coda_head call, [rows, V].
     pub logits: Vec<f32>,
+    /// Raw exit-gate values of the last core step, [n] (models with a gate).
+    pub exit_gate: Vec<f32>,
     x: Vec<f32>,
     xn: Vec<f32>,
     cat: Vec<f32>,
@@ -70,6 +73,22 @@ pub fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
         for ((o, &xv), &wv) in o.iter_mut().zip(xr).zip(w) {
             *o = xv * r * wv;
         }
+    }
+}
+
+/// The residual add of a branch output `y` into `x`, with the block kind's norm: on the sum
+/// (Huginn's sandwich), on the branch (OLMo-2, Ouro), or none (pre-norm).
+fn residual(kind: BlockKind, x: &mut [f32], y: &mut [f32], norm: Option<&[f32]>, eps: f32) {
+    match (kind, norm) {
+        (BlockKind::Sandwich, Some(w)) => {
+            x.iter_mut().zip(y.iter()).for_each(|(x, a)| *x += a);
+            rmsnorm_inplace(x, w, eps);
+        }
+        (_, Some(w)) => {
+            rmsnorm_inplace(y, w, eps);
+            x.iter_mut().zip(y.iter()).for_each(|(x, a)| *x += a);
+        }
+        (_, None) => x.iter_mut().zip(y.iter()).for_each(|(x, a)| *x += a),
     }
 }
 
@@ -121,44 +140,72 @@ impl Model {
     }
 
     fn set_rope(&self, ws: &mut Workspace) {
-        let d = self.config.head_dim();
-        let half = d / 2;
+        let half = self.config.head_dim() / 2;
         resize(&mut ws.rope_cos, ws.n * half);
         resize(&mut ws.rope_sin, ws.n * half);
-        let theta = self.config.rope_base;
+        let inv = &self.rope_inv_freq;
         for t in 0..ws.n {
             let pos = (ws.start + t) as f32;
-            for i in 0..half {
-                let inv = 1.0f32 / theta.powf((2 * i) as f32 / d as f32);
-                let a = pos * inv;
+            for (i, f) in inv.iter().enumerate() {
+                let a = pos * f;
                 ws.rope_cos[t * half + i] = a.cos();
                 ws.rope_sin[t * half + i] = a.sin();
             }
         }
     }
 
-    /// One sandwich block on `ws.x` ([n, h]) for the batch, reading and writing cache `slot`.
+    /// One block on `ws.x` ([n, h]) for the batch, reading and writing cache `slot`. The norms
+    /// act where the family's [`BlockKind`] puts them.
     fn block(&self, b: &Block, slot: Slot, cache: &mut KvCache, ws: &mut Workspace) {
         let c = &self.config;
         let (h, n, nh, d) = (c.n_embd, ws.n, c.n_heads, c.head_dim());
+        let (qw, kw) = (c.q_width(), c.kv_width());
+        let group = nh / c.n_kv_heads;
+        let stride = qw + 2 * kw;
         let eps = c.norm_eps;
+        let kind = c.family.block();
+        let halves = c.family.rope_halves();
         resize(&mut ws.xn, n * h);
-        rmsnorm(&mut ws.xn, &ws.x, &b.attn_norm, eps);
-        self.linear(&b.qkv, &ws.xn, n, &mut ws.qkv, &mut ws.act, &mut ws.scatter);
-        // Biases and RoPE on q and k; store k, v in the cache.
+        let attn_in: &[f32] = match &b.attn_norm {
+            Some(w) => {
+                rmsnorm(&mut ws.xn, &ws.x, w, eps);
+                &ws.xn
+            }
+            None => &ws.x,
+        };
+        self.linear(
+            &b.qkv,
+            attn_in,
+            n,
+            &mut ws.qkv,
+            &mut ws.act,
+            &mut ws.scatter,
+        );
+        // Biases, q/k norms and RoPE on q and k; store k, v in the cache.
         let half = d / 2;
         for t in 0..n {
-            let row = &mut ws.qkv[t * 3 * h..(t + 1) * 3 * h];
-            let (q, rest) = row.split_at_mut(h);
-            let (k, v) = rest.split_at_mut(h);
+            let row = &mut ws.qkv[t * stride..(t + 1) * stride];
+            let (q, rest) = row.split_at_mut(qw);
+            let (k, v) = rest.split_at_mut(kw);
             if let (Some(qb), Some(kb)) = (&b.q_bias, &b.k_bias) {
                 q.iter_mut().zip(qb).for_each(|(a, b)| *a += b);
                 k.iter_mut().zip(kb).for_each(|(a, b)| *a += b);
             }
+            if let (Some(qn), Some(kn)) = (&b.q_norm, &b.k_norm) {
+                rmsnorm_inplace(q, qn, eps);
+                rmsnorm_inplace(k, kn, eps);
+            }
             let cs = &ws.rope_cos[t * half..(t + 1) * half];
             let sn = &ws.rope_sin[t * half..(t + 1) * half];
-            for hd in 0..nh {
-                for x in [&mut q[hd * d..(hd + 1) * d], &mut k[hd * d..(hd + 1) * d]] {
+            for x in q.chunks_exact_mut(d).chain(k.chunks_exact_mut(d)) {
+                if halves {
+                    let (lo, hi) = x.split_at_mut(half);
+                    for i in 0..half {
+                        let (a, bb) = (lo[i], hi[i]);
+                        lo[i] = a * cs[i] - bb * sn[i];
+                        hi[i] = bb * cs[i] + a * sn[i];
+                    }
+                } else {
                     for i in 0..half {
                         let (a, bb) = (x[2 * i], x[2 * i + 1]);
                         x[2 * i] = a * cs[i] - bb * sn[i];
@@ -169,8 +216,10 @@ impl Model {
             cache.write(slot, ws.start + t, k, v);
         }
         // Attention: the positions each token sees (one walk of the cache per token, shared by
-        // its heads), then one task per (token, head).
-        resize(&mut ws.y, n * h);
+        // its heads), then one task per (token, head). Query head `hd` reads key/value head
+        // `hd / group` (its columns within the cached rows): grouped-query attention without
+        // copying keys.
+        resize(&mut ws.y, n * qw);
         let scale = 1.0 / (d as f32).sqrt();
         ws.visible.resize_with(n, Vec::new);
         for (t, offs) in ws.visible.iter_mut().enumerate() {
@@ -178,20 +227,20 @@ impl Model {
         }
         let (qkv, visible) = (&ws.qkv, &ws.visible);
         let (keys, values) = (cache.keys(), cache.values());
-        let work: usize = visible.iter().map(|v| v.len()).sum::<usize>() * h * 2;
+        let work: usize = visible.iter().map(|v| v.len()).sum::<usize>() * qw * 2;
         let nested = n > 1 && visible.windows(2).all(|w| w[1].starts_with(&w[0]));
         if nested {
             // A batch whose positions nest (the prompt, a speculative verification): each
             // head's queries together, the cache read once per block of positions for all of
-            // them; outputs per head, [head][token][d], then into [token][h].
+            // them; outputs per head, [head][token][d], then into [token][H·d].
             let lens: Vec<usize> = visible.iter().map(|v| v.len()).collect();
-            resize(&mut ws.yh, n * h);
+            resize(&mut ws.yh, n * qw);
             let q_heads = &mut ws.qh;
-            resize(q_heads, n * h);
+            resize(q_heads, n * qw);
             for t in 0..n {
                 for hd in 0..nh {
                     q_heads[(hd * n + t) * d..(hd * n + t + 1) * d]
-                        .copy_from_slice(&qkv[t * 3 * h + hd * d..t * 3 * h + (hd + 1) * d]);
+                        .copy_from_slice(&qkv[t * stride + hd * d..t * stride + (hd + 1) * d]);
                 }
             }
             let q_heads = &ws.qh;
@@ -207,7 +256,7 @@ impl Model {
                         values,
                         &visible[t1 - 1],
                         &lens[t0..t1],
-                        hd * d,
+                        (hd / group) * d,
                         scale,
                         scores,
                         &mut yo[t0 * d..t1 * d],
@@ -218,15 +267,16 @@ impl Model {
             for_each_head(&mut ws.yh, n * d, work, &mut ws.scores, head);
             for t in 0..n {
                 for hd in 0..nh {
-                    ws.y[t * h + hd * d..t * h + (hd + 1) * d]
+                    ws.y[t * qw + hd * d..t * qw + (hd + 1) * d]
                         .copy_from_slice(&ws.yh[(hd * n + t) * d..(hd * n + t + 1) * d]);
                 }
             }
         } else {
             let head = |scores: &mut Vec<f32>, (idx, yo): (usize, &mut [f32])| {
                 let (t, hd) = (idx / nh, idx % nh);
-                let q = &qkv[t * 3 * h + hd * d..t * 3 * h + (hd + 1) * d];
-                raven_quant::attend_head(q, keys, values, &visible[t], hd * d, scale, scores, yo);
+                let q = &qkv[t * stride + hd * d..t * stride + (hd + 1) * d];
+                let col = (hd / group) * d;
+                raven_quant::attend_head(q, keys, values, &visible[t], col, scale, scores, yo);
             };
             for_each_head(&mut ws.y, d, work, &mut ws.scores, head);
         }
@@ -238,26 +288,42 @@ impl Model {
             &mut ws.act,
             &mut ws.scatter,
         );
-        ws.x.iter_mut().zip(&ws.tmp).for_each(|(x, a)| *x += a);
-        rmsnorm_inplace(&mut ws.x, &b.attn_post_norm, eps);
+        residual(
+            kind,
+            &mut ws.x,
+            &mut ws.tmp,
+            b.attn_post_norm.as_deref(),
+            eps,
+        );
         // Gated MLP.
-        rmsnorm(&mut ws.xn, &ws.x, &b.ffn_norm, eps);
+        let mlp_in: &[f32] = match &b.ffn_norm {
+            Some(w) => {
+                rmsnorm(&mut ws.xn, &ws.x, w, eps);
+                &ws.xn
+            }
+            None => &ws.x,
+        };
         self.linear(
             &b.gate,
-            &ws.xn,
+            mlp_in,
             n,
             &mut ws.gate,
             &mut ws.act,
             &mut ws.scatter,
         );
         // `up` takes the same activations: reuse the prepared ones when the types pair alike.
-        self.linear(&b.up, &ws.xn, n, &mut ws.up, &mut ws.act, &mut ws.scatter);
+        self.linear(&b.up, mlp_in, n, &mut ws.up, &mut ws.act, &mut ws.scatter);
         raven_quant::silu_mul(&mut ws.gate, &ws.up);
         let gate = std::mem::take(&mut ws.gate);
         self.linear(&b.down, &gate, n, &mut ws.tmp, &mut ws.act, &mut ws.scatter);
         ws.gate = gate;
-        ws.x.iter_mut().zip(&ws.tmp).for_each(|(x, a)| *x += a);
-        rmsnorm_inplace(&mut ws.x, &b.ffn_post_norm, eps);
+        residual(
+            kind,
+            &mut ws.x,
+            &mut ws.tmp,
+            b.ffn_post_norm.as_deref(),
+            eps,
+        );
     }
 
     /// Embeds `tokens` at positions `start..` and runs the prelude: fills `ws.e`, sets the batch.
@@ -282,24 +348,28 @@ impl Model {
         std::mem::swap(&mut ws.e, &mut ws.x);
     }
 
-    /// One core iteration `iter` (0-based): `ws.s ← core(adapter([ws.s; ws.e]))`.
+    /// One core iteration `iter` (0-based): `ws.s ← core(adapter([ws.s; ws.e]))`; for a
+    /// looped-stack model (Ouro) `ws.s ← ln_f(stack(ws.s))`, and `ws.exit_gate` gets each
+    /// token's raw gate value.
     pub fn core_step(&self, iter: usize, cache: &mut KvCache, ws: &mut Workspace) {
         let (h, n) = (self.config.n_embd, ws.n);
-        resize(&mut ws.cat, n * 2 * h);
-        for t in 0..n {
-            ws.cat[t * 2 * h..t * 2 * h + h].copy_from_slice(&ws.s[t * h..(t + 1) * h]);
-            ws.cat[t * 2 * h + h..(t + 1) * 2 * h].copy_from_slice(&ws.e[t * h..(t + 1) * h]);
+        match &self.adapter {
+            Some(adapter) => {
+                resize(&mut ws.cat, n * 2 * h);
+                for t in 0..n {
+                    ws.cat[t * 2 * h..t * 2 * h + h].copy_from_slice(&ws.s[t * h..(t + 1) * h]);
+                    ws.cat[t * 2 * h + h..(t + 1) * 2 * h]
+                        .copy_from_slice(&ws.e[t * h..(t + 1) * h]);
+                }
+                let cat = std::mem::take(&mut ws.cat);
+                self.linear(adapter, &cat, n, &mut ws.x, &mut ws.act, &mut ws.scatter);
+                ws.cat = cat;
+            }
+            None => {
+                resize(&mut ws.x, n * h);
+                ws.x.copy_from_slice(&ws.s);
+            }
         }
-        let cat = std::mem::take(&mut ws.cat);
-        self.linear(
-            &self.adapter,
-            &cat,
-            n,
-            &mut ws.x,
-            &mut ws.act,
-            &mut ws.scatter,
-        );
-        ws.cat = cat;
         let p = self.config.n_prelude;
         for j in 0..self.config.n_core {
             self.block(
@@ -309,27 +379,47 @@ impl Model {
                 ws,
             );
         }
+        if self.config.family.looped_stack() {
+            rmsnorm_inplace(&mut ws.x, &self.output_norm, self.config.norm_eps);
+        }
+        if let Some((w, bias)) = &self.exit_gate {
+            ws.exit_gate.clear();
+            ws.exit_gate.extend(
+                ws.x.chunks_exact(h)
+                    .map(|x| x.iter().zip(w).map(|(a, b)| a * b).sum::<f32>() + bias),
+            );
+        }
         std::mem::swap(&mut ws.s, &mut ws.x);
     }
 
-    /// `ws.latent = ln_f(ws.s)`, then the coda (writing its cache slots for the batch), `ln_f`
-    /// and the head. Logits are computed for the last `logit_rows` tokens of the batch only
-    /// (1 when generating; n for `raven logits`), into `ws.logits` ([logit_rows, V]).
+    /// The read-out of the current state: `ws.latent` is what feeds the coda (ln_f(s) for
+    /// Huginn, s itself otherwise), then the coda (writing its cache slots for the batch), ln_f
+    /// and the head — for a looped-stack model, whose state is already normed, the head alone.
+    /// Logits are computed for the last `logit_rows` tokens of the batch only (1 when
+    /// generating; n for `raven logits`), into `ws.logits` ([logit_rows, V]).
     pub fn coda_head(&self, logit_rows: usize, cache: &mut KvCache, ws: &mut Workspace) {
         let c = &self.config;
         let (h, n) = (c.n_embd, ws.n);
         resize(&mut ws.latent, n * h);
-        rmsnorm(&mut ws.latent, &ws.s, &self.output_norm, c.norm_eps);
-        resize(&mut ws.x, n * h);
-        ws.x.copy_from_slice(&ws.latent);
-        let base = c.n_prelude + c.n_core;
-        for j in 0..c.n_coda {
-            self.block(&self.blocks[base + j], Slot::Coda(j), cache, ws);
+        if c.family.norm_before_coda() {
+            rmsnorm(&mut ws.latent, &ws.s, &self.output_norm, c.norm_eps);
+        } else {
+            ws.latent.copy_from_slice(&ws.s);
         }
         let rows = logit_rows.min(n);
-        resize(&mut ws.xn, n * h);
-        rmsnorm(&mut ws.xn, &ws.x, &self.output_norm, c.norm_eps);
-        let last = ws.xn[(n - rows) * h..].to_vec();
+        let last = if c.family.looped_stack() {
+            ws.latent[(n - rows) * h..].to_vec()
+        } else {
+            resize(&mut ws.x, n * h);
+            ws.x.copy_from_slice(&ws.latent);
+            let base = c.n_prelude + c.n_core;
+            for j in 0..c.n_coda {
+                self.block(&self.blocks[base + j], Slot::Coda(j), cache, ws);
+            }
+            resize(&mut ws.xn, n * h);
+            rmsnorm(&mut ws.xn, &ws.x, &self.output_norm, c.norm_eps);
+            ws.xn[(n - rows) * h..].to_vec()
+        };
         self.linear(
             &self.output,
             &last,
@@ -342,9 +432,14 @@ impl Model {
 
     /// Sets `ws.s` to the initial state for the batch: zeros when `init_scale` is 0, otherwise a
     /// truncated normal (±3σ) with σ = state_init_std · init_scale, times sqrt(h) (SPEC §1.2).
+    /// A looped-stack model (Ouro) has no initial state: it starts from the embedding `ws.e`.
     pub fn init_state(&self, init_scale: f32, rng: &mut crate::rng::Rng, ws: &mut Workspace) {
         let h = self.config.n_embd;
         resize(&mut ws.s, ws.n * h);
+        if self.config.family.looped_stack() {
+            ws.s.copy_from_slice(&ws.e);
+            return;
+        }
         let std = self.config.state_init_std * init_scale;
         if std > 0.0 {
             for x in ws.s.iter_mut() {

@@ -69,7 +69,7 @@ impl CacheStrategy {
     /// Bytes of K and V (f32) for a context of `ctx` tokens and at most `max_steps` iterations.
     pub fn bytes(self, c: &Config, ctx: usize, max_steps: usize) -> u64 {
         // Saturating: an absurd request reports u64::MAX bytes rather than wrapping.
-        [ctx as u64, c.n_embd as u64, 2, 4].iter().fold(
+        [ctx as u64, c.kv_width() as u64, 2, 4].iter().fold(
             (c.n_prelude as u64)
                 .saturating_add(self.core_slots(c, max_steps) as u64)
                 .saturating_add(c.n_coda as u64),
@@ -166,7 +166,7 @@ impl KvCache {
             .and_then(|x| x.checked_add(c.n_coda))
             .ok_or_else(too_large)?;
         let positions = n_slots.checked_mul(ctx).ok_or_else(too_large)?;
-        let floats = positions.checked_mul(c.n_embd).ok_or_else(too_large)?;
+        let floats = positions.checked_mul(c.kv_width()).ok_or_else(too_large)?;
         let depth_len = c.n_core.checked_mul(ctx).ok_or_else(too_large)?;
         Ok(KvCache {
             strategy,
@@ -174,7 +174,7 @@ impl KvCache {
             n_core: c.n_core,
             core_slots,
             max_steps,
-            h: c.n_embd,
+            h: c.kv_width(),
             ctx,
             n_slots,
             k: filled(floats, 0.0).ok_or_else(too_large)?,

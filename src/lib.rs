@@ -26,6 +26,7 @@ pub mod reference;
 pub mod rng;
 pub mod run;
 pub mod sample;
+pub mod schema;
 pub mod session;
 pub mod synth;
 pub mod textgen;

@@ -6,7 +6,7 @@ use std::path::Path;
 use raven_gguf::{Gguf, TensorInfo};
 use raven_quant::{GgmlType, Matrix};
 
-use crate::config::Config;
+use crate::config::{BlockKind, Config};
 use crate::error::{RavenError, Result};
 use crate::params::Param;
 
@@ -25,31 +25,37 @@ pub struct Weight {
     packed: Option<std::sync::Arc<raven_quant::PackedMatrix>>,
 }
 
-/// The weights of one sandwich block (SPEC §1), GGUF names `blk.N.*`.
+/// The weights of one block, GGUF names `blk.N.*` (docs/gguf.md). Which norms a block has and
+/// where they act is its family's [`BlockKind`](crate::config::BlockKind).
 #[derive(Clone, Debug)]
 pub struct Block {
-    /// `attn_norm` (norm_1).
-    pub attn_norm: Vec<f32>,
-    /// `attn_qkv`, 3h × h.
+    /// `attn_norm`: before attention (Huginn norm_1, Llama norm_1, Ouro input_layernorm).
+    pub attn_norm: Option<Vec<f32>>,
+    /// `attn_qkv`, (H·d + 2·K·d) × h: q, k, v rows, each head-major.
     pub qkv: Weight,
-    /// Per-head q bias (h values), if the model has qk biases.
+    /// Per-head q bias (H·d values), if the model has qk biases.
     pub q_bias: Option<Vec<f32>>,
-    /// Per-head k bias (h values).
+    /// Per-head k bias (H·d values).
     pub k_bias: Option<Vec<f32>>,
-    /// `attn_output`, h × h.
+    /// `attn_q_norm`: RMSNorm over the whole q projection (OLMo-2).
+    pub q_norm: Option<Vec<f32>>,
+    /// `attn_k_norm`: RMSNorm over the whole k projection (OLMo-2).
+    pub k_norm: Option<Vec<f32>>,
+    /// `attn_output`, h × H·d.
     pub attn_out: Weight,
-    /// `attn_post_norm` (norm_2).
-    pub attn_post_norm: Vec<f32>,
-    /// `ffn_norm` (norm_3).
-    pub ffn_norm: Vec<f32>,
+    /// `attn_post_norm`: after attention, on the residual sum (Huginn norm_2) or on the branch
+    /// output (OLMo-2 norm_1, Ouro input_layernorm_2).
+    pub attn_post_norm: Option<Vec<f32>>,
+    /// `ffn_norm`: before the MLP.
+    pub ffn_norm: Option<Vec<f32>>,
     /// `ffn_gate`, F × h.
     pub gate: Weight,
     /// `ffn_up`, F × h.
     pub up: Weight,
     /// `ffn_down`, h × F.
     pub down: Weight,
-    /// `ffn_post_norm` (norm_4).
-    pub ffn_post_norm: Vec<f32>,
+    /// `ffn_post_norm`: after the MLP, on the sum (Huginn norm_4) or the branch (OLMo, Ouro).
+    pub ffn_post_norm: Option<Vec<f32>>,
 }
 
 /// Tokenizer and chat metadata stored in the GGUF file.
@@ -79,10 +85,14 @@ pub struct Model {
     pub output_norm: Vec<f32>,
     /// `output.weight`, or the embedding when tied.
     pub output: Weight,
-    /// `adapter.weight`, h × 2h.
-    pub adapter: Weight,
-    /// Blocks: prelude, then core, then coda.
+    /// `adapter.weight`, h × 2h (not in a looped-stack model).
+    pub adapter: Option<Weight>,
+    /// The exit gate (Ouro): `exit_gate.weight` (h values) and its bias.
+    pub exit_gate: Option<(Vec<f32>, f32)>,
+    /// Blocks: prelude, then core, then coda (a looped-stack model: all core).
     pub blocks: Vec<Block>,
+    /// RoPE inverse frequencies, d/2 values ([`Config::rope_inv_freq`]).
+    pub(crate) rope_inv_freq: Vec<f32>,
     gguf: Gguf,
     name: String,
     tokenizer: std::sync::OnceLock<std::result::Result<raven_text::Tokenizer, String>>,
@@ -217,59 +227,82 @@ impl Model {
                 packed: None,
             })
         };
-        let vector = |name: &str| -> Result<Vec<f32>> {
+        let vector_n = |name: &str, n: usize| -> Result<Vec<f32>> {
             let t = info(name)?;
-            if t.n_elements() != h as u64 || t.dims.len() != 1 {
+            if t.n_elements() != n as u64 || t.dims.len() != 1 {
                 return Err(bad(format!(
-                    "tensor {name} has shape {:?}, expected [{h}]",
+                    "tensor {name} has shape {:?}, expected [{n}]",
                     t.dims
                 )));
             }
-            let mut out = vec![0.0; h];
+            let mut out = vec![0.0; n];
             raven_quant::dequantize_row(t.ty, g.tensor_data(t), &mut out)
                 .map_err(|e| bad(format!("tensor {name}: {e}")))?;
             Ok(out)
         };
+        let vector = |name: &str| vector_n(name, h);
         let tok_embd = weight("token_embd.weight", c.n_vocab, h)?;
         let output = if g.tensor("output.weight").is_some() {
             weight("output.weight", c.n_vocab, h)?
         } else {
             tok_embd.clone()
         };
-        let adapter = weight("adapter.weight", h, 2 * h)?;
+        let looped = c.family.looped_stack();
+        let adapter = if looped {
+            None
+        } else {
+            Some(weight("adapter.weight", h, 2 * h)?)
+        };
+        let exit_gate = if c.has_gate() {
+            Some((
+                vector("exit_gate.weight")?,
+                vector_n("exit_gate.bias", 1)?[0],
+            ))
+        } else {
+            None
+        };
         let output_norm = vector("output_norm.weight")?;
+        let (qw, kw) = (c.q_width(), c.kv_width());
+        let kind = c.family.block();
         let mut blocks = Vec::with_capacity(c.n_blocks());
         for i in 0..c.n_blocks() {
             let b = |s: &str| format!("blk.{i}.{s}");
-            let bias = |s: &str| -> Result<Option<Vec<f32>>> {
-                if c.qk_bias {
-                    vector(&b(s)).map(Some)
+            let when = |yes: bool, s: &str, n: usize| -> Result<Option<Vec<f32>>> {
+                if yes {
+                    vector_n(&b(s), n).map(Some)
                 } else {
                     Ok(None)
                 }
             };
+            let pre = kind != BlockKind::PostNorm;
+            let post = kind != BlockKind::PreNorm;
+            let qk_norm = kind == BlockKind::PostNorm;
             blocks.push(Block {
-                attn_norm: vector(&b("attn_norm.weight"))?,
-                qkv: weight(&b("attn_qkv.weight"), 3 * h, h)?,
-                q_bias: bias("attn_q.bias")?,
-                k_bias: bias("attn_k.bias")?,
-                attn_out: weight(&b("attn_output.weight"), h, h)?,
-                attn_post_norm: vector(&b("attn_post_norm.weight"))?,
-                ffn_norm: vector(&b("ffn_norm.weight"))?,
+                attn_norm: when(pre, "attn_norm.weight", h)?,
+                qkv: weight(&b("attn_qkv.weight"), qw + 2 * kw, h)?,
+                q_bias: when(c.qk_bias, "attn_q.bias", qw)?,
+                k_bias: when(c.qk_bias, "attn_k.bias", qw)?,
+                q_norm: when(qk_norm, "attn_q_norm.weight", qw)?,
+                k_norm: when(qk_norm, "attn_k_norm.weight", kw)?,
+                attn_out: weight(&b("attn_output.weight"), h, qw)?,
+                attn_post_norm: when(post, "attn_post_norm.weight", h)?,
+                ffn_norm: when(pre, "ffn_norm.weight", h)?,
                 gate: weight(&b("ffn_gate.weight"), c.n_ff, h)?,
                 up: weight(&b("ffn_up.weight"), c.n_ff, h)?,
                 down: weight(&b("ffn_down.weight"), h, c.n_ff)?,
-                ffn_post_norm: vector(&b("ffn_post_norm.weight"))?,
+                ffn_post_norm: when(post, "ffn_post_norm.weight", h)?,
             });
         }
         let vocab = read_vocab(&g, c, what)?;
         Ok(Model {
+            rope_inv_freq: config.rope_inv_freq(),
             config,
             vocab,
             tok_embd,
             output_norm,
             output,
             adapter,
+            exit_gate,
             blocks,
             name: g.opt_str("general.name")?.unwrap_or("huginn").to_string(),
             tokenizer: std::sync::OnceLock::new(),
@@ -304,12 +337,13 @@ impl Model {
                 }
             }
         }
-        let w = &mut self.adapter;
-        let t = &gguf.tensors()[w.index];
-        if let Ok(m) = Matrix::new(w.ty, w.rows, w.cols, gguf.tensor_data(t)) {
-            if let Some(p) = raven_quant::repack(&m) {
-                w.packed = Some(std::sync::Arc::new(p));
-                gguf.release_tensor_pages(t);
+        if let Some(w) = &mut self.adapter {
+            let t = &gguf.tensors()[w.index];
+            if let Ok(m) = Matrix::new(w.ty, w.rows, w.cols, gguf.tensor_data(t)) {
+                if let Some(p) = raven_quant::repack(&m) {
+                    w.packed = Some(std::sync::Arc::new(p));
+                    gguf.release_tensor_pages(t);
+                }
             }
         }
     }
@@ -419,11 +453,11 @@ impl Model {
         self.gguf.tensors().iter().map(|t| t.n_bytes).sum()
     }
 
-    /// Bytes of weights one core iteration reads: the adapter and the core blocks.
+    /// Bytes of weights one core iteration reads: the adapter (if any) and the core blocks.
     pub fn core_iteration_bytes(&self) -> u64 {
         let c = &self.config;
         let w = |w: &Weight| self.bytes(w).len() as u64;
-        let mut b = w(&self.adapter);
+        let mut b = self.adapter.as_ref().map_or(0, w);
         for blk in &self.blocks[c.n_prelude..c.n_prelude + c.n_core] {
             b += w(&blk.qkv) + w(&blk.attn_out) + w(&blk.gate) + w(&blk.up) + w(&blk.down);
         }
@@ -458,7 +492,8 @@ fn read_vocab(g: &Gguf, c: &Config, what: &str) -> Result<Vocab> {
         }
     };
     let mut eos: Vec<u32> = id("tokenizer.ggml.eos_token_id")?.into_iter().collect();
-    if let Some(v) = g.get("huginn.eos_token_ids") {
+    let eos_key = format!("{}.eos_token_ids", c.family.arch());
+    if let Some(v) = g.get(&eos_key) {
         use raven_gguf::{Array, Value};
         // Any integer array (gguf-py writes Python ints as i32 or u64 arrays); values are
         // widened to i128 so negative and huge ids are reported, not wrapped.
@@ -471,7 +506,7 @@ fn read_vocab(g: &Gguf, c: &Config, what: &str) -> Result<Vocab> {
                 return Err(RavenError::Model {
                     path: what.into(),
                     msg: format!(
-                        "huginn.eos_token_ids is {}, expected an array of token ids",
+                        "{eos_key} is {}, expected an array of token ids",
                         other.type_name()
                     ),
                 })
@@ -482,7 +517,7 @@ fn read_vocab(g: &Gguf, c: &Config, what: &str) -> Result<Vocab> {
                 return Err(RavenError::Model {
                     path: what.into(),
                     msg: format!(
-                        "huginn.eos_token_ids holds {e}, outside the vocabulary (0..{})",
+                        "{eos_key} holds {e}, outside the vocabulary (0..{})",
                         c.n_vocab
                     ),
                 });

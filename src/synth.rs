@@ -22,8 +22,13 @@ const DEMO_TOKENIZER: &str = include_str!("../models/demo/hf/tokenizer.json");
 pub fn huginn_0125() -> Config {
     let h = 5280usize;
     Config {
+        family: crate::config::Family::Huginn,
         n_embd: h,
         n_heads: 55,
+        n_kv_heads: 55,
+        d_head: 96,
+        rope_scaling: None,
+        exit_threshold: None,
         n_ff: 17920,
         n_vocab: 65536,
         n_prelude: 2,
@@ -53,6 +58,7 @@ pub fn huginn_0125_scaled(div: usize) -> Result<Config> {
     }
     c.n_embd /= div;
     c.n_heads /= div;
+    c.n_kv_heads = c.n_heads;
     c.n_ff /= div;
     c.n_ff -= c.n_ff % 32;
     c.embed_scale = (c.n_embd as f32).sqrt();

@@ -7,8 +7,13 @@ use raven::kv::{CacheStrategy, KvCache};
 /// The tiny shape of fuzz/seeds/base/*.gguf.
 fn tiny_config() -> Config {
     Config {
+        family: raven::config::Family::Huginn,
         n_embd: 32,
         n_heads: 2,
+        n_kv_heads: 2,
+        d_head: 16,
+        rope_scaling: None,
+        exit_threshold: None,
         n_ff: 32,
         n_vocab: 8,
         n_prelude: 1,

@@ -67,12 +67,16 @@ pub struct Reference {
 
 pub fn reference() -> &'static Reference {
     static R: OnceLock<Reference> = OnceLock::new();
-    R.get_or_init(|| {
-        let json: Value = serde_json::from_str(
-            &std::fs::read_to_string(tiny_dir().join("reference.json")).unwrap(),
-        )
-        .unwrap();
-        let bytes = std::fs::read(tiny_dir().join("reference.safetensors")).unwrap();
+    R.get_or_init(|| Reference::load(&tiny_dir()))
+}
+
+impl Reference {
+    /// reference.json and reference.safetensors of a fixture directory.
+    pub fn load(dir: &Path) -> Reference {
+        let json: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+                .unwrap();
+        let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         let tensors = st
             .tensors()
@@ -87,7 +91,17 @@ pub fn reference() -> &'static Reference {
             })
             .collect();
         Reference { json, tensors }
-    })
+    }
+}
+
+/// A fixture checkpoint converted to `ty` into `dir` (once per name and type).
+pub fn converted(fixture: &Path, ty: &str, dir: &TempDir) -> PathBuf {
+    let name = fixture.to_string_lossy().replace(['/', '\\'], "_");
+    let out = dir.path().join(format!("{name}-{ty}.gguf"));
+    if !out.exists() {
+        convert(fixture, &out, OutType::parse(ty).unwrap(), &mut NoProgress).unwrap();
+    }
+    out
 }
 
 impl Reference {
