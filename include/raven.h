@@ -377,6 +377,19 @@ typedef struct raven_generate_stats {
 #define RAVEN_EXIT_ARGMAX_STABILITY 6
 
 /**
+ * The model's learned exit gate (Ouro): exit at the first step whose cumulative exit
+ * probability reaches the threshold q in (0, 1] (0: the model's `early_exit_threshold`); the
+ * later steps are not computed. Refused for models without a gate.
+ */
+#define RAVEN_EXIT_GATE 7
+
+/**
+ * As `RAVEN_EXIT_GATE`, but every step is computed and cached and the gate only chooses which
+ * step's output is read (the official Ouro behaviour, exact; no compute saved).
+ */
+#define RAVEN_EXIT_GATE_FULL 8
+
+/**
  * `max_new` tokens were generated.
  */
 #define RAVEN_STOP_LENGTH 0

@@ -89,6 +89,13 @@ pub const RAVEN_EXIT_LATENT_DIFF: raven_exit_criterion = 4;
 pub const RAVEN_EXIT_COSINE: raven_exit_criterion = 5;
 /// Argmax unchanged for `threshold` consecutive checks (a whole number, default 5).
 pub const RAVEN_EXIT_ARGMAX_STABILITY: raven_exit_criterion = 6;
+/// The model's learned exit gate (Ouro): exit at the first step whose cumulative exit
+/// probability reaches the threshold q in (0, 1] (0: the model's `early_exit_threshold`); the
+/// later steps are not computed. Refused for models without a gate.
+pub const RAVEN_EXIT_GATE: raven_exit_criterion = 7;
+/// As `RAVEN_EXIT_GATE`, but every step is computed and cached and the gate only chooses which
+/// step's output is read (the official Ouro behaviour, exact; no compute saved).
+pub const RAVEN_EXIT_GATE_FULL: raven_exit_criterion = 8;
 
 /// Why `raven_session_generate` stopped.
 pub type raven_stop_reason = i32;
@@ -1041,9 +1048,11 @@ fn criterion_from_c(kind: raven_exit_criterion, thr: f32) -> R<Criterion> {
         RAVEN_EXIT_LATENT_DIFF => "latent-diff",
         RAVEN_EXIT_COSINE => "cosine",
         RAVEN_EXIT_ARGMAX_STABILITY => "argmax-stability",
+        RAVEN_EXIT_GATE => "gate",
+        RAVEN_EXIT_GATE_FULL => "gate-full",
         k => {
             return Err(invalid(format!(
-                "exit_criterion = {k} is not one of RAVEN_EXIT_NONE (0) .. RAVEN_EXIT_ARGMAX_STABILITY (6)"
+                "exit_criterion = {k} is not one of RAVEN_EXIT_NONE (0) .. RAVEN_EXIT_GATE_FULL (8)"
             )))
         }
     };

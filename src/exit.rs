@@ -20,6 +20,16 @@ pub enum Criterion {
     Cosine(f32),
     /// The argmax unchanged for τ consecutive checks.
     ArgmaxStability(u32),
+    /// A learned exit gate (Ouro): exit at the first step whose cumulative exit probability
+    /// reaches q (None: the model's `early_exit_threshold`). With `full`, every step is still
+    /// computed (and cached) and the gate only picks which step's output is read, as the
+    /// official code does; without it the later steps are not computed.
+    Gate {
+        /// The threshold q in (0, 1].
+        q: Option<f32>,
+        /// Compute all steps (the official read-out).
+        full: bool,
+    },
 }
 
 impl Criterion {
@@ -52,6 +62,25 @@ impl Criterion {
             "minp-kl" => Criterion::MinpKl(f(1e-5)?),
             "entropy-diff" => Criterion::EntropyDiff(f(1e-3)?),
             "latent-diff" => Criterion::LatentDiff(f(0.03)?),
+            "gate" | "gate-full" => {
+                let q = match thr {
+                    None => None,
+                    Some(_) => {
+                        let q = f(1.0)?;
+                        if q > 1.0 {
+                            return Err(RavenError::param(
+                                Param::Exit,
+                                format!("{name} threshold {q} is a probability: at most 1"),
+                            ));
+                        }
+                        Some(q)
+                    }
+                };
+                Criterion::Gate {
+                    q,
+                    full: name == "gate-full",
+                }
+            }
             "cosine" => Criterion::Cosine(f(1e-3)?),
             "argmax-stability" => match thr {
                 None => Criterion::ArgmaxStability(5),
@@ -67,11 +96,37 @@ impl Criterion {
             _ => {
                 return Err(RavenError::param(Param::Exit,
                     format!(
-                        "unknown criterion \"{name}\"; use one of kl, minp-kl, entropy-diff, latent-diff, cosine, argmax-stability, none (optionally :threshold)"
+                        "unknown criterion \"{name}\"; use one of kl, minp-kl, entropy-diff, latent-diff, cosine, argmax-stability, gate, gate-full, none (optionally :threshold)"
                     ),
                 ))
             }
         })
+    }
+
+    /// The criterion with the model's defaults filled in (the gate's q), or an error naming
+    /// the parameter when the model cannot use it (a gate on a model without one).
+    pub fn for_model(self, c: &crate::config::Config) -> Result<Criterion> {
+        match self {
+            Criterion::Gate { q, full } => match c.exit_threshold {
+                Some(default) => Ok(Criterion::Gate {
+                    q: Some(q.unwrap_or(default)),
+                    full,
+                }),
+                None => Err(RavenError::param(
+                    Param::Exit,
+                    format!(
+                        "this {} model has no exit gate (gate and gate-full are Ouro's); use kl, entropy-diff, latent-diff, …",
+                        c.family.name()
+                    ),
+                )),
+            },
+            other => Ok(other),
+        }
+    }
+
+    /// True for the official gate read-out: every step computed, the gate picks the output.
+    pub fn computes_all_steps(self) -> bool {
+        matches!(self, Criterion::Gate { full: true, .. })
     }
 
     /// True when checking needs the coda and head (the next-token distribution).
@@ -152,6 +207,9 @@ pub struct ExitState {
     prev_argmax: i64,
     stable: u32,
     prev_s: Vec<f32>,
+    /// The gate's remaining mass S and cumulative exit probability.
+    survival: f32,
+    cdf: f32,
 }
 
 impl ExitState {
@@ -165,6 +223,8 @@ impl ExitState {
             prev_argmax: -1,
             stable: 0,
             prev_s: Vec::new(),
+            survival: 1.0,
+            cdf: 0.0,
         };
         st.reset(s0, vocab);
         st
@@ -175,6 +235,8 @@ impl ExitState {
         self.prev_entropy = 100.0;
         self.prev_argmax = -1;
         self.stable = 0;
+        self.survival = 1.0;
+        self.cdf = 0.0;
         if matches!(self.criterion, Criterion::Kl(_) | Criterion::MinpKl(_)) {
             self.prev_lp.clear();
             self.prev_lp.resize(vocab, -(vocab as f32).ln());
@@ -188,11 +250,21 @@ impl ExitState {
         }
     }
 
-    /// Evaluates the criterion on the raw core output `s` and, for distribution criteria, the
-    /// next-token `logits`. Returns (criterion value, exit?).
-    pub fn check(&mut self, s: &[f32], logits: Option<&[f32]>) -> (f32, bool) {
+    /// Evaluates the criterion on the raw core output `s`, for distribution criteria the
+    /// next-token `logits`, and for the gate its raw value after this step. Returns (criterion
+    /// value, exit?); the gate's value is the cumulative exit probability.
+    pub fn check(&mut self, s: &[f32], logits: Option<&[f32]>, gate: Option<f32>) -> (f32, bool) {
         match self.criterion {
             Criterion::None => (0.0, false),
+            Criterion::Gate { q, .. } => {
+                // Ouro: λ_t = σ(g_t), p_t = λ_t·S, S ← S·(1 − λ_t), exit at the first t with
+                // Σ p ≥ q (the last step takes the remaining mass: the maximum always exits).
+                let g = gate.expect("the gate criterion is only used with a gated model");
+                let lambda = 1.0 / (1.0 + (-g).exp());
+                self.cdf += lambda * self.survival;
+                self.survival *= 1.0 - lambda;
+                (self.cdf, self.cdf >= q.unwrap_or(1.0))
+            }
             Criterion::LatentDiff(t) => {
                 let diff: f32 = s
                     .iter()

@@ -164,7 +164,11 @@ pub fn run_token(
     cache: &mut KvCache,
     ws: &mut Workspace,
 ) -> Option<TokenOutcome> {
-    let policy = &ctl.policy;
+    let mut policy = ctl.policy;
+    policy.criterion = policy
+        .criterion
+        .for_model(&m.config)
+        .expect("exit criteria are checked against the model before a run");
     m.embed_prelude(&[token], pos, cache, ws);
     match init {
         Init::Random(scale, rng) => m.init_state(scale, rng, ws),
@@ -179,6 +183,9 @@ pub fn run_token(
         ..Default::default()
     };
     let mut have_logits = false;
+    // The official gate read-out computes every step and reads the one the gate chose.
+    let all_steps = policy.criterion.computes_all_steps();
+    let mut chosen: Option<(usize, Vec<f32>)> = None;
     let timed = |slot: &mut Option<f64>, f: &mut dyn FnMut()| {
         let t = Instant::now();
         f();
@@ -204,22 +211,37 @@ pub fn run_token(
         out.core_ms += dt;
         have_logits = false;
         let done = i + 1;
-        if policy.criterion == Criterion::None || !done.is_multiple_of(policy.check_every) {
+        if policy.criterion == Criterion::None
+            || chosen.is_some()
+            || !done.is_multiple_of(policy.check_every)
+        {
             continue;
         }
+        let gate = ws.exit_gate.first().copied();
         let (v, exit) = if policy.criterion.needs_logits() {
             timed(&mut timing.head_ms, &mut || m.coda_head(1, cache, ws));
             have_logits = true;
-            st.check(&ws.s, Some(&ws.logits))
+            st.check(&ws.s, Some(&ws.logits), gate)
         } else {
-            st.check(&ws.s, None)
+            st.check(&ws.s, None, gate)
         };
         out.values.push(v);
         if exit && done >= policy.min_steps {
+            if all_steps {
+                chosen = Some((done, ws.s.clone()));
+                continue;
+            }
             out.steps = done;
             out.exited_early = done < policy.max_steps;
             break;
         }
+    }
+    if let Some((done, s)) = chosen {
+        // Read out the chosen step (a looped-stack model's head reads the state alone).
+        ws.s = s;
+        out.steps = done;
+        out.exited_early = done < policy.max_steps;
+        have_logits = false;
     }
     if !have_logits {
         timed(&mut timing.head_ms, &mut || m.coda_head(1, cache, ws));
@@ -262,6 +284,7 @@ pub fn logits(
     let max_steps = o.exit.map(|p| p.max_steps).unwrap_or(o.steps);
     if let Some(p) = &o.exit {
         p.validate()?;
+        p.criterion.for_model(&m.config)?;
     }
     let mut cache = KvCache::new(&m.config, o.cache, t_len, max_steps)?;
     let mut ws = Workspace::new();

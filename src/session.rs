@@ -72,6 +72,16 @@ impl SessionParams {
     /// [`RavenError::InvalidParam`], a KV cache over the cap [`RavenError::CacheTooLarge`].
     pub fn validate(&self, m: &Model) -> Result<()> {
         self.exit.validate()?;
+        self.exit.criterion.for_model(&m.config)?;
+        if self.warm_start && m.config.family.looped_stack() {
+            return Err(RavenError::param(
+                Param::WarmStart,
+                format!(
+                    "a {} model starts every step from the token's embedding: it has no state to warm-start",
+                    m.config.family.name()
+                ),
+            ));
+        }
         self.sampling.validate()?;
         self.cache.validate(&m.config)?;
         if let Some(b) = self.budget_ms {

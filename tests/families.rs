@@ -130,3 +130,207 @@ fn recurrent_llama_decode_matches_official() {
 fn recurrent_olmo_decode_matches_official() {
     retro_decode("tiny-recurrent-olmo", 2);
 }
+
+/// Ouro: every step's logits and hidden state for N = 1…4 loop steps (`forward.*`), the
+/// default read-out with fewer loops (`loops*`), from f32 and bf16 conversions.
+fn ouro_forward(name: &str, ty: &str) {
+    let (r, m) = load(name, ty);
+    let threads = Threads::new(2).unwrap();
+    let (v, h) = (m.config.n_vocab, m.config.n_embd);
+    let mut n = 0;
+    for c in r.cases().filter(|c| c["kind"] == "forward") {
+        let case = c["name"].as_str().unwrap();
+        let toks = prompt(&r, c);
+        let l = toks.len();
+        let hidden = r.tensor(&format!("{case}.step_hidden"));
+        for steps in 1..=4 {
+            let out = logits(&m, &toks, &LogitsOptions::fixed(steps), &threads).unwrap();
+            let want_h = &hidden[(steps - 1) * l * h..steps * l * h];
+            let dz = max_abs_diff(&out.latents, want_h);
+            let dl = match r.tensors.get(&format!("{case}.step_logits")) {
+                Some((_, sl)) => max_abs_diff(&out.logits, &sl[(steps - 1) * l * v..steps * l * v]),
+                // gqa/: the default output (all four steps) only.
+                None if steps == 4 => {
+                    max_abs_diff(&out.logits, r.tensor(&format!("{case}.logits")))
+                }
+                None => 0.0,
+            };
+            assert!(
+                dl <= TOL && dz <= TOL,
+                "{name} {ty} {case} N={steps}: logits Δ {dl}, hidden Δ {dz}"
+            );
+        }
+        n += 1;
+    }
+    for c in r.cases().filter(|c| c["kind"] == "fewer_loops") {
+        let case = c["name"].as_str().unwrap();
+        let toks = prompt(&r, c);
+        let steps = c["total_ut_steps"].as_u64().unwrap() as usize;
+        let out = logits(&m, &toks, &LogitsOptions::fixed(steps), &threads).unwrap();
+        let d = max_abs_diff(&out.logits, r.tensor(&format!("{case}.logits")));
+        assert!(d <= TOL, "{name} {ty} {case}: logits Δ {d}");
+        n += 1;
+    }
+    assert!(n >= 3, "{name}: forward cases");
+}
+
+#[test]
+fn ouro_forward_matches_official_f32() {
+    ouro_forward("tiny-ouro", "f32");
+}
+
+#[test]
+fn ouro_forward_matches_official_bf16() {
+    ouro_forward("tiny-ouro", "bf16");
+}
+
+#[test]
+fn ouro_gqa_forward_matches_official() {
+    ouro_forward("tiny-ouro/gqa", "f32");
+    ouro_forward("tiny-ouro/gqa", "bf16");
+}
+
+/// Ouro greedy decoding through the cache (T = 4 and T = 1): the official tokens and logits.
+fn ouro_decode(name: &str, ty: &str, want_cases: usize) {
+    let (r, m) = load(name, ty);
+    let threads = Threads::new(2).unwrap();
+    let v = m.config.n_vocab;
+    let mut n = 0;
+    for c in r.cases().filter(|c| c["kind"] == "greedy_decode") {
+        let case = c["name"].as_str().unwrap();
+        let p = prompt(&r, c);
+        let new = ids(&c["new_tokens"]);
+        let mut toks = p.clone();
+        toks.extend_from_slice(&new[..new.len() - 1]);
+        let mut o = LogitsOptions::fixed(c["total_ut_steps"].as_u64().unwrap() as usize);
+        o.decode_from = Some(p.len());
+        let out = logits(&m, &toks, &o, &threads).unwrap();
+        let got = &out.logits[(p.len() - 1) * v..];
+        let d = max_abs_diff(got, r.tensor(&format!("{case}.logits")));
+        assert!(d <= TOL, "{name} {ty} {case}: logits Δ {d}");
+        for (t, row) in got.chunks_exact(v).enumerate() {
+            assert_eq!(
+                raven::exit::argmax(row) as u32,
+                new[t],
+                "{name} {case}: token {t}"
+            );
+        }
+        n += 1;
+    }
+    assert_eq!(n, want_cases, "{name}: decode cases");
+}
+
+#[test]
+fn ouro_decode_matches_official() {
+    ouro_decode("tiny-ouro", "f32", 3);
+    ouro_decode("tiny-ouro", "bf16", 3);
+    ouro_decode("tiny-ouro/gqa", "f32", 1);
+}
+
+/// `--exit gate:q` on the `early_exit.*` cases: with `gate-full` (every step computed, the gate
+/// picks the read-out: the official behaviour) the official exit step and logits on every row;
+/// with `gate` (later steps not computed) on every row the fixture flags
+/// `exact_under_physical_exit`. Also `early_exit_decode.*` with `gate-full`.
+fn ouro_gate(name: &str, ty: &str) {
+    use raven::exit::{Criterion, ExitPolicy};
+    let (r, m) = load(name, ty);
+    let threads = Threads::new(2).unwrap();
+    let v = m.config.n_vocab;
+    let mut n = 0;
+    for c in r
+        .cases()
+        .filter(|c| c["kind"] == "early_exit_forward" || c["kind"] == "early_exit_decode")
+    {
+        let case = c["name"].as_str().unwrap();
+        let q = c["exit_threshold"].as_f64().unwrap();
+        let p = prompt(&r, c);
+        let decode = c["kind"] == "early_exit_decode";
+        let mut toks = p.clone();
+        let first = if decode {
+            let new = ids(&c["new_tokens"]);
+            toks.extend_from_slice(&new[..new.len() - 1]);
+            p.len() - 1
+        } else {
+            0
+        };
+        let want_steps: Vec<i32> = list(&c["exit_steps"])
+            .iter()
+            .map(|x| x.as_i64().unwrap() as i32 + 1)
+            .collect();
+        let want = r.tensor(&format!("{case}.logits"));
+        for full in [true, false] {
+            if decode && !full {
+                continue;
+            }
+            let crit =
+                Criterion::parse(&format!("{}:{q}", if full { "gate-full" } else { "gate" }))
+                    .unwrap();
+            let mut o = LogitsOptions::fixed(4);
+            o.exit = Some(ExitPolicy {
+                criterion: crit,
+                min_steps: 1,
+                max_steps: 4,
+                check_every: 1,
+            });
+            let out = logits(&m, &toks, &o, &threads).unwrap();
+            let exact: Vec<bool> = if full {
+                vec![true; want_steps.len()]
+            } else {
+                list(&c["exact_under_physical_exit"])
+                    .iter()
+                    .map(|x| x.as_bool().unwrap())
+                    .collect()
+            };
+            assert!(exact.iter().filter(|&&e| e).count() >= 1);
+            for (row, &ok) in exact.iter().enumerate() {
+                if !ok {
+                    continue;
+                }
+                let t = first + row;
+                assert_eq!(
+                    out.steps[t], want_steps[row],
+                    "{name} {case} full={full}: row {row} exit step"
+                );
+                let d = max_abs_diff(
+                    &out.logits[t * v..(t + 1) * v],
+                    &want[row * v..(row + 1) * v],
+                );
+                assert!(
+                    d <= TOL,
+                    "{name} {ty} {case} full={full}: row {row} logits Δ {d}"
+                );
+            }
+        }
+        n += 1;
+    }
+    assert_eq!(n, 11, "{name}: early-exit cases");
+}
+
+#[test]
+fn ouro_gate_exit_matches_official() {
+    ouro_gate("tiny-ouro", "f32");
+    ouro_gate("tiny-ouro", "bf16");
+}
+
+/// The default q is the checkpoint's `early_exit_threshold` (1.0 here: every token runs all
+/// four steps), and a model without a gate refuses the criterion, naming it.
+#[test]
+fn gate_defaults_and_refusals() {
+    use raven::exit::{Criterion, ExitPolicy};
+    let (_, m) = load("tiny-ouro", "f32");
+    assert_eq!(m.config.exit_threshold, Some(1.0));
+    let threads = Threads::new(1).unwrap();
+    let mut o = LogitsOptions::fixed(4);
+    o.exit = Some(ExitPolicy {
+        criterion: Criterion::parse("gate").unwrap(),
+        min_steps: 1,
+        max_steps: 4,
+        check_every: 1,
+    });
+    let out = logits(&m, &[5, 6, 7], &o, &threads).unwrap();
+    assert_eq!(out.steps, vec![4, 4, 4]);
+    let (_, llama) = load("tiny-recurrent-llama", "f32");
+    let e = logits(&llama, &[5, 6, 7], &o, &threads).err().unwrap();
+    assert!(e.to_string().contains("no exit gate"), "{e}");
+    assert!(Criterion::parse("gate:1.5").is_err());
+}
