@@ -9,6 +9,7 @@ use raven_gguf::{Array, GgufWriter, Value};
 use raven_quant::GgmlType;
 
 use crate::checkpoint::{read_json_opt, Checkpoint, CkptTensor};
+use crate::config::Family;
 use crate::error::{RavenError, Result};
 use crate::schema::Role;
 
@@ -227,9 +228,68 @@ fn tokenizer_metadata(
             .unwrap_or_default();
         (ids, "tokenizer_config.json")
     };
-    let (bos, bos_src) = id_of("bos_token_id", "bos_token");
-    let (eos, eos_src) = id_of("eos_token_id", "eos_token");
-    let (pad, pad_src) = id_of("pad_token_id", "pad_token");
+    let (mut bos, mut bos_src) = id_of("bos_token_id", "bos_token");
+    let (mut eos, mut eos_src) = id_of("eos_token_id", "eos_token");
+    let (mut pad, mut pad_src) = id_of("pad_token_id", "pad_token");
+    let family = ck.config.family;
+    // The retrofitted checkpoints carry Huginn-0125's special ids (65504/65505/65509: ordinary
+    // words in the Llama-3 vocabulary, so generation stopped on " creek"): an id that is not a
+    // special token of the tokenizer is replaced by the tokenizer's own.
+    if matches!(family, Family::RecurrentLlama | Family::RecurrentOlmo2) {
+        let named = |name_key: &str| -> Option<u32> {
+            let n = tcfg.as_ref()?.get(name_key)?;
+            tok.token_to_id(
+                n.as_str()
+                    .or_else(|| n.get("content").and_then(|c| c.as_str()))?,
+            )
+        };
+        for (what, ids, src, key) in [
+            ("bos", &mut bos, &mut bos_src, "bos_token"),
+            ("eos", &mut eos, &mut eos_src, "eos_token"),
+            ("pad", &mut pad, &mut pad_src, "pad_token"),
+        ] {
+            if ids.iter().all(|&id| tok.is_special(id)) {
+                continue;
+            }
+            let bad: Vec<String> = ids
+                .iter()
+                .filter(|&&id| !tok.is_special(id))
+                .map(|&id| match tok.id_to_token(id) {
+                    Some(t) => format!("{id} ({t:?})"),
+                    None => id.to_string(),
+                })
+                .collect();
+            let fixed = named(key).filter(|&id| tok.is_special(id));
+            notes.push(format!(
+                "{src}: {what} id {} is not a special token of tokenizer.json (Huginn-0125's ids, inherited by the retrofitted conversion); {}",
+                bad.join(", "),
+                match fixed.and_then(|id| tok.id_to_token(id).map(|t| (id, t))) {
+                    Some((id, t)) => format!("using {id} ({t}) from tokenizer_config.json"),
+                    None => "dropped".into(),
+                }
+            ));
+            *ids = fixed.into_iter().collect();
+            *src = "tokenizer_config.json";
+        }
+    }
+    // Ouro's base checkpoints ship bos = eos = 0 (<|endoftext|>) although their chat turns
+    // are ChatML: BOS is <|im_start|> and a turn ends with <|im_end|>.
+    if family == Family::Ouro {
+        if let (Some(start), Some(end)) = (
+            tok.token_to_id("<|im_start|>"),
+            tok.token_to_id("<|im_end|>"),
+        ) {
+            if bos != [start] {
+                notes.push(format!(
+                    "{bos_src}: bos {bos:?} corrected to {start} (<|im_start|>, ChatML); <|im_end|> ({end}) added to the end-of-sequence ids"
+                ));
+                bos = vec![start];
+            }
+            if !eos.contains(&end) {
+                eos.insert(0, end);
+            }
+        }
+    }
     kv.push(("tokenizer.ggml.model".into(), Value::Str("gpt2".into())));
     kv.push((
         "tokenizer.ggml.tokens".into(),

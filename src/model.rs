@@ -422,13 +422,22 @@ impl Model {
         })
     }
 
-    /// Ids that end a generation: the metadata's end-of-sequence ids plus `<|end_text|>` and
-    /// `<|end_turn|>` when the tokenizer has them.
+    /// Ids that end a generation: the metadata's end-of-sequence ids plus the end-of-turn and
+    /// end-of-text tokens of the families' tokenizers when the tokenizer has them as special
+    /// tokens (Huginn `<|end_text|>` `<|end_turn|>`; Llama-3 `<|eot_id|>` `<|eom_id|>`
+    /// `<|end_of_text|>`; ChatML `<|im_end|>`).
     pub fn stop_tokens(&self) -> Vec<u32> {
         let mut s = self.vocab.eos.clone();
         if let Ok(t) = self.tokenizer() {
-            for name in ["<|end_text|>", "<|end_turn|>"] {
-                if let Some(id) = t.token_to_id(name) {
+            for name in [
+                "<|end_text|>",
+                "<|end_turn|>",
+                "<|eot_id|>",
+                "<|eom_id|>",
+                "<|end_of_text|>",
+                "<|im_end|>",
+            ] {
+                if let Some(id) = t.token_to_id(name).filter(|&id| t.is_special(id)) {
                     if !s.contains(&id) {
                         s.push(id);
                     }

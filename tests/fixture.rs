@@ -198,27 +198,6 @@ fn reference_oracle_matches_official() {
     assert!(d <= TOL, "oracle Δ {d}");
 }
 
-/// KL(p ‖ q) summed over the rows of two logit matrices, divided by the rows.
-fn mean_kl(p: &[f32], q: &[f32], v: usize) -> f64 {
-    let mut total = 0.0f64;
-    for (a, b) in p.chunks_exact(v).zip(q.chunks_exact(v)) {
-        let lse = |x: &[f32]| {
-            let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-            m + x.iter().map(|&y| (y as f64 - m).exp()).sum::<f64>().ln()
-        };
-        let (la, lb) = (lse(a), lse(b));
-        total += a
-            .iter()
-            .zip(b)
-            .map(|(&x, &y)| {
-                let lp = x as f64 - la;
-                lp.exp() * (lp - (y as f64 - lb))
-            })
-            .sum::<f64>();
-    }
-    total / (p.len() / v) as f64
-}
-
 /// Quantized models: the fast path (Q8_0 activations) against the scalar oracle on the same
 /// dequantized weights: mean KL ≤ 2e-3 nats per position.
 #[test]

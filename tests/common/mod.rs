@@ -162,3 +162,24 @@ pub fn padded_model(dir: &TempDir) -> (std::path::PathBuf, usize) {
     convert(&ck, &out, OutType::Q8_0, &mut NoProgress).unwrap();
     (out, n_tok)
 }
+
+/// KL(p ‖ q) summed over the rows of two logit matrices, divided by the rows.
+pub fn mean_kl(p: &[f32], q: &[f32], v: usize) -> f64 {
+    let mut total = 0.0f64;
+    for (a, b) in p.chunks_exact(v).zip(q.chunks_exact(v)) {
+        let lse = |x: &[f32]| {
+            let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            m + x.iter().map(|&y| (y as f64 - m).exp()).sum::<f64>().ln()
+        };
+        let (la, lb) = (lse(a), lse(b));
+        total += a
+            .iter()
+            .zip(b)
+            .map(|(&x, &y)| {
+                let lp = x as f64 - la;
+                lp.exp() * (lp - (y as f64 - lb))
+            })
+            .sum::<f64>();
+    }
+    total / (p.len() / v) as f64
+}
