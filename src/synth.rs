@@ -10,10 +10,11 @@ use rayon::prelude::*;
 use raven_gguf::{GgufWriter, Value};
 use raven_quant::GgmlType;
 
-use crate::config::{Config, ARCH};
+use crate::config::{Config, Family};
 use crate::convert::OutType;
 use crate::error::{RavenError, Result};
 use crate::rng::Rng;
+use crate::schema::Role;
 
 /// The demo model's tokenizer (`models/demo/hf/tokenizer.json`).
 const DEMO_TOKENIZER: &str = include_str!("../models/demo/hf/tokenizer.json");
@@ -45,25 +46,145 @@ pub fn huginn_0125() -> Config {
     }
 }
 
-/// Huginn-0125 scaled down by `div` (which must divide its 55 heads: 1, 5, 11 or 55): h, heads
-/// and F divided by `div` (F rounded down to a multiple of 32), the same depth, vocabulary and
-/// context. `huginn-0125/5` (h = 1056) keeps the full model's proportions at 1/25 of its weights.
-pub fn huginn_0125_scaled(div: usize) -> Result<Config> {
-    let mut c = huginn_0125();
-    if div == 0 || !c.n_heads.is_multiple_of(div) {
+/// Ouro-1.4B's shape (ByteDance/Ouro-1.4B config.json): h 2048, 16 heads × 128 (MHA), F 5632,
+/// 24 layers looped T = 4 times, vocabulary 49152, θ 1e6, untied head, context 65536.
+pub fn ouro_1_4b() -> Config {
+    Config {
+        family: Family::Ouro,
+        n_embd: 2048,
+        n_heads: 16,
+        n_kv_heads: 16,
+        d_head: 128,
+        rope_scaling: None,
+        exit_threshold: Some(1.0),
+        n_ff: 5632,
+        n_vocab: 49152,
+        n_prelude: 0,
+        n_core: 24,
+        n_coda: 0,
+        mean_recurrence: 4,
+        qk_bias: false,
+        rope_base: 1e6,
+        norm_eps: 1e-6,
+        tied: false,
+        context: 65536,
+        embed_scale: 1.0,
+        state_init_std: 0.0,
+    }
+}
+
+/// Recurrent-Llama-3.2's shape (smcleish/Recurrent-Llama-3.2-train-recurrence-*): h 2048,
+/// 32 query / 8 KV heads × 64, F 8192, prelude / core / coda 4 / 6 / 4, vocabulary 128256,
+/// θ 5e5 with llama3 scaling (32, 1, 4, 8192), untied head, trained context 1024.
+pub fn recurrent_llama_3_2() -> Config {
+    Config {
+        family: Family::RecurrentLlama,
+        n_embd: 2048,
+        n_heads: 32,
+        n_kv_heads: 8,
+        d_head: 64,
+        rope_scaling: Some(crate::config::Llama3Scaling {
+            factor: 32.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_context: 8192.0,
+        }),
+        exit_threshold: None,
+        n_ff: 8192,
+        n_vocab: 128256,
+        n_prelude: 4,
+        n_core: 6,
+        n_coda: 4,
+        mean_recurrence: 32,
+        qk_bias: false,
+        rope_base: 500000.0,
+        norm_eps: 1e-5,
+        tied: false,
+        context: 1024,
+        embed_scale: 1.0,
+        state_init_std: 0.008703882797784892,
+    }
+}
+
+/// Recurrent-OLMo-2's shape (OLMo-2-0425-1B layers, 4 / 6 / 4): h 2048, 16 heads × 128,
+/// F 8192, vocabulary 100352, ε 1e-6, θ 5e5 without scaling, q/k norms, untied head.
+pub fn recurrent_olmo_2() -> Config {
+    Config {
+        family: Family::RecurrentOlmo2,
+        n_heads: 16,
+        n_kv_heads: 16,
+        d_head: 128,
+        rope_scaling: None,
+        n_vocab: 100352,
+        norm_eps: 1e-6,
+        ..recurrent_llama_3_2()
+    }
+}
+
+/// A shape by name: `huginn-0125`, `ouro-1.4b`, `ouro-2.6b`, `recurrent-llama-3.2`,
+/// `recurrent-olmo-2`, each optionally `/N`: h, the query and key/value heads and F divided by N
+/// (F rounded down to a multiple of 32), the head size, depth, vocabulary and context kept.
+pub fn shape(name: &str) -> Result<Config> {
+    let (base, div) = match name.split_once('/') {
+        Some((b, d)) => (
+            b,
+            d.parse::<usize>().map_err(|_| {
+                RavenError::arg(
+                    "--shape",
+                    format!("\"{name}\": expected NAME/N with a number N"),
+                )
+            })?,
+        ),
+        None => (name, 1),
+    };
+    let c = match base {
+        "huginn-0125" => huginn_0125(),
+        "ouro-1.4b" => ouro_1_4b(),
+        "ouro-2.6b" => Config {
+            n_core: 48,
+            ..ouro_1_4b()
+        },
+        "recurrent-llama-3.2" => recurrent_llama_3_2(),
+        "recurrent-olmo-2" => recurrent_olmo_2(),
+        _ => {
+            return Err(RavenError::arg(
+                "--shape",
+                format!("\"{name}\" is not one of huginn-0125, ouro-1.4b, ouro-2.6b, recurrent-llama-3.2, recurrent-olmo-2 (optionally /N)"),
+            ))
+        }
+    };
+    scaled(c, div, base)
+}
+
+/// `c` with h, heads, key/value heads and F divided by `div` (which must divide the key/value
+/// heads); F rounded down to a multiple of 32.
+fn scaled(mut c: Config, div: usize, base: &str) -> Result<Config> {
+    if div == 0 || !c.n_kv_heads.is_multiple_of(div) || !c.n_heads.is_multiple_of(div) {
         return Err(RavenError::arg(
             "--shape",
-            format!("huginn-0125/{div}: N must divide the 55 heads (1, 5, 11, 55)"),
+            format!(
+                "{base}/{div}: N must divide the {} key/value heads (and the {} heads)",
+                c.n_kv_heads, c.n_heads
+            ),
         ));
     }
     c.n_embd /= div;
     c.n_heads /= div;
-    c.n_kv_heads = c.n_heads;
+    c.n_kv_heads /= div;
     c.n_ff /= div;
     c.n_ff -= c.n_ff % 32;
-    c.embed_scale = (c.n_embd as f32).sqrt();
-    c.state_init_std = (2.0 / (5.0 * c.n_embd as f64)).sqrt() as f32;
+    if c.family == Family::Huginn {
+        c.embed_scale = (c.n_embd as f32).sqrt();
+        c.state_init_std = (2.0 / (5.0 * c.n_embd as f64)).sqrt() as f32;
+    }
     Ok(c)
+}
+
+/// Huginn-0125 scaled down by `div` (which must divide its 55 heads: 1, 5, 11 or 55): h, heads
+/// and F divided by `div` (F rounded down to a multiple of 32), the same depth, vocabulary and
+/// context. `huginn-0125/5` (h = 1056) keeps the full model's proportions at 1/25 of its weights.
+pub fn huginn_0125_scaled(div: usize) -> Result<Config> {
+    scaled(huginn_0125(), div, "huginn-0125")
 }
 
 /// The demo model's byte-level BPE tokenizer with its vocabulary filled up to `n_vocab` by
@@ -105,9 +226,6 @@ fn tokenizer_json(n_vocab: usize) -> Result<(String, u32)> {
 /// Writes a model of shape `c` with random weights of type `ty` to `out` (atomically).
 pub fn write_random(c: &Config, ty: OutType, seed: u64, out: &Path) -> Result<u64> {
     c.validate("synthetic model")?;
-    let h = c.n_embd as u64;
-    let f = c.n_ff as u64;
-    let v = c.n_vocab as u64;
     let wt = match ty {
         OutType::F32 => GgmlType::F32,
         OutType::F16 => GgmlType::F16,
@@ -120,28 +238,24 @@ pub fn write_random(c: &Config, ty: OutType, seed: u64, out: &Path) -> Result<u6
     } else {
         wt
     };
-    // (name, dims in ggml order, type, std of the values; 0 = a norm of ones)
-    let mut plan: Vec<(String, Vec<u64>, GgmlType, f32)> = vec![
-        ("token_embd.weight".into(), vec![h, v], et, 0.02),
-        ("output_norm.weight".into(), vec![h], GgmlType::F32, 0.0),
-        ("adapter.weight".into(), vec![2 * h, h], wt, 0.02),
-    ];
-    for b in 0..c.n_blocks() {
-        let n = |s: &str| format!("blk.{b}.{s}");
-        plan.push((n("attn_norm.weight"), vec![h], GgmlType::F32, 0.0));
-        plan.push((n("attn_qkv.weight"), vec![h, 3 * h], wt, 0.02));
-        if c.qk_bias {
-            plan.push((n("attn_q.bias"), vec![h], GgmlType::F32, 0.01));
-            plan.push((n("attn_k.bias"), vec![h], GgmlType::F32, 0.01));
-        }
-        plan.push((n("attn_output.weight"), vec![h, h], wt, 0.02));
-        plan.push((n("attn_post_norm.weight"), vec![h], GgmlType::F32, 0.0));
-        plan.push((n("ffn_norm.weight"), vec![h], GgmlType::F32, 0.0));
-        plan.push((n("ffn_gate.weight"), vec![h, f], wt, 0.02));
-        plan.push((n("ffn_up.weight"), vec![h, f], wt, 0.02));
-        plan.push((n("ffn_down.weight"), vec![f, h], wt, 0.02));
-        plan.push((n("ffn_post_norm.weight"), vec![h], GgmlType::F32, 0.0));
-    }
+    // (name, dims in ggml order, type, std of the values; 0 = a norm of ones), from the
+    // family's schema: the names and shapes `raven convert` writes.
+    let plan: Vec<(String, Vec<u64>, GgmlType, f32)> = crate::schema::entries(c)
+        .into_iter()
+        .map(|e| {
+            let (mut t, std) = match e.role {
+                Role::Vector if e.name.ends_with(".bias") => (GgmlType::F32, 0.01),
+                Role::Vector if e.name.starts_with("exit_gate") => (GgmlType::F32, 0.02),
+                Role::Vector => (GgmlType::F32, 0.0),
+                Role::Embedding => (et, 0.02),
+                Role::Matrix => (wt, 0.02),
+            };
+            if t.row_bytes(e.dims[0]).is_none() {
+                t = GgmlType::F16;
+            }
+            (e.name, e.dims, t, std)
+        })
+        .collect();
     let dir = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -156,8 +270,11 @@ pub fn write_random(c: &Config, ty: OutType, seed: u64, out: &Path) -> Result<u6
     let res = (|| -> Result<()> {
         let file = File::create(&tmp).map_err(|e| RavenError::io(&tmp, e))?;
         let mut w = GgufWriter::new(BufWriter::with_capacity(1 << 22, file));
-        w.add_kv("general.architecture", Value::Str(ARCH.into()));
-        w.add_kv("general.name", Value::Str("synthetic-huginn".into()));
+        w.add_kv("general.architecture", Value::Str(c.family.arch().into()));
+        w.add_kv(
+            "general.name",
+            Value::Str(format!("synthetic-{}", c.family.arch())),
+        );
         w.add_kv("general.file_type", Value::U32(ty.file_type()));
         w.add_kv("general.quantization_version", Value::U32(2));
         for (k, val) in c.gguf_metadata() {
@@ -237,6 +354,16 @@ impl HfDtype {
     }
 }
 
+/// The largest shard the family's published checkpoints were saved with: Huginn-0125 2 GiB,
+/// the retrofitted models save_pretrained's default 5 GB, Ouro one file.
+pub fn default_shard_bytes(f: Family) -> u64 {
+    match f {
+        Family::Huginn => 2 << 30,
+        Family::RecurrentLlama | Family::RecurrentOlmo2 => 5_000_000_000,
+        Family::Ouro => u64::MAX,
+    }
+}
+
 /// Options of [`write_hf`].
 #[derive(Clone, Debug)]
 pub struct HfOptions {
@@ -292,6 +419,85 @@ impl HfTensor {
 /// blocks, the coda, `ln_f`, and `lm_head` when untied; inside a block a module's own parameter
 /// (`qk_bias`) before its children's), which decides how tensors fall into shards.
 fn hf_tensors(c: &Config) -> Vec<HfTensor> {
+    match c.family {
+        Family::Huginn => hf_tensors_huginn(c),
+        Family::Ouro => hf_tensors_ouro(c),
+        Family::RecurrentLlama | Family::RecurrentOlmo2 => hf_tensors_retro(c),
+    }
+}
+
+/// Ouro's tensors in `OuroForCausalLM`'s state-dict order: the embedding, each layer's
+/// attention (q, k, v, o), MLP (gate, up, down) and four norms, the final norm, the exit gate,
+/// the head.
+fn hf_tensors_ouro(c: &Config) -> Vec<HfTensor> {
+    let (h, f, v) = (c.n_embd, c.n_ff, c.n_vocab);
+    let (qw, kw) = (c.q_width(), c.kv_width());
+    let t = |name: String, shape: Vec<usize>, init| HfTensor { name, shape, init };
+    let n = HfInit::Normal(0.02);
+    let mut out = vec![t("model.embed_tokens.weight".into(), vec![v, h], n)];
+    for i in 0..c.n_core {
+        let p = |s: &str| format!("model.layers.{i}.{s}");
+        out.push(t(p("self_attn.q_proj.weight"), vec![qw, h], n));
+        out.push(t(p("self_attn.k_proj.weight"), vec![kw, h], n));
+        out.push(t(p("self_attn.v_proj.weight"), vec![kw, h], n));
+        out.push(t(p("self_attn.o_proj.weight"), vec![h, qw], n));
+        out.push(t(p("mlp.gate_proj.weight"), vec![f, h], n));
+        out.push(t(p("mlp.up_proj.weight"), vec![f, h], n));
+        out.push(t(p("mlp.down_proj.weight"), vec![h, f], n));
+        for norm in [
+            "input_layernorm",
+            "input_layernorm_2",
+            "post_attention_layernorm",
+            "post_attention_layernorm_2",
+        ] {
+            out.push(t(p(&format!("{norm}.weight")), vec![h], HfInit::Norm));
+        }
+    }
+    out.push(t("model.norm.weight".into(), vec![h], HfInit::Norm));
+    out.push(t("model.early_exit_gate.weight".into(), vec![1, h], n));
+    out.push(t("model.early_exit_gate.bias".into(), vec![1], n));
+    out.push(t("lm_head.weight".into(), vec![v, h], n));
+    out
+}
+
+/// The retrofitted models' tensors in `convert_llama.py` / `convert_olmo.py`'s module order:
+/// the embedding, the prelude, the adapter, the core, the coda, ln_f, the head; per block
+/// norm_1, the attention (Wqkv, OLMo's q/k norms, proj), norm_2, the MLP.
+fn hf_tensors_retro(c: &Config) -> Vec<HfTensor> {
+    let (h, f, v) = (c.n_embd, c.n_ff, c.n_vocab);
+    let (qw, kw) = (c.q_width(), c.kv_width());
+    let std = (2.0 / (5.0 * h as f64)).sqrt() as f32;
+    let n = HfInit::Normal(std);
+    let t = |name: String, shape: Vec<usize>, init| HfTensor { name, shape, init };
+    let block = |out: &mut Vec<HfTensor>, p: String| {
+        out.push(t(format!("{p}.norm_1.weight"), vec![h], HfInit::Norm));
+        out.push(t(format!("{p}.attn.Wqkv.weight"), vec![qw + 2 * kw, h], n));
+        if c.family == Family::RecurrentOlmo2 {
+            out.push(t(format!("{p}.attn.q_norm.weight"), vec![qw], HfInit::Norm));
+            out.push(t(format!("{p}.attn.k_norm.weight"), vec![kw], HfInit::Norm));
+        }
+        out.push(t(format!("{p}.attn.proj.weight"), vec![h, qw], n));
+        out.push(t(format!("{p}.norm_2.weight"), vec![h], HfInit::Norm));
+        out.push(t(format!("{p}.mlp.fc.weight"), vec![2 * f, h], n));
+        out.push(t(format!("{p}.mlp.proj.weight"), vec![h, f], n));
+    };
+    let mut out = vec![t("transformer.wte.weight".into(), vec![v, h], n)];
+    for i in 0..c.n_prelude {
+        block(&mut out, format!("transformer.prelude.{i}"));
+    }
+    out.push(t("transformer.adapter.weight".into(), vec![h, 2 * h], n));
+    for i in 0..c.n_core {
+        block(&mut out, format!("transformer.core_block.{i}"));
+    }
+    for i in 0..c.n_coda {
+        block(&mut out, format!("transformer.coda.{i}"));
+    }
+    out.push(t("transformer.ln_f.weight".into(), vec![h], HfInit::Norm));
+    out.push(t("lm_head.weight".into(), vec![v, h], n));
+    out
+}
+
+fn hf_tensors_huginn(c: &Config) -> Vec<HfTensor> {
     let (h, f, v, d) = (c.n_embd, c.n_ff, c.n_vocab, c.head_dim());
     // Huginn's "takase" initialisation: std sqrt(2/(5h)); output projections scaled down by
     // sqrt(2 · effective depth) (132 for Huginn-0125's shape).
@@ -393,6 +599,92 @@ fn hf_shards(tensors: &[HfTensor], elem_bytes: u64, max: u64) -> Vec<Vec<usize>>
 /// Huginn's `config.json` for shape `c` (model_type `huginn_raven`, every key of the published
 /// Huginn-0125 config), with the special ids of the tokenizer shipped beside it.
 fn hf_config_json(c: &Config, bos: u32, eos: u32, pad: u32, dtype: HfDtype) -> serde_json::Value {
+    let torch_dtype = if dtype == HfDtype::BF16 {
+        "bfloat16"
+    } else {
+        "float32"
+    };
+    if c.family == Family::Ouro {
+        // The keys OuroConfig.save_pretrained writes, with the published conventions.
+        return serde_json::json!({
+            "architectures": ["OuroForCausalLM"],
+            "attention_dropout": 0.0,
+            "auto_map": {
+                "AutoConfig": "configuration_ouro.OuroConfig",
+                "AutoModel": "modeling_ouro.OuroModel",
+                "AutoModelForCausalLM": "modeling_ouro.OuroForCausalLM"
+            },
+            "bos_token_id": bos,
+            "early_exit_threshold": c.exit_threshold.unwrap_or(1.0),
+            "eos_token_id": eos,
+            "head_dim": c.head_dim(),
+            "hidden_act": "silu",
+            "hidden_size": c.n_embd,
+            "initializer_range": 0.02,
+            "intermediate_size": c.n_ff,
+            "layer_types": vec!["full_attention"; c.n_core],
+            "max_position_embeddings": c.context,
+            "max_window_layers": 28,
+            "model_type": "ouro",
+            "num_attention_heads": c.n_heads,
+            "num_hidden_layers": c.n_core,
+            "num_key_value_heads": c.n_kv_heads,
+            "rms_norm_eps": c.norm_eps,
+            "rope_scaling": null,
+            "rope_theta": c.rope_base,
+            "sliding_window": null,
+            "tie_word_embeddings": c.tied,
+            "torch_dtype": torch_dtype,
+            "total_ut_steps": c.mean_recurrence,
+            "transformers_version": "4.57.1",
+            "use_cache": true,
+            "use_sliding_window": false,
+            "vocab_size": c.n_vocab
+        });
+    }
+    let mut j = hf_config_json_huginn(c, bos, eos, pad, torch_dtype);
+    if c.family != Family::Huginn {
+        // convert_llama.get_llama_huginn_config's update_dict on Huginn's config.
+        let o = j.as_object_mut().expect("an object");
+        o.insert("num_key_value_heads".into(), c.n_kv_heads.into());
+        o.insert("head_dim".into(), c.head_dim().into());
+        o.insert("rope_theta".into(), c.rope_base.into());
+        o.insert("rope_base".into(), c.rope_base.into());
+        o.insert("tie_embeddings".into(), false.into());
+        o.insert("tie_word_embeddings".into(), false.into());
+        o.insert("max_position_embeddings".into(), 131072.into());
+        o.insert(
+            "init_values".into(),
+            serde_json::json!({
+                "embed_scale": 1.0,
+                "embedding": c.state_init_std,
+                "out_proj": c.state_init_std / 16.25,
+                "std": c.state_init_std
+            }),
+        );
+        if let Some(r) = c.rope_scaling {
+            o.insert(
+                "rope_scaling".into(),
+                serde_json::json!({
+                    "factor": r.factor,
+                    "high_freq_factor": r.high_freq_factor,
+                    "low_freq_factor": r.low_freq_factor,
+                    "original_max_position_embeddings": r.original_context,
+                    "rope_type": "llama3"
+                }),
+            );
+        }
+    }
+    j
+}
+
+fn hf_config_json_huginn(
+    c: &Config,
+    bos: u32,
+    eos: u32,
+    pad: u32,
+    torch_dtype: &str,
+) -> serde_json::Value {
     let std = (2.0 / (5.0 * c.n_embd as f64)).sqrt();
     let depth = c.n_prelude + c.n_core * c.mean_recurrence + c.n_coda;
     // Two literals: one is past serde_json's macro recursion limit.
@@ -447,7 +739,7 @@ fn hf_config_json(c: &Config, bos: u32, eos: u32, pad: u32, dtype: HfDtype) -> s
         "test_time_noise": 0,
         "test_time_noise_type": "fixed",
         "tie_embeddings": c.tied,
-        "torch_dtype": if dtype == HfDtype::BF16 { "bfloat16" } else { "float32" },
+        "torch_dtype": torch_dtype,
         "transformers_version": "4.51.3",
         "vocab_size": c.n_vocab
     });
@@ -582,12 +874,21 @@ pub fn write_hf(c: &Config, dir: &Path, o: &HfOptions) -> Result<HfReport> {
         let mut total = 0u64;
         let mut shard_paths = Vec::new();
         for (si, members) in shards.iter().enumerate() {
-            let fname = format!("model-{:05}-of-{:05}.safetensors", si + 1, n_sh);
+            // One shard: `model.safetensors` without an index, as save_pretrained writes it
+            // (and as the published Ouro checkpoints are).
+            let fname = if n_sh == 1 {
+                "model.safetensors".to_string()
+            } else {
+                format!("model-{:05}-of-{:05}.safetensors", si + 1, n_sh)
+            };
             // safetensors stores a shard's tensors sorted by name (all of one type here).
             let mut order = members.clone();
             order.sort_by(|&a, &b| tensors[a].name.cmp(&tensors[b].name));
             let mut header = serde_json::Map::new();
-            header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
+            // The published Ouro files carry no metadata; save_pretrained's do.
+            if c.family != Family::Ouro {
+                header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
+            }
             let mut off = 0u64;
             for &ti in &order {
                 let t = &tensors[ti];
@@ -665,11 +966,13 @@ pub fn write_hf(c: &Config, dir: &Path, o: &HfOptions) -> Result<HfReport> {
             written.push(p);
             Ok(())
         };
-        write_json(
-            &mut written,
-            "model.safetensors.index.json",
-            &serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map }),
-        )?;
+        if n_sh > 1 {
+            write_json(
+                &mut written,
+                "model.safetensors.index.json",
+                &serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map }),
+            )?;
+        }
         write_json(
             &mut written,
             "config.json",

@@ -467,3 +467,145 @@ fn oracle_and_quantized_families() {
         }
     }
 }
+
+/// A synthetic checkpoint with each family's real tensor names, dtype and layout (`raven synth
+/// --hf`, narrowed), converted, against the readable oracle: the conversion and the fast path
+/// agree with the description at shapes other than the fixtures' (GQA 4:1 with d = 64 for
+/// Llama, d = 128 for OLMo-2 and Ouro).
+#[test]
+fn synthetic_family_checkpoints_convert_and_run() {
+    let tmp = TempDir::new("synth-families");
+    let threads = Threads::new(2).unwrap();
+    for (shape, layers, dtype) in [
+        (
+            "recurrent-llama-3.2/4",
+            (1, 2, 1),
+            raven::synth::HfDtype::F32,
+        ),
+        ("recurrent-olmo-2/8", (1, 1, 1), raven::synth::HfDtype::F32),
+        ("ouro-1.4b/8", (0, 2, 0), raven::synth::HfDtype::BF16),
+    ] {
+        let mut c = raven::synth::shape(shape).unwrap();
+        (c.n_prelude, c.n_core, c.n_coda, c.n_vocab) = (layers.0, layers.1, layers.2, 512);
+        let dir = tmp.path().join(shape.replace('/', "_"));
+        let o = raven::synth::HfOptions {
+            seed: 7,
+            dtype,
+            max_shard_bytes: raven::synth::default_shard_bytes(c.family),
+            ..Default::default()
+        };
+        raven::synth::write_hf(&c, &dir, &o).unwrap();
+        let out = tmp.path().join(format!("{}.gguf", shape.replace('/', "_")));
+        raven::convert::convert(
+            &dir,
+            &out,
+            raven::convert::OutType::F32,
+            &mut raven::convert::NoProgress,
+        )
+        .unwrap();
+        let m = Model::load(&out).unwrap();
+        assert_eq!(m.config.family, c.family, "{shape}");
+        assert_eq!(
+            (m.config.n_kv_heads, m.config.head_dim()),
+            (c.n_kv_heads, c.head_dim())
+        );
+        let toks = [3u32, 100, 7, 250, 11];
+        let steps = 3;
+        let fast = logits(&m, &toks, &LogitsOptions::fixed(steps), &threads).unwrap();
+        let s0 = vec![vec![0.0; m.config.n_embd]; toks.len()];
+        let oracle: Vec<f32> = threads.run(|| {
+            raven::reference::forward(&m, &toks, steps, s0)
+                .logits
+                .concat()
+        });
+        let scale = oracle.iter().fold(0f32, |a, x| a.max(x.abs())).max(1.0);
+        let d = max_abs_diff(&fast.logits, &oracle);
+        assert!(
+            d <= 1e-4 * scale,
+            "{shape}: fast vs oracle Δ {d} (logits up to {scale})"
+        );
+        // Decoding through the cache equals the one-pass prompt.
+        let mut o = LogitsOptions::fixed(steps);
+        o.decode_from = Some(2);
+        let dec = logits(&m, &toks, &o, &threads).unwrap();
+        let d = max_abs_diff(&dec.logits, &fast.logits);
+        assert!(d <= 1e-4 * scale, "{shape}: decode vs prompt Δ {d}");
+    }
+}
+
+/// KV sharing on Recurrent-Llama-3.2's 4 / 6 / 4 geometry: `compress-s6` allocates 6 core slots
+/// per position, a prelude or coda layer only ever reads its own entries and a core layer only
+/// its own layer's (the official code folds core layers 4 and 5 into prelude slots 2 and 3:
+/// README defect 6), and at r = 1 it decodes exactly as the full cache.
+#[test]
+fn kv_sharing_on_the_real_geometry() {
+    use raven::kv::{KvCache, Slot};
+    let mut c = raven::synth::shape("recurrent-llama-3.2/8").unwrap();
+    c.n_vocab = 512;
+    assert_eq!((c.n_prelude, c.n_core, c.n_coda), (4, 6, 4));
+    let (ctx, steps) = (16, 8);
+    let s6 = CacheStrategy::parse("compress-s6").unwrap();
+    let kv = c.kv_width();
+    let cache = KvCache::new(&c, s6, ctx, steps).unwrap();
+    assert_eq!(cache.bytes(), ((4 + 6 + 4) * ctx * kv * 2 * 4) as u64);
+    assert_eq!(s6.bytes(&c, ctx, steps), cache.bytes());
+    let full = KvCache::new(&c, CacheStrategy::Full, ctx, steps).unwrap();
+    assert_eq!(
+        full.bytes(),
+        ((4 + 6 * steps + 4) * ctx * kv * 2 * 4) as u64
+    );
+    // Tag every entry with its layer (prelude j: j; core layer j: 100 + j; coda j: 200 + j)
+    // and check what each layer reads.
+    let mut cache = cache;
+    let mut slots = Vec::new();
+    for j in 0..4 {
+        slots.push((Slot::Prelude(j), j as f32));
+        slots.push((Slot::Coda(j), 200.0 + j as f32));
+    }
+    for iter in 0..steps {
+        for layer in 0..6 {
+            slots.push((Slot::Core { iter, layer }, 100.0 + layer as f32));
+        }
+    }
+    for pos in 0..ctx {
+        // Prelude, then every iteration's core layers, then the coda, as the forward writes.
+        let mut order: Vec<(Slot, f32)> = slots.clone();
+        order.sort_by_key(|(s, _)| match s {
+            Slot::Prelude(j) => *j,
+            Slot::Core { iter, layer } => 10 + iter * 6 + layer,
+            Slot::Coda(j) => 1000 + j,
+        });
+        for (slot, tag) in order {
+            cache.write(slot, pos, &vec![tag; kv], &vec![tag; kv]);
+            let mut offs = Vec::new();
+            cache.visible_offsets(slot, pos, &mut offs);
+            assert_eq!(
+                offs.len(),
+                pos + 1,
+                "{slot:?} at {pos} sees every position once"
+            );
+            for &o in &offs {
+                assert_eq!(
+                    cache.keys()[o],
+                    tag,
+                    "{slot:?} at {pos} read another layer's key"
+                );
+            }
+        }
+        cache.set_len(pos + 1);
+    }
+    // r = 1: compress-s6 decodes as the full cache.
+    let tmp = TempDir::new("kv-geometry");
+    let path = tmp.path().join("r.gguf");
+    raven::synth::write_random(&c, raven::convert::OutType::F32, 5, &path).unwrap();
+    let m = Model::load(&path).unwrap();
+    let threads = Threads::new(2).unwrap();
+    let toks = [1u32, 2, 3, 4, 5, 6, 7, 8];
+    let run = |cache: CacheStrategy| {
+        let mut o = LogitsOptions::fixed(1);
+        o.cache = cache;
+        o.decode_from = Some(3);
+        logits(&m, &toks, &o, &threads).unwrap().logits
+    };
+    assert_eq!(run(s6), run(CacheStrategy::Full));
+}

@@ -100,7 +100,8 @@ enum Cmd {
         /// Weight type of the GGUF: f32, f16, bf16, q8_0, q4_0.
         #[arg(long = "type", default_value = "q4_0")]
         ty: String,
-        /// Shape: huginn-0125, or a scaled-down one: huginn-0125/N divides h, F and heads by N.
+        /// Shape: huginn-0125 (or huginn-0125/N: h, F and heads divided by N), ouro-1.4b,
+        /// ouro-2.6b, recurrent-llama-3.2, recurrent-olmo-2: the published models' exact shapes.
         #[arg(long, default_value = "huginn-0125")]
         shape: String,
         /// Blocks in prelude, core and coda, P,C,K (default the shape's, 2,4,2).
@@ -109,9 +110,10 @@ enum Cmd {
         /// Embedding rows (default the shape's, 65536).
         #[arg(long)]
         vocab: Option<usize>,
-        /// With --hf: the largest shard in bytes (save_pretrained's max_shard_size).
-        #[arg(long, default_value_t = 2 << 30, value_name = "BYTES")]
-        max_shard_size: u64,
+        /// With --hf: the largest shard in bytes (save_pretrained's max_shard_size; default the
+        /// family's published layout: Huginn 2 GiB, retrofitted 5 GB, Ouro one file).
+        #[arg(long, value_name = "BYTES")]
+        max_shard_size: Option<u64>,
         /// With --hf: element type of the tensors, bf16 (as published) or f32.
         #[arg(long, default_value = "bf16")]
         dtype: String,
@@ -484,16 +486,7 @@ fn run() -> Result<()> {
             tokenizer,
             seed,
         } => {
-            let mut c = if let Some(div) = shape.strip_prefix("huginn-0125/") {
-                let d: usize = div
-                    .parse()
-                    .with_context(|| format!("--shape {shape}: expected huginn-0125/N"))?;
-                raven::synth::huginn_0125_scaled(d)?
-            } else if shape == "huginn-0125" {
-                raven::synth::huginn_0125()
-            } else {
-                bail!("--shape {shape}: use huginn-0125 or huginn-0125/N");
-            };
+            let mut c = raven::synth::shape(&shape)?;
             if let Some(l) = &layers {
                 let n: Vec<usize> = l
                     .split(',')
@@ -527,7 +520,8 @@ fn run() -> Result<()> {
                 };
                 let o = raven::synth::HfOptions {
                     seed,
-                    max_shard_bytes: max_shard_size,
+                    max_shard_bytes: max_shard_size
+                        .unwrap_or(raven::synth::default_shard_bytes(c.family)),
                     dtype,
                     tokenizer_json,
                 };
