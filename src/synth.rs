@@ -102,7 +102,7 @@ pub fn recurrent_llama_3_2() -> Config {
         tied: false,
         context: 1024,
         embed_scale: 1.0,
-        state_init_std: 0.008703882797784892,
+        state_init_std: 0.008_703_883,
     }
 }
 
