@@ -233,8 +233,20 @@ impl Config {
         }
         if self.d_head == 0 || self.d_head & 1 == 1 || self.d_head > 1 << 12 {
             return Err(bad(format!(
-                "{} = {}: the head dimension must be a positive even number (at most 4096)",
+                "{} = {}: the head dimension must be a positive even number (at most 4096; {} = {})",
                 k(Key::HeadDim),
+                self.d_head,
+                k(Key::Heads),
+                self.n_heads
+            )));
+        }
+        if self.family == Family::Huginn && self.d_head * self.n_heads != self.n_embd {
+            return Err(bad(format!(
+                "{} = {} is not {} = {} times the head dimension {}: Huginn's heads split the width",
+                k(Key::Embd),
+                self.n_embd,
+                k(Key::Heads),
+                self.n_heads,
                 self.d_head
             )));
         }
@@ -328,10 +340,7 @@ impl Config {
                     .and_then(|v| v.get("embed_scale"))
                     .and_then(Json::as_f64)
                     == Some(1.0);
-                let gqa = j.get("num_key_value_heads").and_then(Json::as_u64)
-                    != j.get("n_heads").and_then(Json::as_u64)
-                    && j.get("num_key_value_heads").is_some();
-                if j.get("rope_theta").is_some() || j.get("rope_scaling").is_some() || gqa || one {
+                if j.get("rope_theta").is_some() || j.get("rope_scaling").is_some() || one {
                     Family::RecurrentLlama
                 } else {
                     Family::Huginn
@@ -457,6 +466,7 @@ impl Config {
             if n_heads == 0 {
                 return Err(err("n_heads is 0".into()));
             }
+            let retro = family != Family::Huginn;
             let n_vocab = match j.get("padded_vocab_size") {
                 Some(_) => uint("padded_vocab_size")?,
                 None => uint("vocab_size")?,
@@ -466,7 +476,6 @@ impl Config {
                     .and_then(|v| v.get(k))
                     .and_then(Json::as_f64)
             };
-            let retro = family != Family::Huginn;
             Config {
                 family,
                 n_embd,
@@ -508,6 +517,16 @@ impl Config {
             )));
         }
         cfg.check(&path.display().to_string(), KeyNames::HfJson(family))?;
+        // Huginn's code (and the Llama variant's without head_dim) takes d = h / H.
+        if family != Family::Ouro
+            && (family == Family::Huginn || j.get("head_dim").is_none())
+            && cfg.d_head * cfg.n_heads != cfg.n_embd
+        {
+            return Err(err(format!(
+                "n_embd = {} is not a multiple of n_heads = {}: the head dimension must be a whole number",
+                cfg.n_embd, cfg.n_heads
+            )));
+        }
         Ok(cfg)
     }
 
@@ -554,13 +573,31 @@ impl Config {
                 ),
             });
         }
-        let n_prelude = opt_u("prelude_block_count")?.unwrap_or(0);
-        let n_core = if family.looped_stack() {
+        let looped = family.looped_stack();
+        let n_prelude = if looped { 0 } else { u("prelude_block_count")? };
+        let n_core = if looped {
             u("block_count")?
         } else {
             u("core_block_count")?
         };
-        let n_coda = opt_u("coda_block_count")?.unwrap_or(0);
+        let n_coda = if looped { 0 } else { u("coda_block_count")? };
+        // Huginn's code takes d = h / H (key_length, written for gguf-py readers, is ignored).
+        let key_length = match family {
+            Family::Huginn => None,
+            _ => opt_u("attention.key_length")?,
+        };
+        let d_head = match key_length {
+            Some(d) => d,
+            None if n_embd.is_multiple_of(n_heads) => n_embd / n_heads,
+            None => {
+                return Err(RavenError::Model {
+                    path: what.into(),
+                    msg: format!(
+                        "{arch}.embedding_length = {n_embd} is not a multiple of {arch}.attention.head_count = {n_heads} (and {arch}.attention.key_length is not given)"
+                    ),
+                })
+            }
+        };
         let blocks = u("block_count")?;
         // u128: three counts near u64::MAX must not overflow before the limits are checked.
         let sum = n_prelude as u128 + n_core as u128 + n_coda as u128;
@@ -599,7 +636,7 @@ impl Config {
             n_embd,
             n_heads,
             n_kv_heads,
-            d_head: opt_u("attention.key_length")?.unwrap_or(n_embd / n_heads),
+            d_head,
             rope_scaling,
             exit_threshold: if family == Family::Ouro {
                 Some(g.opt_f32(&key("exit_gate.threshold"))?.unwrap_or(1.0))

@@ -210,11 +210,15 @@ pub struct ExitState {
     /// The gate's remaining mass S and cumulative exit probability.
     survival: f32,
     cdf: f32,
+    /// Width of one position's state: latent criteria of a chunk of positions are the mean of
+    /// each position's value (the official chunk exit).
+    width: usize,
 }
 
 impl ExitState {
-    /// Starts a token: `s0` is its initial state, `vocab` the distribution size.
-    pub fn new(criterion: Criterion, s0: &[f32], vocab: usize) -> ExitState {
+    /// Starts a token (or a chunk of positions exiting together): `s0` is its initial state,
+    /// `width` the state width of one position, `vocab` the distribution size.
+    pub fn new(criterion: Criterion, s0: &[f32], width: usize, vocab: usize) -> ExitState {
         let mut st = ExitState {
             criterion,
             prev_lp: Vec::new(),
@@ -225,6 +229,7 @@ impl ExitState {
             prev_s: Vec::new(),
             survival: 1.0,
             cdf: 0.0,
+            width: width.max(1),
         };
         st.reset(s0, vocab);
         st
@@ -266,23 +271,34 @@ impl ExitState {
                 (self.cdf, self.cdf >= q.unwrap_or(1.0))
             }
             Criterion::LatentDiff(t) => {
-                let diff: f32 = s
-                    .iter()
-                    .zip(&self.prev_s)
-                    .map(|(a, b)| (a - b) * (a - b))
-                    .sum::<f32>()
-                    .sqrt();
-                let norm: f32 = s.iter().map(|a| a * a).sum::<f32>().sqrt();
+                // ‖s − s_prev‖ / ‖s‖ per position, averaged over the positions.
+                let rows = (s.len() / self.width).max(1);
+                let mut v = 0.0f32;
+                for (a, b) in s.chunks(self.width).zip(self.prev_s.chunks(self.width)) {
+                    let diff: f32 = a
+                        .iter()
+                        .zip(b)
+                        .map(|(x, y)| (x - y) * (x - y))
+                        .sum::<f32>()
+                        .sqrt();
+                    let norm: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+                    v += diff / norm;
+                }
                 self.prev_s.copy_from_slice(s);
-                let v = diff / norm;
+                let v = v / rows as f32;
                 (v, v < t)
             }
             Criterion::Cosine(t) => {
-                let dot: f32 = s.iter().zip(&self.prev_s).map(|(a, b)| a * b).sum();
-                let na: f32 = s.iter().map(|a| a * a).sum::<f32>().sqrt();
-                let nb: f32 = self.prev_s.iter().map(|a| a * a).sum::<f32>().sqrt();
+                let rows = (s.len() / self.width).max(1);
+                let mut v = 0.0f32;
+                for (a, b) in s.chunks(self.width).zip(self.prev_s.chunks(self.width)) {
+                    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+                    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+                    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+                    v += 1.0 - dot / na / nb;
+                }
                 self.prev_s.copy_from_slice(s);
-                let v = 1.0 - dot / na / nb;
+                let v = v / rows as f32;
                 (v, v < t)
             }
             Criterion::Kl(t) | Criterion::MinpKl(t) => {

@@ -164,12 +164,33 @@ pub fn run_token(
     cache: &mut KvCache,
     ws: &mut Workspace,
 ) -> Option<TokenOutcome> {
+    run_chunk(m, &[token], pos, 1, init, ctl, timing, cache, ws)
+}
+
+/// The engine's step under exit and budget control: `tokens` at positions `start..` in one
+/// pass (each weight read once for all of them), their recurrence stopped together by the
+/// policy, as the official `generate_with_adaptive_compute` runs a prompt: criteria on the
+/// distribution (kl, entropy-diff, argmax-stability) and the gate read the last position,
+/// latent criteria average over the positions. Leaves the logits of the last `logit_rows`
+/// positions in `ws.logits` and writes the cache entries. `None` when cancelled.
+#[allow(clippy::too_many_arguments)]
+pub fn run_chunk(
+    m: &Model,
+    tokens: &[u32],
+    start: usize,
+    logit_rows: usize,
+    init: Init<'_>,
+    ctl: &TokenControl<'_>,
+    timing: &mut Timing,
+    cache: &mut KvCache,
+    ws: &mut Workspace,
+) -> Option<TokenOutcome> {
     let mut policy = ctl.policy;
     policy.criterion = policy
         .criterion
         .for_model(&m.config)
         .expect("exit criteria are checked against the model before a run");
-    m.embed_prelude(&[token], pos, cache, ws);
+    m.embed_prelude(tokens, start, cache, ws);
     match init {
         Init::Random(scale, rng) => m.init_state(scale, rng, ws),
         Init::Warm(w) => {
@@ -177,7 +198,7 @@ pub fn run_token(
             ws.s.extend_from_slice(w);
         }
     }
-    let mut st = ExitState::new(policy.criterion, &ws.s, m.config.n_vocab);
+    let mut st = ExitState::new(policy.criterion, &ws.s, m.config.n_embd, m.config.n_vocab);
     let mut out = TokenOutcome {
         steps: policy.max_steps,
         ..Default::default()
@@ -217,7 +238,7 @@ pub fn run_token(
         {
             continue;
         }
-        let gate = ws.exit_gate.first().copied();
+        let gate = ws.exit_gate.last().copied();
         let (v, exit) = if policy.criterion.needs_logits() {
             timed(&mut timing.head_ms, &mut || m.coda_head(1, cache, ws));
             have_logits = true;
@@ -243,10 +264,12 @@ pub fn run_token(
         out.exited_early = done < policy.max_steps;
         have_logits = false;
     }
-    if !have_logits {
-        timed(&mut timing.head_ms, &mut || m.coda_head(1, cache, ws));
+    if !have_logits || logit_rows != 1 {
+        timed(&mut timing.head_ms, &mut || {
+            m.coda_head(logit_rows, cache, ws)
+        });
     }
-    cache.set_len(pos + 1);
+    cache.set_len(start + tokens.len());
     Some(out)
 }
 
@@ -311,7 +334,32 @@ pub fn logits(
             out.criterion_values.push(r.values);
         };
         if let Some(policy) = o.exit {
-            for (pos, &tok) in tokens.iter().enumerate() {
+            // With --decode-from N the first N tokens exit together as one chunk (the official
+            // generation's prompt), the rest one at a time; otherwise every token on its own.
+            let first = o.decode_from.unwrap_or(0);
+            if first > 0 {
+                let init = Init::Random(o.init_scale, &mut rng);
+                let r = run_chunk(
+                    m,
+                    &tokens[..first],
+                    0,
+                    first,
+                    init,
+                    &ctl(policy),
+                    &mut timing,
+                    &mut cache,
+                    &mut ws,
+                )
+                .expect("nothing cancels here");
+                out.logits[..first * v].copy_from_slice(&ws.logits);
+                out.latents[..first * h].copy_from_slice(&ws.latent);
+                out.steps[..first]
+                    .iter_mut()
+                    .for_each(|s| *s = r.steps as i32);
+                out.criterion_values.resize(first - 1, Vec::new());
+                out.criterion_values.push(r.values);
+            }
+            for (pos, &tok) in tokens.iter().enumerate().skip(first) {
                 let init = Init::Random(o.init_scale, &mut rng);
                 let r = run_token(
                     m,

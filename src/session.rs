@@ -77,7 +77,7 @@ impl SessionParams {
             return Err(RavenError::param(
                 Param::WarmStart,
                 format!(
-                    "a {} model starts every step from the token's embedding: it has no state to warm-start",
+                    "{} models start each token's loop from its embedding: there is no state to warm-start",
                     m.config.family.name()
                 ),
             ));

@@ -609,3 +609,75 @@ fn kv_sharing_on_the_real_geometry() {
     };
     assert_eq!(run(s6), run(CacheStrategy::Full));
 }
+
+/// The retrofitted models' adaptive generation with the read-out they were trained with
+/// (`adaptive-forward-readout.*`, README defect 3): the prompt exits as one chunk (criterion on
+/// its last position, latent-diff averaged over positions), each new token on its own; the
+/// official exit steps, tokens and logits (`raven logits --exit C:τ --decode-from N`).
+fn retro_adaptive(name: &str) {
+    use raven::exit::{Criterion, ExitPolicy};
+    let (r, m) = load(name, "f32");
+    let threads = Threads::new(2).unwrap();
+    let v = m.config.n_vocab;
+    let mut n = 0;
+    for c in r.cases().filter(|c| {
+        c["kind"] == "adaptive_exit"
+            && c["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("adaptive-forward-readout")
+    }) {
+        let case = c["name"].as_str().unwrap();
+        let p = prompt(&r, c);
+        let new = ids(&c["new_tokens"]);
+        let mut toks = p.clone();
+        toks.extend_from_slice(&new[..new.len() - 1]);
+        let crit = format!(
+            "{}:{}",
+            c["criterion"].as_str().unwrap(),
+            c["exit_threshold"]
+        );
+        let max_steps = c["max_steps"].as_u64().unwrap() as usize;
+        let mut o = LogitsOptions::fixed(max_steps);
+        o.decode_from = Some(p.len());
+        o.exit = Some(ExitPolicy {
+            criterion: Criterion::parse(&crit).unwrap(),
+            min_steps: 1,
+            max_steps,
+            check_every: 1,
+        });
+        let out = logits(&m, &toks, &o, &threads).unwrap();
+        let want_steps: Vec<i32> = list(&c["compute_steps"])
+            .iter()
+            .map(|x| x.as_i64().unwrap() as i32)
+            .collect();
+        let got_steps: Vec<i32> = out.steps[p.len() - 1..].to_vec();
+        assert_eq!(
+            got_steps,
+            want_steps[..got_steps.len()],
+            "{name} {case}: exit steps"
+        );
+        let got = &out.logits[(p.len() - 1) * v..];
+        let d = max_abs_diff(got, &r.tensor(&format!("{case}.logits"))[..got.len()]);
+        assert!(d <= TOL, "{name} {case}: logits Δ {d}");
+        for (t, row) in got.chunks_exact(v).enumerate() {
+            assert_eq!(
+                raven::exit::argmax(row) as u32,
+                new[t],
+                "{name} {case}: token {t}"
+            );
+        }
+        n += 1;
+    }
+    assert_eq!(n, 4, "{name}: forward-readout adaptive cases");
+}
+
+#[test]
+fn recurrent_llama_adaptive_exit_matches_official() {
+    retro_adaptive("tiny-recurrent-llama");
+}
+
+#[test]
+fn recurrent_olmo_adaptive_exit_matches_official() {
+    retro_adaptive("tiny-recurrent-olmo");
+}

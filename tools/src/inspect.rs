@@ -90,9 +90,30 @@ pub fn run(path: &Path, ctx: Option<usize>, steps: Option<usize>, all: bool) -> 
         params as f64 / 1e6,
         m.weight_bytes() as f64 / 1e6
     );
+    let loops = if c.family.looped_stack() {
+        format!(
+            "layers={} looped {} times, exit gate q={}",
+            c.n_core,
+            c.mean_recurrence,
+            c.exit_threshold.unwrap_or(1.0)
+        )
+    } else {
+        format!(
+            "prelude/core/coda={}/{}/{} mean recurrence={}",
+            c.n_prelude, c.n_core, c.n_coda, c.mean_recurrence
+        )
+    };
     println!(
-        "model: h={} heads={} d={} F={} V={} prelude/core/coda={}/{}/{} mean recurrence={} context={}",
-        c.n_embd, c.n_heads, c.head_dim(), c.n_ff, c.n_vocab, c.n_prelude, c.n_core, c.n_coda, c.mean_recurrence, c.context
+        "model: {} ({}) h={} heads={} kv heads={} d={} F={} V={} {loops} context={}",
+        c.family.name(),
+        c.family.arch(),
+        c.n_embd,
+        c.n_heads,
+        c.n_kv_heads,
+        c.head_dim(),
+        c.n_ff,
+        c.n_vocab,
+        c.context
     );
     let ctx = ctx.unwrap_or(c.context);
     let steps = steps.unwrap_or(c.mean_recurrence);

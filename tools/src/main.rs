@@ -172,7 +172,9 @@ struct LogitsArgs {
     /// KV cache strategy: full, compress-sK, latest-mC.
     #[arg(long, default_value = "full")]
     cache: String,
-    /// Process the first N tokens in one pass, the rest one at a time through the cache.
+    /// Process the first N tokens in one pass, the rest one at a time through the cache. With
+    /// --exit the N tokens exit together (criterion on the last one, latent criteria averaged),
+    /// as the official generation runs a prompt.
     #[arg(long = "decode-from")]
     decode_from: Option<usize>,
     /// Worker threads (default: all cores).
@@ -380,9 +382,6 @@ fn cmd_logits(a: LogitsArgs) -> Result<()> {
     }
     if a.steps == Some(0) {
         bail!("--steps 0: must be at least 1");
-    }
-    if a.exit.is_some() && a.decode_from.is_some() {
-        bail!("--decode-from cannot be combined with --exit (with --exit every token is processed on its own)");
     }
     if a.reference {
         if a.exit.is_some() || a.decode_from.is_some() {

@@ -402,7 +402,11 @@ fn rejects_bad_step_options() {
 fn rejects_decode_from_out_of_range() {
     logits_fails(&["--decode-from", "0"], &["--decode-from", "0"]);
     logits_fails(&["--decode-from", "4"], &["--decode-from", "4"]);
-    logits_fails(&["--exit", "kl", "--decode-from", "2"], &["--decode-from"]);
+    // With --exit the first N tokens exit together; N must still lie in the prompt.
+    logits_fails(
+        &["--exit", "kl", "--decode-from", "4"],
+        &["--decode-from", "4"],
+    );
 }
 
 #[test]
