@@ -5,7 +5,9 @@
       Converts HF_DIR with `raven convert` to every --type, reads each file with gguf-py's
       GGUFReader, and checks every tensor against the checkpoint: f32/f16/bf16 values exactly,
       q8_0/q4_0 bytes exactly equal to gguf-py's own quantizer (ggml's reference) applied to the
-      checkpoint's values. Also checks the SPEC §3 metadata.
+      checkpoint's values. Also checks the SPEC §3 / docs/gguf.md metadata. Any family: Huginn,
+      the retrofitted Llama / OLMo-2, Ouro (the mapping below is written from docs/gguf.md,
+      independently of the Rust schema).
 
   gguf_py_check.py --write HF_DIR OUT.gguf
       Writes HF_DIR as an f32 GGUF with gguf-py's GGUFWriter following SPEC §3, so tests can
@@ -50,8 +52,42 @@ def load_checkpoint(d):
     return tensors
 
 
+def family(cfg, ck):
+    """The GGUF architecture docs/gguf.md gives a checkpoint."""
+    if cfg.get("model_type") == "ouro":
+        return "ouro"
+    if "rope_theta" in cfg or "rope_scaling" in cfg or cfg.get("init_values", {}).get("embed_scale") == 1.0:
+        return "recurrent-olmo2" if any(k.endswith(".attn.q_norm.weight") for k in ck) else "recurrent-llama"
+    return "huginn"
+
+
+def ouro_plan(cfg, ck):
+    """docs/gguf.md, Ouro: q, k, v fused into attn_qkv; four norms per layer."""
+    out = {"token_embd.weight": ck["model.embed_tokens.weight"], "output_norm.weight": ck["model.norm.weight"]}
+    if not cfg.get("tie_word_embeddings", False):
+        out["output.weight"] = ck["lm_head.weight"]
+    out["exit_gate.weight"] = ck["model.early_exit_gate.weight"].reshape(-1)
+    out["exit_gate.bias"] = ck["model.early_exit_gate.bias"].reshape(-1)
+    for i in range(cfg["num_hidden_layers"]):
+        p, b = f"model.layers.{i}", f"blk.{i}"
+        a = f"{p}.self_attn"
+        out[f"{b}.attn_norm.weight"] = ck[f"{p}.input_layernorm.weight"]
+        out[f"{b}.attn_qkv.weight"] = np.concatenate([ck[f"{a}.q_proj.weight"], ck[f"{a}.k_proj.weight"], ck[f"{a}.v_proj.weight"]])
+        out[f"{b}.attn_output.weight"] = ck[f"{a}.o_proj.weight"]
+        out[f"{b}.attn_post_norm.weight"] = ck[f"{p}.input_layernorm_2.weight"]
+        out[f"{b}.ffn_norm.weight"] = ck[f"{p}.post_attention_layernorm.weight"]
+        out[f"{b}.ffn_gate.weight"] = ck[f"{p}.mlp.gate_proj.weight"]
+        out[f"{b}.ffn_up.weight"] = ck[f"{p}.mlp.up_proj.weight"]
+        out[f"{b}.ffn_down.weight"] = ck[f"{p}.mlp.down_proj.weight"]
+        out[f"{b}.ffn_post_norm.weight"] = ck[f"{p}.post_attention_layernorm_2.weight"]
+    return out
+
+
 def gguf_plan(cfg, ck):
-    """GGUF name -> f32 array [rows, cols] (or [n]) following SPEC §3."""
+    """GGUF name -> f32 array [rows, cols] (or [n]) following SPEC §3 and docs/gguf.md."""
+    arch = family(cfg, ck)
+    if arch == "ouro":
+        return ouro_plan(cfg, ck)
     h, F = cfg["n_embd"], cfg["intermediate_size"]
     P, C, K = cfg["n_layers_in_prelude"], cfg["n_layers_in_recurrent_block"], cfg["n_layers_in_coda"]
     out = {"token_embd.weight": ck["transformer.wte.weight"], "output_norm.weight": ck["transformer.ln_f.weight"]}
@@ -62,20 +98,29 @@ def gguf_plan(cfg, ck):
     for group, cnt in (("prelude", P), ("core_block", C), ("coda", K)):
         for i in range(cnt):
             p, b = f"transformer.{group}.{i}", f"blk.{n}"
-            out[f"{b}.attn_norm.weight"] = ck[f"{p}.norm_1.weight"]
+            # Norm names by where they act: Huginn norm_1..4 = attn_norm, attn_post_norm (on the
+            # sum), ffn_norm, ffn_post_norm; Llama norm_1, norm_2 = attn_norm, ffn_norm; OLMo-2
+            # norm_1, norm_2 = attn_post_norm, ffn_post_norm (on the branch).
+            n1, n2 = {"huginn": ("attn_norm", "attn_post_norm"), "recurrent-llama": ("attn_norm", "ffn_norm"),
+                      "recurrent-olmo2": ("attn_post_norm", "ffn_post_norm")}[arch]
+            out[f"{b}.{n1}.weight"] = ck[f"{p}.norm_1.weight"]
+            out[f"{b}.{n2}.weight"] = ck[f"{p}.norm_2.weight"]
             out[f"{b}.attn_qkv.weight"] = ck[f"{p}.attn.Wqkv.weight"]
             if cfg.get("qk_bias"):
                 qb = ck[f"{p}.attn.qk_bias"].reshape(2, h)
                 out[f"{b}.attn_q.bias"] = qb[0]
                 out[f"{b}.attn_k.bias"] = qb[1]
+            if arch == "recurrent-olmo2":
+                out[f"{b}.attn_q_norm.weight"] = ck[f"{p}.attn.q_norm.weight"]
+                out[f"{b}.attn_k_norm.weight"] = ck[f"{p}.attn.k_norm.weight"]
             out[f"{b}.attn_output.weight"] = ck[f"{p}.attn.proj.weight"]
-            out[f"{b}.attn_post_norm.weight"] = ck[f"{p}.norm_2.weight"]
-            out[f"{b}.ffn_norm.weight"] = ck[f"{p}.norm_3.weight"]
+            if arch == "huginn":
+                out[f"{b}.ffn_norm.weight"] = ck[f"{p}.norm_3.weight"]
+                out[f"{b}.ffn_post_norm.weight"] = ck[f"{p}.norm_4.weight"]
             fc = ck[f"{p}.mlp.fc.weight"]
             out[f"{b}.ffn_gate.weight"] = fc[:F]
             out[f"{b}.ffn_up.weight"] = fc[F:]
             out[f"{b}.ffn_down.weight"] = ck[f"{p}.mlp.proj.weight"]
-            out[f"{b}.ffn_post_norm.weight"] = ck[f"{p}.norm_4.weight"]
             n += 1
     return out
 
@@ -127,9 +172,19 @@ def check(hf_dir, raven):
             subprocess.run([raven, "convert", hf_dir, "-o", out, "--type", ty], check=True, capture_output=True)
             r = GGUFReader(out)
             fields = {f.name: f for f in r.fields.values()}
-            assert str(bytes(fields["general.architecture"].parts[-1]), "utf-8") == "huginn"
-            assert int(fields["huginn.embedding_length"].parts[-1][0]) == cfg["n_embd"]
-            assert int(fields["huginn.block_count"].parts[-1][0]) == cfg["n_layers_in_prelude"] + cfg["n_layers_in_recurrent_block"] + cfg["n_layers_in_coda"]
+            arch = family(cfg, ck)
+            assert str(bytes(fields["general.architecture"].parts[-1]), "utf-8") == arch
+            u = lambda k: int(fields[f"{arch}.{k}"].parts[-1][0])
+            if arch == "ouro":
+                assert u("embedding_length") == cfg["hidden_size"]
+                assert u("block_count") == cfg["num_hidden_layers"]
+                assert u("loop_count") == cfg["total_ut_steps"]
+                assert u("attention.head_count_kv") == cfg["num_key_value_heads"]
+                assert abs(float(fields["ouro.exit_gate.threshold"].parts[-1][0]) - cfg["early_exit_threshold"]) < 1e-6
+            else:
+                assert u("embedding_length") == cfg["n_embd"]
+                assert u("block_count") == cfg["n_layers_in_prelude"] + cfg["n_layers_in_recurrent_block"] + cfg["n_layers_in_coda"]
+                assert u("attention.head_count_kv") == cfg.get("num_key_value_heads", cfg["n_heads"])
             assert "tokenizer.huggingface.json" in fields and "tokenizer.ggml.tokens" in fields
             seen = set()
             for t in r.tensors:
@@ -142,11 +197,9 @@ def check(hf_dir, raven):
                     ok = np.array_equal(data.reshape(rows.shape), rows)
                 elif qt == Q.F16:
                     ok = np.array_equal(data.reshape(rows.shape), rows.astype(np.float16))
-                elif qt == Q.BF16:
-                    got = (np.ascontiguousarray(data).view(np.uint16).reshape(rows.shape).astype(np.uint32) << 16).view(np.float32)
-                    ok = np.array_equal(got, rows)
                 else:
-                    # Quantized: the same bytes gguf-py's (ggml's reference) quantizer writes.
+                    # BF16 and quantized: the same bytes gguf-py's (ggml's reference) converter
+                    # writes (bf16: nearest-even rounding, exact for a bf16 checkpoint).
                     ref = quants.quantize(rows, qt)
                     ok = np.array_equal(data.reshape(ref.shape).view(np.uint8), ref.view(np.uint8))
                 if not ok:

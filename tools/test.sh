@@ -43,7 +43,9 @@ step "tests with RAVEN_FORCE_SCALAR=1"
 RAVEN_FORCE_SCALAR=1 cargo test --workspace
 
 step "converter output read by gguf-py (tools/gguf_py_check.py)"
-python3 tools/gguf_py_check.py tests/fixtures/tiny-huginn
+for f in tiny-huginn tiny-recurrent-llama tiny-recurrent-olmo tiny-ouro tiny-ouro/gqa; do
+    python3 tools/gguf_py_check.py "tests/fixtures/$f"
+done
 
 step "Python bindings and the server: pip install ./python, raven serve driven by openai, curl and a load test"
 cargo build --release -p raven-cli
