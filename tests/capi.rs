@@ -313,6 +313,33 @@ fn c_padded_vocabulary_is_never_emitted() {
 }
 
 /// The header is also valid C++ (its declarations are `extern "C"`).
+/// Ouro and a retrofitted Llama from C: the official greedy tokens, the gate exit, and a gate
+/// refused (naming the field) on a model without one.
+#[test]
+fn c_other_families() {
+    let Some(env) = c_env() else { return };
+    let dir = TempDir::new("capi-families");
+    let exe = build(env, &dir, "families");
+    let mut args = Vec::new();
+    for (fixture, case) in [
+        ("tiny-ouro", "decode.p0"),
+        ("tiny-recurrent-llama", "decode.full.p0.r8"),
+    ] {
+        let src = fixtures().join(fixture);
+        let out = dir.path().join(format!("{fixture}.gguf"));
+        convert(&src, &out, OutType::F32, &mut NoProgress).unwrap();
+        let r = Reference::load(&src);
+        let c = r.cases().find(|c| c["name"] == case).unwrap();
+        let new: Vec<u32> = list(&c["new_tokens"])
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
+        let p = c["prompt"].as_u64().unwrap() as usize;
+        args.extend([out.display().to_string(), ids(&r.prompt(p)), ids(&new)]);
+    }
+    run(env, &exe, &args);
+}
+
 #[test]
 fn header_compiles_as_cpp() {
     if c_env().is_none() {
