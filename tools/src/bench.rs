@@ -35,9 +35,9 @@ pub struct BenchArgs {
     /// Exit criteria (comma-separated list).
     #[arg(long, default_value = "none", value_delimiter = ',')]
     exit: Vec<String>,
-    /// KV cache strategy.
-    #[arg(long, default_value = "compress-s4")]
-    cache: String,
+    /// KV cache strategy (default compress-s<core layers>, as `raven run`).
+    #[arg(long)]
+    cache: Option<String>,
     /// Also decode the prompt's tokens one by one, to compare with the one-pass prompt.
     #[arg(long = "prompt-one-by-one")]
     one_by_one: bool,
@@ -155,7 +155,11 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             repack: !a.no_repack,
         },
     )?);
-    let cache = CacheStrategy::parse(&a.cache)?;
+    let cache_name = a
+        .cache
+        .clone()
+        .unwrap_or_else(|| format!("compress-s{}", model.config.n_core));
+    let cache = CacheStrategy::parse(&cache_name)?;
     let v = model.config.n_vocab as u32;
     let prompt: Vec<u32> = (0..a.n_prompt as u32)
         .map(|i| (i * 7919 + 13) % v)
@@ -325,7 +329,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             .map(|r| {
                 serde_json::json!({
                     "model": a.model.display().to_string(), "file_mb": file_mb, "isa": raven_quant::isa(),
-                    "threads": r.threads, "steps": r.steps, "exit": r.exit, "cache": a.cache,
+                    "threads": r.threads, "steps": r.steps, "exit": r.exit, "cache": cache_name,
                     "n_prompt": a.n_prompt, "n_gen": a.n_gen,
                     "prompt_tokens_per_s": r.prompt_tps, "decode_tokens_per_s": r.decode_tps,
                     "prompt_one_by_one_tokens_per_s": r.one_by_one_tps,
@@ -352,7 +356,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         a.model.display(),
         model.name(),
         raven_quant::isa(),
-        a.cache,
+        cache_name,
         a.n_prompt,
         a.n_gen,
         core_bytes as f64 / 1e6
