@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import raven
-from conftest import DEMO, FIXTURE, RAVEN_BIN, read_safetensors
+from conftest import DEMO, FIXTURE, RAVEN_BIN, ROOT, read_safetensors
 
 
 def ids(v):
@@ -167,3 +167,30 @@ def test_the_gil_is_released_while_generating():
     (a0, a1, ta), (b0, b1, tb) = spans[0], spans[1]
     assert ta == want.tokens and tb == want.tokens
     assert a0 < b1 and b0 < a1, "the two generations did not overlap"
+
+
+@pytest.mark.parametrize(
+    "fixture,case_name,steps",
+    [("tiny-ouro", "decode.p0", 4), ("tiny-recurrent-llama", "decode.full.p0.r8", 8), ("tiny-recurrent-olmo", "decode.full.p0.r8", 8)],
+)
+def test_other_families_decode_to_the_official_tokens(tmp_path, fixture, case_name, steps):
+    """Ouro and the retrofitted models from Python: converted, then greedy with a full cache."""
+    d = ROOT / "tests" / "fixtures" / fixture
+    j = json.loads((d / "reference.json").read_text())
+    c = next(c for c in j["cases"] if c["name"] == case_name)
+    out = tmp_path / f"{fixture}.gguf"
+    raven.convert(str(d), str(out), "f32")
+    m = raven.Model(str(out))
+    s = m.session(steps=steps, init_scale=0.0, cache="full", temperature=0.0, ignore_eos=True)
+    want = ids(c["new_tokens"])
+    g = s.generate(j["prompt_token_ids"][c["prompt"]], max_tokens=len(want))
+    assert g.tokens == want
+    if fixture == "tiny-ouro":
+        # The gate stops tokens early; a model without one refuses it.
+        g = m.session(exit="gate:0.6", init_scale=0.0, temperature=0.0, ignore_eos=True).generate(
+            j["prompt_token_ids"][0], max_tokens=8
+        )
+        assert min(g.steps) < 4 and max(g.steps) <= 4
+    else:
+        with pytest.raises(raven.RavenError, match="exit gate"):
+            m.session(exit="gate")
