@@ -91,8 +91,9 @@ fn recurrent_olmo_forward_matches_official() {
 
 /// Greedy decoding after a one-pass prefill, through the cache (teacher forcing with the
 /// official tokens): the same tokens (argmax over every row, as the official code) and logits.
-fn retro_decode(name: &str, want_cases: usize) {
-    let (r, m) = load(name, "f32");
+/// Iterations are `num_steps` (retrofitted) or `total_ut_steps` (Ouro, T = 4 and T = 1).
+fn decode_cases(name: &str, ty: &str, want_cases: usize) {
+    let (r, m) = load(name, ty);
     let threads = Threads::new(2).unwrap();
     let v = m.config.n_vocab;
     let mut n = 0;
@@ -102,13 +103,16 @@ fn retro_decode(name: &str, want_cases: usize) {
         let new = ids(&c["new_tokens"]);
         let mut toks = p.clone();
         toks.extend_from_slice(&new[..new.len() - 1]);
-        let mut o = LogitsOptions::fixed(c["num_steps"].as_u64().unwrap() as usize);
-        o.cache = CacheStrategy::parse(c["cache_lookup_strategy"].as_str().unwrap()).unwrap();
+        let steps = c.get("num_steps").unwrap_or(&c["total_ut_steps"]);
+        let mut o = LogitsOptions::fixed(steps.as_u64().unwrap() as usize);
+        if let Some(s) = c["cache_lookup_strategy"].as_str() {
+            o.cache = CacheStrategy::parse(s).unwrap();
+        }
         o.decode_from = Some(p.len());
         let out = logits(&m, &toks, &o, &threads).unwrap();
         let got = &out.logits[(p.len() - 1) * v..];
         let d = max_abs_diff(got, r.tensor(&format!("{case}.logits")));
-        assert!(d <= TOL, "{name} {case}: logits Δ {d}");
+        assert!(d <= TOL, "{name} {ty} {case}: logits Δ {d}");
         for (t, row) in got.chunks_exact(v).enumerate() {
             assert_eq!(
                 raven::exit::argmax(row) as u32,
@@ -123,12 +127,12 @@ fn retro_decode(name: &str, want_cases: usize) {
 
 #[test]
 fn recurrent_llama_decode_matches_official() {
-    retro_decode("tiny-recurrent-llama", 4);
+    decode_cases("tiny-recurrent-llama", "f32", 4);
 }
 
 #[test]
 fn recurrent_olmo_decode_matches_official() {
-    retro_decode("tiny-recurrent-olmo", 2);
+    decode_cases("tiny-recurrent-olmo", "f32", 2);
 }
 
 /// Ouro: every step's logits and hidden state for N = 1…4 loop steps (`forward.*`), the
@@ -190,41 +194,11 @@ fn ouro_gqa_forward_matches_official() {
     ouro_forward("tiny-ouro/gqa", "bf16");
 }
 
-/// Ouro greedy decoding through the cache (T = 4 and T = 1): the official tokens and logits.
-fn ouro_decode(name: &str, ty: &str, want_cases: usize) {
-    let (r, m) = load(name, ty);
-    let threads = Threads::new(2).unwrap();
-    let v = m.config.n_vocab;
-    let mut n = 0;
-    for c in r.cases().filter(|c| c["kind"] == "greedy_decode") {
-        let case = c["name"].as_str().unwrap();
-        let p = prompt(&r, c);
-        let new = ids(&c["new_tokens"]);
-        let mut toks = p.clone();
-        toks.extend_from_slice(&new[..new.len() - 1]);
-        let mut o = LogitsOptions::fixed(c["total_ut_steps"].as_u64().unwrap() as usize);
-        o.decode_from = Some(p.len());
-        let out = logits(&m, &toks, &o, &threads).unwrap();
-        let got = &out.logits[(p.len() - 1) * v..];
-        let d = max_abs_diff(got, r.tensor(&format!("{case}.logits")));
-        assert!(d <= TOL, "{name} {ty} {case}: logits Δ {d}");
-        for (t, row) in got.chunks_exact(v).enumerate() {
-            assert_eq!(
-                raven::exit::argmax(row) as u32,
-                new[t],
-                "{name} {case}: token {t}"
-            );
-        }
-        n += 1;
-    }
-    assert_eq!(n, want_cases, "{name}: decode cases");
-}
-
 #[test]
 fn ouro_decode_matches_official() {
-    ouro_decode("tiny-ouro", "f32", 3);
-    ouro_decode("tiny-ouro", "bf16", 3);
-    ouro_decode("tiny-ouro/gqa", "f32", 1);
+    decode_cases("tiny-ouro", "f32", 3);
+    decode_cases("tiny-ouro", "bf16", 3);
+    decode_cases("tiny-ouro/gqa", "f32", 1);
 }
 
 /// `--exit gate:q` on the `early_exit.*` cases: with `gate-full` (every step computed, the gate
