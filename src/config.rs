@@ -505,7 +505,12 @@ impl Config {
                 },
                 norm_eps: float("norm_eps", Some(1e-6))?,
                 tied: boolean("tie_embeddings", true)?,
-                context: uint("block_size")?,
+                // The retrofitted models were trained on `block_size` (1024) tokens from bases
+                // whose RoPE (llama3-scaled for Llama-3.2) serves `max_position_embeddings`.
+                context: match (retro, opt_uint("max_position_embeddings")?) {
+                    (true, Some(p)) => p.max(uint("block_size")?),
+                    _ => uint("block_size")?,
+                },
                 embed_scale: init("embed_scale").unwrap_or((n_embd as f64).sqrt()) as f32,
                 state_init_std: init("std").unwrap_or((2.0 / (5.0 * n_embd as f64)).sqrt()) as f32,
             }

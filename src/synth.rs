@@ -652,7 +652,13 @@ fn hf_config_json(c: &Config, bos: u32, eos: u32, pad: u32, dtype: HfDtype) -> s
         o.insert("rope_base".into(), c.rope_base.into());
         o.insert("tie_embeddings".into(), false.into());
         o.insert("tie_word_embeddings".into(), false.into());
-        o.insert("max_position_embeddings".into(), 131072.into());
+        // Llama-3.2's 131072; OLMo-2-0425-1B's 4096.
+        let max_pos = if c.family == Family::RecurrentOlmo2 {
+            4096
+        } else {
+            131072
+        };
+        o.insert("max_position_embeddings".into(), max_pos.into());
         o.insert(
             "init_values".into(),
             serde_json::json!({
