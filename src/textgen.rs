@@ -83,6 +83,9 @@ impl Finish {
 pub struct TextOutput {
     /// The text, without the stop string that ended it.
     pub text: String,
+    /// A thinking model's reasoning (the text between `<think>` and `</think>`); empty for
+    /// other models.
+    pub reasoning: String,
     /// Tokens fed after the prompt (a stop token is not among them).
     pub tokens: Vec<u32>,
     /// Statistics of each of them.
@@ -130,17 +133,38 @@ fn held_suffix(text: &str, stops: &[String]) -> usize {
     held
 }
 
+/// One piece of generated text for [`generate_text`]'s consumer.
+#[derive(Clone, Copy, Debug)]
+pub struct Piece<'a> {
+    /// Text that became safe to show (complete UTF-8, never a part of a stop string; it may be
+    /// empty).
+    pub text: &'a str,
+    /// The token fed and its statistics; None for the final flush of held-back text.
+    pub token: Option<(u32, &'a TokenStats)>,
+    /// The text is the model's reasoning (between `<think>` and `</think>` of a thinking model,
+    /// e.g. Ouro-Thinking), not its answer.
+    pub reasoning: bool,
+}
+
+/// The special tokens that open and close a thinking model's reasoning, when the tokenizer
+/// has both (`<think>`, `</think>`).
+pub fn think_tags(tok: &raven_text::Tokenizer) -> Option<(u32, u32)> {
+    let id = |s: &str| tok.token_to_id(s).filter(|&i| tok.is_special(i));
+    Some((id("<think>")?, id("</think>")?))
+}
+
 /// Feeds `prompt` (appended to the session's context; empty to continue from its logits) and
 /// generates up to `o.max_tokens` tokens, ending at a stop token, a stop string, or a full
-/// context. `on_piece(text, token)` is called for each generated token with the text that
-/// became safe to show (complete UTF-8, never a part of a stop string; it may be empty) and
-/// once at the end with what was held back (`token` None); it returns false to stop. The
-/// pieces concatenate to [`TextOutput::text`].
+/// context. `on_piece` is called for each generated token with the text that became safe to
+/// show and once at the end with what was held back (`token` None); it returns false to stop.
+/// The answer pieces concatenate to [`TextOutput::text`]. A thinking model's reasoning (from
+/// `<think>`, or from a prompt whose template opened it, to `</think>`) goes to
+/// [`TextOutput::reasoning`] in pieces flagged `reasoning`; stop strings apply to the answer.
 pub fn generate_text(
     session: &mut Session,
     prompt: &[u32],
     o: &TextOptions,
-    mut on_piece: impl FnMut(&str, Option<(u32, &TokenStats)>) -> bool,
+    mut on_piece: impl FnMut(Piece<'_>) -> bool,
 ) -> Result<TextOutput> {
     let t0 = Instant::now();
     if !prompt.is_empty() {
@@ -163,6 +187,14 @@ pub fn generate_text(
     let mut tokens = Vec::new();
     let mut stats = Vec::new();
     let mut finish = Finish::Length;
+    let tags = think_tags(tok);
+    let mut reasoning = String::new();
+    let mut rdec = StreamDecoder::new(tok);
+    // A template may open the reasoning in the prompt (the generation starts inside it).
+    let mut thinking = tags.is_some_and(|(open, close)| {
+        let h = session.history();
+        h.iter().rposition(|&t| t == open) > h.iter().rposition(|&t| t == close)
+    });
     while tokens.len() < o.max_tokens {
         let (t, st) = match session.next_token(&stop_ids)? {
             Next::Token(t, st) => (t, st),
@@ -176,6 +208,33 @@ pub fn generate_text(
             }
         };
         tokens.push(t);
+        if let Some((open, close)) = tags {
+            if t == open || t == close || thinking {
+                let mut piece = if t == open || t == close {
+                    rdec.flush().unwrap_or_default()
+                } else {
+                    rdec.push(t)?.unwrap_or_default()
+                };
+                if t == close {
+                    thinking = false;
+                } else if t == open {
+                    thinking = true;
+                    piece.clear();
+                }
+                reasoning += &piece;
+                stats.push(st);
+                let go = on_piece(Piece {
+                    text: &piece,
+                    token: Some((t, stats.last().expect("pushed"))),
+                    reasoning: true,
+                });
+                if !go {
+                    finish = Finish::Consumer;
+                    break;
+                }
+                continue;
+            }
+        }
         text += &dec.push(t)?.unwrap_or_default();
         // A stop string may only start where the text not yet shown (or held back) begins.
         let mut from = shown.saturating_sub(stops.iter().map(|s| s.len()).max().unwrap_or(0));
@@ -192,14 +251,22 @@ pub fn generate_text(
             let piece = text[shown.min(end)..].to_string();
             shown = text.len();
             stats.push(st);
-            on_piece(&piece, Some((t, stats.last().expect("pushed"))));
+            on_piece(Piece {
+                text: &piece,
+                token: Some((t, stats.last().expect("pushed"))),
+                reasoning: false,
+            });
             break;
         } else {
             let safe = text.len() - held_suffix(&text, &stops);
             let piece = text[shown..safe].to_string();
             shown = safe;
             stats.push(st);
-            on_piece(&piece, Some((t, stats.last().expect("pushed"))))
+            on_piece(Piece {
+                text: &piece,
+                token: Some((t, stats.last().expect("pushed"))),
+                reasoning: false,
+            })
         };
         if !go {
             finish = Finish::Consumer;
@@ -211,11 +278,24 @@ pub fn generate_text(
             text += &rest;
         }
         if shown < text.len() {
-            on_piece(&text[shown..], None);
+            on_piece(Piece {
+                text: &text[shown..],
+                token: None,
+                reasoning: false,
+            });
         }
+    }
+    if let Some(rest) = rdec.flush().filter(|r| !r.is_empty()) {
+        on_piece(Piece {
+            text: &rest,
+            token: None,
+            reasoning: true,
+        });
+        reasoning += &rest;
     }
     Ok(TextOutput {
         text,
+        reasoning,
         tokens,
         stats,
         finish,

@@ -655,3 +655,58 @@ fn recurrent_llama_adaptive_exit_matches_official() {
 fn recurrent_olmo_adaptive_exit_matches_official() {
     retro_adaptive("tiny-recurrent-olmo");
 }
+
+/// A thinking model's reasoning (Ouro-Thinking's `<think> … </think>`) is kept apart from its
+/// answer: a prompt whose template opened `<think>` generates reasoning; after `</think>` the
+/// answer resumes; stop strings apply to the answer only.
+#[test]
+fn thinking_models_reasoning_is_separated() {
+    use raven::session::{Session, SessionParams};
+    use raven::textgen::{generate_text, TextOptions};
+    let (r, m) = load("tiny-ouro", "f32");
+    let m = std::sync::Arc::new(m);
+    let tok = m.tokenizer().unwrap();
+    let (open, close) = (
+        tok.token_to_id("<think>").unwrap(),
+        tok.token_to_id("</think>").unwrap(),
+    );
+    let mut p = SessionParams::for_model(&m);
+    p.init_scale = 0.0;
+    p.ignore_eos = true;
+    let prompt = ids(&r.json["prompt_token_ids"][0]);
+    let o = TextOptions {
+        max_tokens: 6,
+        stop: Vec::new(),
+    };
+    let gen = |extra: &[u32]| {
+        let mut s = Session::new(m.clone(), p.clone()).unwrap();
+        let mut pr = prompt.clone();
+        pr.extend_from_slice(extra);
+        let mut pieces = Vec::new();
+        let out = generate_text(&mut s, &pr, &o, |g| {
+            pieces.push((g.text.to_string(), g.reasoning));
+            true
+        })
+        .unwrap();
+        (out, pieces)
+    };
+    let (plain, _) = gen(&[]);
+    assert!(
+        !plain.text.is_empty() && plain.reasoning.is_empty(),
+        "{plain:?}"
+    );
+    let (thinking, pieces) = gen(&[open]);
+    assert!(
+        thinking.text.is_empty() && !thinking.reasoning.is_empty(),
+        "{thinking:?}"
+    );
+    assert!(pieces.iter().all(|(_, r)| *r));
+    let joined: String = pieces.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(joined, thinking.reasoning);
+    // Opened and closed in the prompt: an answer again.
+    let (closed, _) = gen(&[open, 105, close]);
+    assert!(
+        closed.reasoning.is_empty() && !closed.text.is_empty(),
+        "{closed:?}"
+    );
+}

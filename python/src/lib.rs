@@ -321,6 +321,8 @@ struct Session {
 struct Generation {
     /// The generated text (without a stop string that ended it).
     text: String,
+    /// A thinking model's reasoning (between `<think>` and `</think>`); empty otherwise.
+    reasoning: String,
     /// Generated token ids.
     tokens: Vec<u32>,
     /// Core iterations of each generated token.
@@ -366,6 +368,7 @@ impl From<TextOutput> for Generation {
             prompt_ms: o.prompt_ms,
             generate_ms: o.generate_ms,
             text: o.text,
+            reasoning: o.reasoning,
             tokens: o.tokens,
         }
     }
@@ -383,6 +386,8 @@ struct Piece {
     steps: Option<usize>,
     /// Whether its exit criterion stopped it early.
     exited_early: bool,
+    /// The text is a thinking model's reasoning, not its answer.
+    reasoning: bool,
 }
 
 #[pymethods]
@@ -511,7 +516,7 @@ impl Session {
             .detach(move || {
                 let mut s = inner.lock().unwrap_or_else(|e| e.into_inner());
                 cancel.store(false, Ordering::SeqCst);
-                generate_text(&mut s, &ids, &o, |_, _| true)
+                generate_text(&mut s, &ids, &o, |_| true)
             })
             .map_err(err)?;
         Ok(out.into())
@@ -534,12 +539,14 @@ impl Session {
             .spawn(move || {
                 let mut s = inner.lock().unwrap_or_else(|e| e.into_inner());
                 cancel.store(false, Ordering::SeqCst);
-                let out = generate_text(&mut s, &ids, &o, |text, t| {
+                let out = generate_text(&mut s, &ids, &o, |g| {
+                    let t = g.token;
                     let p = Piece {
-                        text: text.to_string(),
+                        text: g.text.to_string(),
                         token: t.map(|(id, _)| id),
                         steps: t.map(|(_, st)| st.steps),
                         exited_early: t.is_some_and(|(_, st)| st.exited_early),
+                        reasoning: g.reasoning,
                     };
                     tx.send(Event::Piece(p)).is_ok()
                 });

@@ -559,7 +559,8 @@ fn internal(e: raven::RavenError) -> ApiError {
 
 /// What the generation thread sends to the response.
 enum Out {
-    Piece(String, Option<TokenStats>),
+    /// Text, the token's statistics, whether it is reasoning (a thinking model's `<think>`).
+    Piece(String, Option<TokenStats>, bool),
     Done(Result<TextOutput, raven::RavenError>),
 }
 
@@ -674,9 +675,13 @@ async fn complete(st: Arc<AppState>, req: Request, chat: bool) -> Response {
             let out = (|| {
                 let mut s = Session::with_threads(st3.model.clone(), job.params, pool.clone())?;
                 s.set_cancel_flag(cancel.clone());
-                generate_text(&mut s, &job.tokens, &job.text, |piece, t| {
-                    tx.blocking_send(Out::Piece(piece.to_string(), t.map(|(_, s)| s.clone())))
-                        .is_ok()
+                generate_text(&mut s, &job.tokens, &job.text, |p| {
+                    tx.blocking_send(Out::Piece(
+                        p.text.to_string(),
+                        p.token.map(|(_, s)| s.clone()),
+                        p.reasoning,
+                    ))
+                    .is_ok()
                 })
             })();
             let _ = tx.blocking_send(Out::Done(out));
@@ -792,14 +797,20 @@ async fn whole_response(m: Meta, mut rx: mpsc::Receiver<Out>, guard: CancelOnDro
     };
     let finish = out.finish.openai();
     let choice = if m.chat {
+        let mut message = json!({ "role": "assistant", "content": out.text });
+        // A thinking model's reasoning, as llama.cpp's server and DeepSeek's API return it.
+        if !out.reasoning.is_empty() {
+            message["reasoning_content"] = json!(out.reasoning);
+        }
         json!({
             "index": 0,
-            "message": { "role": "assistant", "content": out.text },
+            "message": message,
             "logprobs": null,
             "finish_reason": finish,
         })
     } else {
-        json!({ "index": 0, "text": out.text, "logprobs": null, "finish_reason": finish })
+        // A raw completion has no roles: reasoning and answer are one text.
+        json!({ "index": 0, "text": format!("{}{}", out.reasoning, out.text), "logprobs": null, "finish_reason": finish })
     };
     Json(json!({
         "id": m.id,
@@ -832,10 +843,12 @@ fn stream_response(
     };
     let chat = m.chat;
     let max_steps = m.max_steps;
-    let piece = move |text: &str, finish: Option<&str>| -> Value {
+    let piece = move |text: &str, reasoning: bool, finish: Option<&str>| -> Value {
         if chat {
             let delta = if finish.is_some() {
                 json!({})
+            } else if reasoning {
+                json!({ "reasoning_content": text })
             } else {
                 json!({ "content": text })
             };
@@ -883,9 +896,9 @@ fn stream_response(
                     continue;
                 }
                 match s.rx.recv().await {
-                    Some(Out::Piece(text, stats)) => {
+                    Some(Out::Piece(text, stats, reasoning)) => {
                         if !text.is_empty() {
-                            let mut c = chunk(piece(&text, None));
+                            let mut c = chunk(piece(&text, reasoning, None));
                             if let Some(st) = stats {
                                 c["raven"] = json!({ "iterations": st.steps });
                             }
@@ -893,7 +906,7 @@ fn stream_response(
                         }
                     }
                     Some(Out::Done(Ok(out))) => {
-                        let mut last = chunk(piece("", Some(out.finish.openai())));
+                        let mut last = chunk(piece("", false, Some(out.finish.openai())));
                         last["raven"] = raven_stats(&out, max_steps);
                         s.queue.push_back(data(&last));
                         if include_usage {

@@ -256,6 +256,9 @@ fn stream_generate(
     let mut first = true;
     let mut io_err = None;
     let mut tokens = Vec::new();
+    // A thinking model's <think> and </think> are special tokens, which text leaves out; shown
+    // here, so that the reasoning is told from the answer.
+    let tags = raven::textgen::think_tags(tok);
     let on_token = |t: u32, st: &TokenStats| {
         if first {
             prompt_secs = t0.elapsed().as_secs_f64() - st.ms / 1e3;
@@ -269,6 +272,12 @@ fn stream_generate(
                 return false;
             }
         };
+        if let Some((open, close)) = tags {
+            if t == open || t == close {
+                piece += &dec.flush().unwrap_or_default();
+                piece += if t == open { "<think>" } else { "</think>" };
+            }
+        }
         if a.show_steps && !a.json {
             piece += &format!("[{}]", st.steps);
         }
