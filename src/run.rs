@@ -377,13 +377,20 @@ pub fn logits(
         }
         let first = o.decode_from.unwrap_or(t_len);
         // One pass over the first tokens.
-        m.embed_prelude(&tokens[..first], 0, &mut cache, &mut ws);
-        m.init_state(o.init_scale, &mut rng, &mut ws);
-        for i in 0..o.steps {
-            m.core_step(i, &mut cache, &mut ws);
-        }
-        m.coda_head(first, &mut cache, &mut ws);
-        cache.set_len(first);
+        let fixed = ExitPolicy::fixed(o.steps);
+        let init = Init::Random(o.init_scale, &mut rng);
+        run_chunk(
+            m,
+            &tokens[..first],
+            0,
+            first,
+            init,
+            &ctl(fixed),
+            &mut timing,
+            &mut cache,
+            &mut ws,
+        )
+        .expect("nothing cancels here");
         out.logits[..first * v].copy_from_slice(&ws.logits);
         out.latents[..first * h].copy_from_slice(&ws.latent);
         out.steps[..first]
@@ -391,7 +398,6 @@ pub fn logits(
             .for_each(|s| *s = o.steps as i32);
         out.criterion_values.resize(first, Vec::new());
         // The rest one at a time through the cache.
-        let fixed = ExitPolicy::fixed(o.steps);
         for (pos, &tok) in tokens.iter().enumerate().skip(first) {
             let init = Init::Random(o.init_scale, &mut rng);
             let r = run_token(

@@ -13,7 +13,7 @@ use crate::kv::{CacheStrategy, KvCache};
 use crate::model::Model;
 use crate::params::Param;
 use crate::rng::Rng;
-use crate::run::{run_token, Init, Threads, Timing, TokenControl};
+use crate::run::{run_chunk, run_token, Init, Threads, Timing, TokenControl};
 use crate::sample::{sample, SamplingParams};
 
 /// Everything a session can be asked to do differently.
@@ -328,16 +328,17 @@ impl Session {
         let init_scale = self.params.init_scale;
         let (cache, ws, rng) = (&mut self.cache, &mut self.ws, &mut self.rng);
         let ok = threads.run(|| {
-            m.embed_prelude(tokens, start, cache, ws);
-            m.init_state(init_scale, rng, ws);
-            for i in 0..steps {
-                if cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
-                    return false;
-                }
-                m.core_step(i, cache, ws);
-            }
-            m.coda_head(1, cache, ws);
-            true
+            let ctl = TokenControl {
+                policy: ExitPolicy::fixed(steps),
+                budget_ms: None,
+                start: Instant::now(),
+                cancel: cancel.as_deref(),
+            };
+            let init = Init::Random(init_scale, rng);
+            // A multi-position pass: its iterations say nothing about one token's, so they stay
+            // out of the latency budget's estimate.
+            let mut timing = Timing::default();
+            run_chunk(&m, tokens, start, 1, init, &ctl, &mut timing, cache, ws).is_some()
         });
         if !ok {
             self.cache.truncate(start);
@@ -637,12 +638,13 @@ impl Session {
                 let mut batch = Vec::with_capacity(k);
                 batch.push(next);
                 batch.extend_from_slice(&drafts[..k - 1]);
-                m.embed_prelude(&batch, l, cache, ws);
-                m.init_state(init_scale, rng, ws);
-                for i in 0..full {
-                    m.core_step(i, cache, ws);
-                }
-                m.coda_head(k, cache, ws);
+                let ctl = TokenControl {
+                    policy: ExitPolicy::fixed(full),
+                    ..ctl
+                };
+                let init = Init::Random(init_scale, rng);
+                let mut batch_timing = Timing::default();
+                run_chunk(&m, &batch, l, k, init, &ctl, &mut batch_timing, cache, ws);
                 let preds: Vec<u32> = ws
                     .logits
                     .chunks_exact(v)
