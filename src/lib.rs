@@ -10,6 +10,8 @@
 //! - [`exit`] holds the per-token exit criteria, [`run`] the drivers (`raven logits`),
 //!   [`session::Session`] generation over a shared model (sampling in [`sample`]);
 //!   [`textgen`] turns it into text with chat templates and stop strings.
+//! - [`parallel`] is the parallel (diffusion-forcing) sampler of arXiv 2510.14961: a wavefront
+//!   of positions advancing together, one batched pass per sampler step.
 #![deny(missing_docs)]
 
 pub mod capi;
@@ -21,6 +23,7 @@ pub mod exit;
 pub mod forward;
 pub mod kv;
 pub mod model;
+pub mod parallel;
 pub mod params;
 pub mod reference;
 pub mod rng;

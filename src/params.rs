@@ -54,6 +54,18 @@ pub enum Param {
     DecodeFrom,
     /// The prompt.
     Prompt,
+    /// Core iterations per step of the parallel sampler (r′).
+    InnerSteps,
+    /// Most positions in the parallel sampler's wavefront (0 = no cap).
+    Wavefront,
+    /// New positions the parallel sampler appends per step.
+    Headway,
+    /// Momentum η of the parallel sampler's conditioning.
+    Ema,
+    /// State-noise mixing β of the parallel sampler.
+    Noise,
+    /// Most steps of the parallel sampler.
+    SamplerSteps,
 }
 
 impl Param {
@@ -85,6 +97,12 @@ impl Param {
             Tokens => "--tokens",
             DecodeFrom => "--decode-from",
             Prompt => "--prompt",
+            InnerSteps => "--inner-steps",
+            Wavefront => "--wavefront",
+            Headway => "--headway",
+            Ema => "--ema",
+            Noise => "--noise",
+            SamplerSteps => "--max-sampler-steps",
         }
     }
 
@@ -116,6 +134,12 @@ impl Param {
             Tokens => "tokens",
             DecodeFrom => "decode_from",
             Prompt => "prompt",
+            InnerSteps => "inner_steps",
+            Wavefront => "wavefront",
+            Headway => "headway",
+            Ema => "ema",
+            Noise => "noise",
+            SamplerSteps => "max_sampler_steps",
         }
     }
 
@@ -147,6 +171,12 @@ impl Param {
             Tokens => "tokens",
             DecodeFrom => "decode_from",
             Prompt => "prompt",
+            InnerSteps => "inner_steps",
+            Wavefront => "wavefront",
+            Headway => "headway",
+            Ema => "ema",
+            Noise => "noise",
+            SamplerSteps => "max_sampler_steps",
         }
     }
 }

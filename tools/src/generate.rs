@@ -10,6 +10,8 @@ use clap::Args;
 
 use raven::exit::{Criterion, ExitPolicy};
 use raven::kv::CacheStrategy;
+use raven::parallel::{Mode, Observe, ParallelParams};
+use raven::run::Threads;
 use raven::sample::SamplingParams;
 use raven::session::TokenStats;
 use raven::{Model, Session, SessionParams};
@@ -30,9 +32,11 @@ pub struct GenArgs {
     /// Minimum core iterations per token.
     #[arg(long = "min-steps", default_value_t = 1)]
     pub min_steps: usize,
-    /// Exit criterion CRIT[:τ]: kl, minp-kl, entropy-diff, latent-diff, cosine, argmax-stability, none.
-    #[arg(long, default_value = "none")]
-    pub exit: String,
+    /// Exit criterion CRIT[:τ]: kl, minp-kl, entropy-diff, latent-diff, cosine, argmax-stability,
+    /// none (default none; with --sampler parallel the freezing rule: latent-diff[:ε], the
+    /// default, or none for the fixed rule).
+    #[arg(long)]
+    pub exit: Option<String>,
     /// Check the exit criterion every n iterations.
     #[arg(long = "check-every", default_value_t = 1)]
     pub check_every: usize,
@@ -103,6 +107,39 @@ pub struct GenArgs {
     /// token ids, the text, the iterations of each token and the counters.
     #[arg(long)]
     pub json: bool,
+    /// Sampler: plain (token by token) or parallel (the diffusion-forcing sampler of arXiv
+    /// 2510.14961: a wavefront of positions advances together, one batched pass per step).
+    #[arg(long, default_value = "plain")]
+    pub sampler: String,
+    /// With --sampler parallel: official (the official code's behaviour, quirks included; the
+    /// default) or corrected (quirks fixed; a wavefront of 1 is ordinary decoding).
+    #[arg(long = "parallel-mode", value_name = "MODE")]
+    pub parallel_mode: Option<String>,
+    /// With --sampler parallel: core iterations per sampler step, r′ (default 4).
+    #[arg(long = "inner-steps", value_name = "R")]
+    pub inner_steps: Option<usize>,
+    /// With --sampler parallel: most positions in the wavefront (default 128; 0 = no cap).
+    #[arg(long, value_name = "W")]
+    pub wavefront: Option<usize>,
+    /// With --sampler parallel: new positions appended per step (default 1).
+    #[arg(long, value_name = "H")]
+    pub headway: Option<usize>,
+    /// With --sampler parallel: momentum η of the conditioning, in [0, 1) (default 0.1).
+    #[arg(long, value_name = "ETA", allow_negative_numbers = true)]
+    pub ema: Option<f64>,
+    /// With --sampler parallel: state-noise mixing β, in [0, 1] (default 0), damped per position
+    /// as β / (1 + iterations so far).
+    #[arg(long, value_name = "BETA", allow_negative_numbers = true)]
+    pub noise: Option<f64>,
+    /// With --sampler parallel: a constant noise coefficient β instead of the damped one.
+    #[arg(long = "noise-constant")]
+    pub noise_constant: bool,
+    /// With --sampler parallel: square-root noise mixing z·√(1−a) + √a·noise.
+    #[arg(long = "noise-sqrt")]
+    pub noise_sqrt: bool,
+    /// With --sampler parallel: most sampler steps (default 4096).
+    #[arg(long = "max-sampler-steps", value_name = "N")]
+    pub max_sampler_steps: Option<usize>,
 }
 
 /// What `raven run` is given to continue.
@@ -114,6 +151,72 @@ pub enum Prompt {
 }
 
 impl GenArgs {
+    /// True for `--sampler parallel`; an error for an unknown sampler, or for parallel-sampler
+    /// options without it.
+    pub fn parallel(&self) -> Result<bool> {
+        let parallel = match self.sampler.as_str() {
+            "plain" => false,
+            "parallel" => true,
+            s => bail!("--sampler {s}: use plain or parallel"),
+        };
+        if !parallel {
+            let given = [
+                ("--parallel-mode", self.parallel_mode.is_some()),
+                ("--inner-steps", self.inner_steps.is_some()),
+                ("--wavefront", self.wavefront.is_some()),
+                ("--headway", self.headway.is_some()),
+                ("--ema", self.ema.is_some()),
+                ("--noise", self.noise.is_some()),
+                ("--noise-constant", self.noise_constant),
+                ("--noise-sqrt", self.noise_sqrt),
+                ("--max-sampler-steps", self.max_sampler_steps.is_some()),
+            ];
+            if let Some((flag, _)) = given.iter().find(|(_, g)| *g) {
+                bail!("{flag}: only used with --sampler parallel");
+            }
+        }
+        Ok(parallel)
+    }
+
+    /// The parallel sampler's knobs (`--sampler parallel`), the paper's conservative setting
+    /// where not given; `None` for the plain sampler.
+    pub fn parallel_params(&self) -> Result<Option<ParallelParams>> {
+        if !self.parallel()? {
+            return Ok(None);
+        }
+        if self.draft_steps.is_some() {
+            bail!("--draft-steps: speculative decoding and --sampler parallel are exclusive");
+        }
+        if self.show_steps {
+            bail!("--show-steps: not available with --sampler parallel (--json gives the iterations of each token)");
+        }
+        let d = ParallelParams::default();
+        let mode = match self.parallel_mode.as_deref() {
+            None => d.mode,
+            Some(s) => match Mode::parse(s) {
+                Ok(m) => m,
+                Err(_) => bail!("--parallel-mode {s}: use official or corrected"),
+            },
+        };
+        if mode == Mode::Official && self.wavefront == Some(1) {
+            eprintln!(
+                "note: with a wavefront of 1 the official sampler never advances (it drops the \
+                 new position every step); --parallel-mode corrected decodes token by token"
+            );
+        }
+        Ok(Some(ParallelParams {
+            mode,
+            inner_steps: self.inner_steps.unwrap_or(d.inner_steps),
+            wavefront: self.wavefront.unwrap_or(d.wavefront),
+            headway: self.headway.unwrap_or(d.headway),
+            ema: self.ema.unwrap_or(d.ema),
+            noise: self.noise.unwrap_or(d.noise),
+            noise_dampened: !self.noise_constant,
+            noise_sqrt: self.noise_sqrt,
+            max_sampler_steps: self.max_sampler_steps.unwrap_or(d.max_sampler_steps),
+        }))
+    }
+
     pub fn load(&self) -> Result<Arc<Model>> {
         Ok(Arc::new(match &self.model {
             Some(p) => crate::load_model(p, self.no_mmap)?,
@@ -127,8 +230,13 @@ impl GenArgs {
         if steps == 0 {
             bail!("--steps 0: must be at least 1");
         }
+        let default_exit = if self.parallel()? {
+            "latent-diff"
+        } else {
+            "none"
+        };
         p.exit = ExitPolicy {
-            criterion: Criterion::parse(&self.exit)?,
+            criterion: Criterion::parse(self.exit.as_deref().unwrap_or(default_exit))?,
             min_steps: self.min_steps,
             max_steps: steps,
             check_every: self.check_every,
@@ -336,8 +444,122 @@ fn stream_generate(
     Ok(text)
 }
 
+/// Generation with the parallel sampler (`--sampler parallel`): the prompt from scratch, the
+/// tokens streamed as they freeze; with `--json` one object with the tokens, the text, the
+/// iterations at each new position and the sampler's counters.
+fn parallel_generate(
+    model: &Arc<Model>,
+    params: &SessionParams,
+    pp: &ParallelParams,
+    prompt: &[u32],
+    a: &GenArgs,
+    out: &mut impl Write,
+) -> Result<String> {
+    let tok = model.tokenizer()?;
+    let stops = if params.ignore_eos {
+        Vec::new()
+    } else {
+        model.stop_tokens()
+    };
+    let threads = Threads::new(params.threads)?;
+    let mut dec = StreamDecoder::new(tok);
+    let mut text = String::new();
+    let mut io_err = None;
+    let t0 = std::time::Instant::now();
+    let mut first_at = None;
+    let res = raven::parallel::generate(
+        model,
+        params,
+        pp,
+        prompt,
+        a.n_predict,
+        &stops,
+        &threads,
+        &Observe::default(),
+        |t| {
+            first_at.get_or_insert_with(|| t0.elapsed().as_secs_f64());
+            let piece = match dec.push(t) {
+                Ok(p) => p.unwrap_or_default(),
+                Err(e) => {
+                    io_err = Some(anyhow::anyhow!(e));
+                    return false;
+                }
+            };
+            text += &piece;
+            if a.json {
+                return true;
+            }
+            if let Err(e) = out.write_all(piece.as_bytes()).and_then(|_| out.flush()) {
+                io_err = Some(e.into());
+                return false;
+            }
+            true
+        },
+    );
+    if let Some(e) = io_err {
+        return Err(e);
+    }
+    let r = res?;
+    let rest = dec.flush().unwrap_or_default();
+    text += &rest;
+    let secs = t0.elapsed().as_secs_f64();
+    let c = r.counters;
+    let n = r.tokens.len();
+    // Positions advanced per sampler step, and the mean wavefront (positions per core pass).
+    let per_step = n as f64 / c.sampler_steps.max(1) as f64;
+    let mean_wave = (c.tokens_forward - c.prefill_len) as f64 / (c.core_passes - 1).max(1) as f64;
+    if a.json {
+        let v = serde_json::json!({
+            "tokens": r.tokens,
+            "text": text,
+            "steps": r.recurrence,
+            "prompt_tokens": prompt.len(),
+            "counters": {
+                "generated": n,
+                "mean_steps": r.recurrence.iter().map(|&x| x as f64).sum::<f64>() / n.max(1) as f64,
+                "sampler": "parallel",
+                "parallel_mode": pp.mode.to_string(),
+                "sampler_steps": c.sampler_steps,
+                "core_passes": c.core_passes,
+                "tokens_forward": c.tokens_forward,
+                "cache_clears": c.cache_clears,
+                "standing_waves": c.standing_waves,
+                "seq_len": c.seq_len,
+                "prefill_len": c.prefill_len,
+                "stopped": r.stopped,
+                "tokens_per_step": per_step,
+                "mean_wavefront": mean_wave,
+                "token_stable": r.token_stable,
+            },
+        });
+        writeln!(out, "{v}")?;
+    } else {
+        out.write_all(rest.as_bytes())?;
+        writeln!(out)?;
+    }
+    let prompt_secs = first_at.unwrap_or(secs);
+    eprintln!(
+        "prompt: {} tokens in {:.2} s; parallel sampler ({}, r′ {}, wavefront ≤ {}): {n} tokens in {:.2} s ({:.2} tokens/s), {} sampler steps ({per_step:.2} tokens/step), {} core passes over {mean_wave:.2} positions on average, {} standing waves, {} KV entries recomputed; cache {}; peak RSS {}",
+        prompt.len(),
+        prompt_secs,
+        pp.mode,
+        pp.inner_steps,
+        pp.wavefront,
+        secs - prompt_secs,
+        n as f64 / (secs - prompt_secs).max(1e-9),
+        c.sampler_steps,
+        c.core_passes,
+        c.standing_waves,
+        c.cache_clears,
+        params.cache,
+        peak_rss().map(|b| format!("{:.1} MB", b as f64 / 1e6)).unwrap_or_else(|| "n/a".into()),
+    );
+    Ok(text)
+}
+
 /// `raven run`.
 pub fn run(a: &GenArgs, prompt: &Prompt, chat: bool) -> Result<()> {
+    let parallel = a.parallel_params()?;
     let model = a.load()?;
     let params = a.params(&model)?;
     let tok = model.tokenizer()?;
@@ -358,21 +580,36 @@ pub fn run(a: &GenArgs, prompt: &Prompt, chat: bool) -> Result<()> {
     if ids.is_empty() {
         bail!("-p: the prompt is empty");
     }
-    let mut session = Session::new(model.clone(), params)?;
+    if let Some(pp) = &parallel {
+        // Checked before the prompt is echoed.
+        pp.validate(&model, &params)?;
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if let (Some(p), false) = (echo, a.json) {
         out.write_all(p.as_bytes())?;
     }
+    if let Some(pp) = &parallel {
+        return parallel_generate(&model, &params, pp, &ids, a, &mut out).map(|_| ());
+    }
+    let mut session = Session::new(model.clone(), params)?;
     stream_generate(&mut session, &ids, a, &mut out).map(|_| ())
 }
 
 /// `raven chat`: an interactive conversation on standard input.
 pub fn chat(a: &GenArgs, system: Option<&str>) -> Result<()> {
+    let parallel = a.parallel_params()?;
     let model = a.load()?;
     let params = a.params(&model)?;
+    if let Some(pp) = &parallel {
+        pp.validate(&model, &params)?;
+    }
     let tok = model.tokenizer()?;
-    let mut session = Session::new(model.clone(), params)?;
+    // The plain sampler keeps a session (and its cache) across turns.
+    let mut session = match parallel {
+        None => Some(Session::new(model.clone(), params.clone())?),
+        Some(_) => None,
+    };
     let mut messages: Vec<ChatMessage> = Vec::new();
     if let Some(s) = system {
         messages.push(ChatMessage::new("system", s));
@@ -394,6 +631,16 @@ pub fn chat(a: &GenArgs, system: Option<&str>) -> Result<()> {
         messages.push(ChatMessage::new("user", line.trim()));
         let text = model.render_chat(&messages)?;
         let ids = tok.encode(&text, false)?;
+        let (Some(session), None) = (session.as_mut(), &parallel) else {
+            // The parallel sampler starts from the whole conversation each turn.
+            let pp = parallel
+                .as_ref()
+                .expect("no session without --sampler parallel");
+            let mut out = stdout.lock();
+            let reply = parallel_generate(&model, &params, pp, &ids, a, &mut out)?;
+            messages.push(ChatMessage::new("Huginn", reply.trim()));
+            continue;
+        };
         // Reuse the cached prefix when the conversation only grew.
         let h = session.history().to_vec();
         let new: Vec<u32> = if ids.len() > h.len() && ids[..h.len()] == h[..] {
@@ -403,7 +650,7 @@ pub fn chat(a: &GenArgs, system: Option<&str>) -> Result<()> {
             ids
         };
         let mut out = stdout.lock();
-        let reply = stream_generate(&mut session, &new, a, &mut out)?;
+        let reply = stream_generate(session, &new, a, &mut out)?;
         messages.push(ChatMessage::new("Huginn", reply.trim()));
     }
     Ok(())

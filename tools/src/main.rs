@@ -221,6 +221,9 @@ struct ServeArgs {
 }
 
 fn serve(a: ServeArgs) -> Result<()> {
+    if a.gen.parallel()? {
+        bail!("--sampler parallel: raven serve generates with the plain sampler only (use raven run or raven chat)");
+    }
     let model = a.gen.load()?;
     let defaults = a.gen.params(&model)?;
     let model_id = a.alias.clone().unwrap_or_else(|| match &a.gen.model {

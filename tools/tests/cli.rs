@@ -910,3 +910,108 @@ fn run_prompt_tokens_json_gives_the_official_tokens() {
         &["--prompt-tokens", "99999"],
     );
 }
+
+/// `raven run --sampler parallel … --json` (SPEC §6): with `--noise 0 --init-scale 0 --temp 0`
+/// the official sampler's tokens and counters from tests/fixtures/tiny-huginn-diffusion, in the
+/// conservative setting (the defaults), the fixed rule and a capped wavefront.
+#[test]
+fn run_parallel_sampler_gives_the_official_tokens() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-huginn-diffusion");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
+    let cases: [(&str, &[&str]); 3] = [
+        ("diffusion.conservative.p0", &[]),
+        ("diffusion.fixed-r4.p1", &["--exit", "none", "--ema", "0"]),
+        (
+            "diffusion.r2-eta0-wave4.p1",
+            &["--inner-steps", "2", "--ema", "0", "--wavefront", "4"],
+        ),
+    ];
+    for (name, extra) in cases {
+        let case = r["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap();
+        let p = case["prompt"].as_u64().unwrap().to_string();
+        let prompt: Vec<String> = r["prompt_token_ids"][&p]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.to_string())
+            .collect();
+        let prompt = prompt.join(",");
+        let mut args = vec![
+            "run",
+            "-m",
+            s(model()),
+            "--prompt-tokens",
+            &prompt,
+            "--sampler",
+            "parallel",
+            "--noise",
+            "0",
+            "--init-scale",
+            "0",
+            "--temp",
+            "0",
+            "-n",
+            "16",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let o = ok(&args);
+        let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+        assert_eq!(j["tokens"], case["new_tokens"], "{name}");
+        assert_eq!(j["steps"], case["recurrence_per_position"], "{name}");
+        let (got, want) = (&j["counters"], &case["counters"]);
+        for (g, w) in [
+            ("core_passes", "num_core_forward_passes"),
+            ("tokens_forward", "num_tokens_forward"),
+            ("cache_clears", "num_cache_clears"),
+            ("standing_waves", "num_standing_waves"),
+            ("sampler_steps", "diffusion_steps"),
+            ("seq_len", "gen_seq_length"),
+        ] {
+            assert_eq!(got[g], want[w], "{name}: {g}");
+        }
+        assert_eq!(
+            got["generated"],
+            case["new_tokens"].as_array().unwrap().len()
+        );
+    }
+    let m = s(model());
+    let base = ["run", "-m", m, "--prompt-tokens", "1,2,3"];
+    let bad: [(&[&str], &[&str]); 7] = [
+        (
+            &["--sampler", "parallel", "--inner-steps", "0"],
+            &["--inner-steps"],
+        ),
+        (&["--sampler", "parallel", "--ema", "1.5"], &["--ema"]),
+        (&["--sampler", "parallel", "--noise", "-1"], &["--noise"]),
+        (
+            &[
+                "--sampler",
+                "parallel",
+                "--exit",
+                "none",
+                "--wavefront",
+                "4",
+            ],
+            &["--wavefront"],
+        ),
+        (&["--sampler", "parallel", "--exit", "kl"], &["--exit"]),
+        (
+            &["--inner-steps", "2"],
+            &["--inner-steps", "--sampler parallel"],
+        ),
+        (&["--sampler", "bogus"], &["--sampler", "bogus"]),
+    ];
+    for (extra, needles) in bad {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        fails(&args, needles);
+    }
+}
