@@ -123,6 +123,16 @@ typedef int32_t raven_cache_type;
 typedef int32_t raven_exit_criterion;
 
 /**
+ * The sampler of `raven_session_generate` (`sampler` of `raven_session_params`).
+ */
+typedef int32_t raven_sampler;
+
+/**
+ * Which version of the parallel sampler runs (`parallel_mode`).
+ */
+typedef int32_t raven_parallel_mode;
+
+/**
  * Everything a session can be asked to do differently. Start from
  * `raven_session_default_params()`; 0 means "the model's value" where noted.
  */
@@ -199,6 +209,61 @@ typedef struct raven_session_params {
    * `raven_session_generate`. Default false.
    */
   bool render_special;
+  /**
+   * The sampler of `raven_session_generate`: `RAVEN_SAMPLER_*`. Default
+   * `RAVEN_SAMPLER_PLAIN`; the fields below are read only with `RAVEN_SAMPLER_PARALLEL`.
+   *
+   * With the parallel sampler the exit criterion is the freezing rule:
+   * `RAVEN_EXIT_LATENT_DIFF` (threshold ε, default 0.03: the paper's, and the default of
+   * `raven run --sampler parallel`; set it, the struct's default is `RAVEN_EXIT_NONE`) or
+   * `RAVEN_EXIT_NONE` (the fixed rule); `max_steps` is `num_steps` (the prompt's
+   * iterations, and the fixed rule's count); `min_steps` (corrected mode only), the cache,
+   * context, initial-state scale, seed, sampling and `warm_start` apply; `check_every` must
+   * be 1, `budget_ms` 0 and `prefill_steps` 0 (or `max_steps`). Each
+   * `raven_session_generate` runs the sampler on the session's tokens (the earlier prompts
+   * and generations) plus `prompt`, from scratch, its random draws seeded with `seed` at
+   * each call; `raven_session_prefill`, `_step`, `_sample` and `_logits` are refused.
+   * `init_scale` 0, `noise` 0 and temperature 0 make it deterministic.
+   */
+  raven_sampler sampler;
+  /**
+   * `RAVEN_PARALLEL_OFFICIAL` (default) or `RAVEN_PARALLEL_CORRECTED`.
+   */
+  raven_parallel_mode parallel_mode;
+  /**
+   * Core iterations per sampler step, r′, from 1 to 4096. Default 4.
+   */
+  int32_t inner_steps;
+  /**
+   * Most positions in the wavefront (0 = no cap). Default 128.
+   */
+  int32_t wavefront;
+  /**
+   * New positions appended per sampler step, from 1 to 1024. Default 1.
+   */
+  int32_t headway;
+  /**
+   * Momentum η of the conditioning, in [0, 1) (0 = off). Default 0.1.
+   */
+  double ema;
+  /**
+   * State-noise mixing β, in [0, 1] (0 = off). Default 0.
+   */
+  double noise;
+  /**
+   * Damp the noise per position as β / (1 + its iterations so far); false: a constant β.
+   * Default true.
+   */
+  bool noise_dampened;
+  /**
+   * Square-root noise mixing z·√(1−a) + √a·noise instead of z·(1−a) + a·noise. Default
+   * false.
+   */
+  bool noise_sqrt;
+  /**
+   * Most sampler steps (≥ 1). Default 4096.
+   */
+  int32_t max_sampler_steps;
 } raven_session_params;
 
 /**
@@ -230,7 +295,8 @@ typedef struct raven_token_stats {
 /**
  * Called for each generated token with its text piece: `piece` holds `piece_len` bytes of
  * complete UTF-8 (possibly 0 bytes, when a character is still incomplete or the token is a
- * special token not rendered), followed by a NUL. `stats` describes the token. Return false
+ * special token not rendered), followed by a NUL. `stats` describes the token (with the
+ * parallel sampler its `steps` is 0: the position may still be iterating). Return false
  * to stop generating. After the last token, if an incomplete character is left over, the
  * callback is called once more with `token` = -1, `stats` = NULL and its text (U+FFFD); its
  * return value is then ignored. `piece` and `stats` are valid only during the call.
@@ -259,7 +325,8 @@ typedef struct raven_generate_stats {
    */
   raven_stop_reason stop_reason;
   /**
-   * Generated tokens that exited early.
+   * Generated tokens that exited early (parallel sampler: whose position the latent-diff
+   * rule froze before `max_steps` iterations).
    */
   int32_t n_exited_early;
   /**
@@ -267,11 +334,12 @@ typedef struct raven_generate_stats {
    */
   int32_t n_budget_capped;
   /**
-   * Core iterations over all generated tokens.
+   * Core iterations over all generated tokens (parallel sampler: of their positions, when
+   * the run ended).
    */
   int64_t total_steps;
   /**
-   * Milliseconds of the prefill.
+   * Milliseconds of the prefill (parallel sampler: until the first token).
    */
   double prefill_ms;
   /**
@@ -408,6 +476,36 @@ typedef struct raven_generate_stats {
  * The context is full.
  */
 #define RAVEN_STOP_CONTEXT 3
+
+/**
+ * The parallel sampler ran `max_sampler_steps` steps.
+ */
+#define RAVEN_STOP_SAMPLER_STEPS 4
+
+/**
+ * Token by token: each token runs its iterations (with the exit criterion and the budget),
+ * then the next is sampled. The default.
+ */
+#define RAVEN_SAMPLER_PLAIN 0
+
+/**
+ * The parallel (diffusion-forcing) sampler of arXiv 2510.14961: a wavefront of positions
+ * advances together, `inner_steps` iterations per sampler step in one batched pass, and
+ * positions whose state has converged are frozen (`raven run --sampler parallel`).
+ */
+#define RAVEN_SAMPLER_PARALLEL 1
+
+/**
+ * The official code's behaviour, quirks included (the default; what the tiny-huginn-diffusion
+ * fixture records).
+ */
+#define RAVEN_PARALLEL_OFFICIAL 0
+
+/**
+ * The quirks fixed: each position compared with its own previous state, the output cut at
+ * `max_new` and before a stop token; a wavefront of 1 is ordinary decoding.
+ */
+#define RAVEN_PARALLEL_CORRECTED 1
 
 /**
  * Detail for debugging.
@@ -589,7 +687,9 @@ struct raven_sampling_params raven_sampling_default_params(void);
 /**
  * Default session parameters: the model's context and mean recurrence, no early exit,
  * KV sharing over the core layers (`RAVEN_CACHE_COMPRESS`), no budget, random initial state
- * of scale 1, seed 0, greedy sampling, all cores.
+ * of scale 1, seed 0, greedy sampling, all cores, the plain sampler; for the parallel
+ * sampler the paper's conservative setting (official mode, r′ = 4, wavefront 128, headway 1,
+ * η = 0.1, β = 0 damped, at most 4096 steps), as `raven run --sampler parallel`.
  */
 struct raven_session_params raven_session_default_params(void);
 
@@ -698,6 +798,16 @@ raven_status raven_session_logits(struct raven_session *session, const float **o
  * (may be NULL) with the token, its complete-UTF-8 text piece and its statistics. Stops at a
  * stop token (not reported), when the callback returns false, or when the context is full;
  * `out_stats` (may be NULL) says which and what it cost, also when the call fails.
+ *
+ * With `RAVEN_SAMPLER_PARALLEL` the parallel sampler runs on the session's tokens plus
+ * `prompt` (`n_prompt` may be 0 to continue after them), and `callback` gets each token when
+ * its position freezes (several per sampler step); their `steps` is 0 (a position may go on
+ * iterating: `out_stats->total_steps` has the final counts). It also stops after
+ * `max_sampler_steps` steps (`RAVEN_STOP_SAMPLER_STEPS`); `raven_session_cancel` ends it at the
+ * next core iteration. The prompt and the tokens reported are appended to the session's
+ * tokens. In `RAVEN_PARALLEL_OFFICIAL` mode the output is the official code's: it may exceed
+ * `max_new` (every token frozen in the last step is reported), and stop tokens are only looked
+ * at after `max_steps` sampler steps and are reported with what was frozen beside them.
  *
  * # Safety
  * `session` is NULL or a live session; `prompt` is NULL or has `n_prompt` ids; `callback`

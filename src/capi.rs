@@ -28,6 +28,8 @@ use crate::error::RavenError;
 use crate::exit::{Criterion, ExitPolicy};
 use crate::kv::CacheStrategy;
 use crate::model::Model;
+use crate::parallel::{self, Mode, Observe, ParallelParams};
+use crate::run::Threads;
 use crate::sample::SamplingParams;
 use crate::session::{Next, Session, SessionParams, TokenStats};
 
@@ -107,6 +109,27 @@ pub const RAVEN_STOP_TOKEN: raven_stop_reason = 1;
 pub const RAVEN_STOP_CALLBACK: raven_stop_reason = 2;
 /// The context is full.
 pub const RAVEN_STOP_CONTEXT: raven_stop_reason = 3;
+/// The parallel sampler ran `max_sampler_steps` steps.
+pub const RAVEN_STOP_SAMPLER_STEPS: raven_stop_reason = 4;
+
+/// The sampler of `raven_session_generate` (`sampler` of `raven_session_params`).
+pub type raven_sampler = i32;
+/// Token by token: each token runs its iterations (with the exit criterion and the budget),
+/// then the next is sampled. The default.
+pub const RAVEN_SAMPLER_PLAIN: raven_sampler = 0;
+/// The parallel (diffusion-forcing) sampler of arXiv 2510.14961: a wavefront of positions
+/// advances together, `inner_steps` iterations per sampler step in one batched pass, and
+/// positions whose state has converged are frozen (`raven run --sampler parallel`).
+pub const RAVEN_SAMPLER_PARALLEL: raven_sampler = 1;
+
+/// Which version of the parallel sampler runs (`parallel_mode`).
+pub type raven_parallel_mode = i32;
+/// The official code's behaviour, quirks included (the default; what the tiny-huginn-diffusion
+/// fixture records).
+pub const RAVEN_PARALLEL_OFFICIAL: raven_parallel_mode = 0;
+/// The quirks fixed: each position compared with its own previous state, the output cut at
+/// `max_new` and before a stop token; a wavefront of 1 is ordinary decoding.
+pub const RAVEN_PARALLEL_CORRECTED: raven_parallel_mode = 1;
 
 /// Severity of a log message.
 pub type raven_log_level = i32;
@@ -136,8 +159,40 @@ pub struct raven_session {
 }
 
 struct Inner {
-    session: Session,
+    engine: Engine,
     render_special: bool,
+}
+
+/// What a session generates with (its `sampler`).
+enum Engine {
+    /// Token by token, on a [`Session`] and its KV cache.
+    Plain(Box<Session>),
+    /// The parallel sampler, which prefills its context and keeps its own cache each call.
+    Parallel(Box<ParallelSession>),
+}
+
+/// A session of the parallel sampler: its settings, thread pool and tokens so far.
+struct ParallelSession {
+    model: Arc<Model>,
+    params: SessionParams,
+    knobs: ParallelParams,
+    threads: Threads,
+    /// The prompts and generations so far (the next call's context).
+    history: Vec<u32>,
+}
+
+impl Inner {
+    /// The plain sampler's session, for the calls that step it; an error for the parallel one.
+    fn plain(&mut self, call: &str) -> R<&mut Session> {
+        match &mut self.engine {
+            Engine::Plain(s) => Ok(s),
+            Engine::Parallel(_) => Err(invalid(format!(
+                "{call} needs the plain sampler: this session's sampler is \
+                 RAVEN_SAMPLER_PARALLEL, which prefills and generates inside \
+                 raven_session_generate"
+            ))),
+        }
+    }
 }
 
 /// How a model is loaded.
@@ -210,6 +265,41 @@ pub struct raven_session_params {
     /// Include special tokens (e.g. `<|end_turn|>`) in the text pieces of
     /// `raven_session_generate`. Default false.
     pub render_special: bool,
+    /// The sampler of `raven_session_generate`: `RAVEN_SAMPLER_*`. Default
+    /// `RAVEN_SAMPLER_PLAIN`; the fields below are read only with `RAVEN_SAMPLER_PARALLEL`.
+    ///
+    /// With the parallel sampler the exit criterion is the freezing rule:
+    /// `RAVEN_EXIT_LATENT_DIFF` (threshold ε, default 0.03: the paper's, and the default of
+    /// `raven run --sampler parallel`; set it, the struct's default is `RAVEN_EXIT_NONE`) or
+    /// `RAVEN_EXIT_NONE` (the fixed rule); `max_steps` is `num_steps` (the prompt's
+    /// iterations, and the fixed rule's count); `min_steps` (corrected mode only), the cache,
+    /// context, initial-state scale, seed, sampling and `warm_start` apply; `check_every` must
+    /// be 1, `budget_ms` 0 and `prefill_steps` 0 (or `max_steps`). Each
+    /// `raven_session_generate` runs the sampler on the session's tokens (the earlier prompts
+    /// and generations) plus `prompt`, from scratch, its random draws seeded with `seed` at
+    /// each call; `raven_session_prefill`, `_step`, `_sample` and `_logits` are refused.
+    /// `init_scale` 0, `noise` 0 and temperature 0 make it deterministic.
+    pub sampler: raven_sampler,
+    /// `RAVEN_PARALLEL_OFFICIAL` (default) or `RAVEN_PARALLEL_CORRECTED`.
+    pub parallel_mode: raven_parallel_mode,
+    /// Core iterations per sampler step, r′, from 1 to 4096. Default 4.
+    pub inner_steps: i32,
+    /// Most positions in the wavefront (0 = no cap). Default 128.
+    pub wavefront: i32,
+    /// New positions appended per sampler step, from 1 to 1024. Default 1.
+    pub headway: i32,
+    /// Momentum η of the conditioning, in [0, 1) (0 = off). Default 0.1.
+    pub ema: f64,
+    /// State-noise mixing β, in [0, 1] (0 = off). Default 0.
+    pub noise: f64,
+    /// Damp the noise per position as β / (1 + its iterations so far); false: a constant β.
+    /// Default true.
+    pub noise_dampened: bool,
+    /// Square-root noise mixing z·√(1−a) + √a·noise instead of z·(1−a) + a·noise. Default
+    /// false.
+    pub noise_sqrt: bool,
+    /// Most sampler steps (≥ 1). Default 4096.
+    pub max_sampler_steps: i32,
 }
 
 /// What one token cost.
@@ -238,13 +328,15 @@ pub struct raven_generate_stats {
     pub n_generated: i32,
     /// Why generation stopped: `RAVEN_STOP_*` (meaningful when the call returned `RAVEN_OK`).
     pub stop_reason: raven_stop_reason,
-    /// Generated tokens that exited early.
+    /// Generated tokens that exited early (parallel sampler: whose position the latent-diff
+    /// rule froze before `max_steps` iterations).
     pub n_exited_early: i32,
     /// Generated tokens stopped by the latency budget.
     pub n_budget_capped: i32,
-    /// Core iterations over all generated tokens.
+    /// Core iterations over all generated tokens (parallel sampler: of their positions, when
+    /// the run ended).
     pub total_steps: i64,
-    /// Milliseconds of the prefill.
+    /// Milliseconds of the prefill (parallel sampler: until the first token).
     pub prefill_ms: f64,
     /// Milliseconds of generation after the prefill.
     pub generate_ms: f64,
@@ -256,7 +348,8 @@ pub type raven_progress_callback =
 
 /// Called for each generated token with its text piece: `piece` holds `piece_len` bytes of
 /// complete UTF-8 (possibly 0 bytes, when a character is still incomplete or the token is a
-/// special token not rendered), followed by a NUL. `stats` describes the token. Return false
+/// special token not rendered), followed by a NUL. `stats` describes the token (with the
+/// parallel sampler its `steps` is 0: the position may still be iterating). Return false
 /// to stop generating. After the last token, if an incomplete character is left over, the
 /// callback is called once more with `token` = -1, `stats` = NULL and its text (U+FFFD); its
 /// return value is then ignored. `piece` and `stats` are valid only during the call.
@@ -985,7 +1078,9 @@ fn default_sampling() -> raven_sampling_params {
 
 /// Default session parameters: the model's context and mean recurrence, no early exit,
 /// KV sharing over the core layers (`RAVEN_CACHE_COMPRESS`), no budget, random initial state
-/// of scale 1, seed 0, greedy sampling, all cores.
+/// of scale 1, seed 0, greedy sampling, all cores, the plain sampler; for the parallel
+/// sampler the paper's conservative setting (official mode, r′ = 4, wavefront 128, headway 1,
+/// η = 0.1, β = 0 damped, at most 4096 steps), as `raven run --sampler parallel`.
 #[no_mangle]
 pub extern "C" fn raven_session_default_params() -> raven_session_params {
     guard(
@@ -996,6 +1091,8 @@ pub extern "C" fn raven_session_default_params() -> raven_session_params {
 }
 
 fn default_session() -> raven_session_params {
+    // The parallel sampler's defaults are the library's (and the command line's).
+    let pd = ParallelParams::default();
     raven_session_params {
         n_threads: 0,
         n_ctx: 0,
@@ -1014,6 +1111,16 @@ fn default_session() -> raven_session_params {
         sampling: default_sampling(),
         kv_cap_bytes: 0,
         render_special: false,
+        sampler: RAVEN_SAMPLER_PLAIN,
+        parallel_mode: RAVEN_PARALLEL_OFFICIAL,
+        inner_steps: pd.inner_steps as i32,
+        wavefront: pd.wavefront as i32,
+        headway: pd.headway as i32,
+        ema: pd.ema,
+        noise: pd.noise,
+        noise_dampened: pd.noise_dampened,
+        noise_sqrt: pd.noise_sqrt,
+        max_sampler_steps: pd.max_sampler_steps as i32,
     }
 }
 
@@ -1068,6 +1175,42 @@ fn criterion_from_c(kind: raven_exit_criterion, thr: f32) -> R<Criterion> {
             e.message_for(|_| "exit_threshold")
         ))
     })
+}
+
+/// The parallel sampler's knobs when `sampler` asks for it (None for the plain sampler, whose
+/// session ignores them).
+fn parallel_from_c(p: &raven_session_params) -> R<Option<ParallelParams>> {
+    match p.sampler {
+        RAVEN_SAMPLER_PLAIN => return Ok(None),
+        RAVEN_SAMPLER_PARALLEL => {}
+        k => {
+            return Err(invalid(format!(
+                "sampler = {k} is not one of RAVEN_SAMPLER_PLAIN (0), RAVEN_SAMPLER_PARALLEL (1)"
+            )))
+        }
+    }
+    let mode = match p.parallel_mode {
+        RAVEN_PARALLEL_OFFICIAL => Mode::Official,
+        RAVEN_PARALLEL_CORRECTED => Mode::Corrected,
+        k => {
+            return Err(invalid(format!(
+                "parallel_mode = {k} is not one of RAVEN_PARALLEL_OFFICIAL (0), RAVEN_PARALLEL_CORRECTED (1)"
+            )))
+        }
+    };
+    // Ranges and the combinations with the session's parameters are the library's checks
+    // (ParallelParams::validate), naming these fields.
+    Ok(Some(ParallelParams {
+        mode,
+        inner_steps: nonneg(p.inner_steps, "inner_steps")?,
+        wavefront: nonneg(p.wavefront, "wavefront")?,
+        headway: nonneg(p.headway, "headway")?,
+        ema: p.ema,
+        noise: p.noise,
+        noise_dampened: p.noise_dampened,
+        noise_sqrt: p.noise_sqrt,
+        max_sampler_steps: nonneg(p.max_sampler_steps, "max_sampler_steps")?,
+    }))
 }
 
 fn params_from_c(p: &raven_session_params, m: &Model) -> R<SessionParams> {
@@ -1151,8 +1294,20 @@ pub unsafe extern "C" fn raven_session_new(
             .copied()
             .unwrap_or_else(default_session);
         let sp = params_from_c(&p, &m.model)?;
-        // Refuse a cache the allocator cannot give, instead of aborting inside the session.
-        let bytes = sp.kv_bytes(&m.model);
+        let knobs = parallel_from_c(&p)?;
+        if let Some(pp) = &knobs {
+            pp.validate(&m.model, &sp)?;
+        }
+        // Refuse a cache the allocator cannot give, instead of aborting inside the session (the
+        // parallel sampler allocates its cache, for r′ iterations at least, at each call).
+        let bytes = match &knobs {
+            None => sp.kv_bytes(&m.model),
+            Some(pp) => sp.cache.bytes(
+                &m.model.config,
+                sp.context_for(&m.model),
+                sp.exit.max_steps.max(pp.inner_steps),
+            ),
+        };
         if sp.kv_cap_bytes.is_none_or(|cap| bytes <= cap) {
             let ok = usize::try_from(bytes)
                 .ok()
@@ -1166,17 +1321,40 @@ pub unsafe extern "C" fn raven_session_new(
                 });
             }
         }
-        let mut session = Session::new(m.model.clone(), sp)?;
         let cancel = Arc::new(AtomicBool::new(false));
-        session.set_cancel_flag(cancel.clone());
-        let sp = session.params();
+        let (engine, ctx) = match knobs {
+            None => {
+                let mut session = Session::new(m.model.clone(), sp.clone())?;
+                session.set_cancel_flag(cancel.clone());
+                let ctx = session.ctx();
+                (Engine::Plain(Box::new(session)), ctx)
+            }
+            Some(pp) => {
+                let ctx = sp.context_for(&m.model);
+                let threads = Threads::new(sp.threads)?;
+                let s = ParallelSession {
+                    model: m.model.clone(),
+                    params: sp.clone(),
+                    knobs: pp,
+                    threads,
+                    history: Vec::new(),
+                };
+                (Engine::Parallel(Box::new(s)), ctx)
+            }
+        };
+        let sampler = match &engine {
+            Engine::Plain(_) => "plain sampler".to_string(),
+            Engine::Parallel(p) => format!(
+                "parallel sampler ({}, r′ {}, wavefront ≤ {})",
+                p.knobs.mode, p.knobs.inner_steps, p.knobs.wavefront
+            ),
+        };
         log(
             RAVEN_LOG_INFO,
             &format!(
-                "session: context {}, cache {} ({} MB), steps ≤ {}, exit {:?}, {} threads",
-                session.ctx(),
+                "session: context {ctx}, cache {} ({} MB), steps ≤ {}, exit {:?}, {sampler}, {} threads",
                 sp.cache,
-                session.kv_bytes() / 1_000_000,
+                bytes / 1_000_000,
                 sp.exit.max_steps,
                 sp.exit.criterion,
                 if sp.threads == 0 {
@@ -1189,7 +1367,7 @@ pub unsafe extern "C" fn raven_session_new(
         let h = Box::new(raven_session {
             cancel,
             inner: Mutex::new(Inner {
-                session,
+                engine,
                 render_special: p.render_special,
             }),
         });
@@ -1268,7 +1446,10 @@ pub unsafe extern "C" fn raven_session_reset(session: *mut raven_session) -> rav
     // SAFETY: forwarded contract.
     unsafe {
         with_session("raven_session_reset", session, |s, _| {
-            s.session.reset();
+            match &mut s.engine {
+                Engine::Plain(session) => session.reset(),
+                Engine::Parallel(p) => p.history.clear(),
+            }
             Ok(())
         })
     }
@@ -1288,7 +1469,11 @@ pub unsafe extern "C" fn raven_session_set_sampling(
         with_session("raven_session_set_sampling", session, |s, _| {
             // SAFETY: NULL or valid by the contract.
             let p = handle(params, "params")?;
-            s.session.set_sampling(sampling_from_c(p)?)?;
+            let sampling = sampling_from_c(p)?;
+            match &mut s.engine {
+                Engine::Plain(session) => session.set_sampling(sampling)?,
+                Engine::Parallel(p) => p.params.sampling = sampling,
+            }
             Ok(())
         })
     }
@@ -1306,7 +1491,10 @@ pub unsafe extern "C" fn raven_session_n_tokens(session: *const raven_session) -
         || {
             // SAFETY: NULL or live by the contract.
             let s = unsafe { handle(session, "session") }?;
-            Ok(lock(s)?.session.len() as i32)
+            Ok(match &lock(s)?.engine {
+                Engine::Plain(session) => session.len(),
+                Engine::Parallel(p) => p.history.len(),
+            } as i32)
         },
     )
 }
@@ -1323,7 +1511,10 @@ pub unsafe extern "C" fn raven_session_n_ctx(session: *const raven_session) -> i
         || {
             // SAFETY: NULL or live by the contract.
             let s = unsafe { handle(session, "session") }?;
-            Ok(lock(s)?.session.ctx() as i32)
+            Ok(match &lock(s)?.engine {
+                Engine::Plain(session) => session.ctx(),
+                Engine::Parallel(p) => p.params.context_for(&p.model),
+            } as i32)
         },
     )
 }
@@ -1347,7 +1538,7 @@ pub unsafe extern "C" fn raven_session_prefill(
             if ids.is_empty() {
                 return Err(invalid("n_tokens is 0: nothing to prefill"));
             }
-            s.session.prefill(&ids)?;
+            s.plain("raven_session_prefill")?.prefill(&ids)?;
             Ok(())
         })
     }
@@ -1379,7 +1570,7 @@ pub unsafe extern "C" fn raven_session_step(
         with_session("raven_session_step", session, |s, _| {
             let t = u32::try_from(token)
                 .map_err(|_| invalid(format!("token id {token} is negative")))?;
-            let st = s.session.step(t)?;
+            let st = s.plain("raven_session_step")?.step(t)?;
             if !out_stats.is_null() {
                 // SAFETY: non-NULL and writable by the contract.
                 out_stats.write(stats_to_c(&st));
@@ -1405,12 +1596,13 @@ pub unsafe extern "C" fn raven_session_sample(
             if out_token.is_null() {
                 return Err(invalid("out_token is NULL"));
             }
-            if s.session.logits().is_empty() {
+            let session = s.plain("raven_session_sample")?;
+            if session.logits().is_empty() {
                 return Err(invalid(
                     "no logits yet: call raven_session_prefill or _step first",
                 ));
             }
-            let t = s.session.sample();
+            let t = session.sample();
             write_out(out_token, t as i32, "out_token")
         })
     }
@@ -1433,7 +1625,7 @@ pub unsafe extern "C" fn raven_session_logits(
             if out_logits.is_null() || out_n_vocab.is_null() {
                 return Err(invalid("out_logits or out_n_vocab is NULL"));
             }
-            let l = s.session.logits();
+            let l = s.plain("raven_session_logits")?.logits();
             if l.is_empty() {
                 return Err(invalid(
                     "no logits yet: call raven_session_prefill or _step first",
@@ -1450,6 +1642,16 @@ pub unsafe extern "C" fn raven_session_logits(
 /// (may be NULL) with the token, its complete-UTF-8 text piece and its statistics. Stops at a
 /// stop token (not reported), when the callback returns false, or when the context is full;
 /// `out_stats` (may be NULL) says which and what it cost, also when the call fails.
+///
+/// With `RAVEN_SAMPLER_PARALLEL` the parallel sampler runs on the session's tokens plus
+/// `prompt` (`n_prompt` may be 0 to continue after them), and `callback` gets each token when
+/// its position freezes (several per sampler step); their `steps` is 0 (a position may go on
+/// iterating: `out_stats->total_steps` has the final counts). It also stops after
+/// `max_sampler_steps` steps (`RAVEN_STOP_SAMPLER_STEPS`); `raven_session_cancel` ends it at the
+/// next core iteration. The prompt and the tokens reported are appended to the session's
+/// tokens. In `RAVEN_PARALLEL_OFFICIAL` mode the output is the official code's: it may exceed
+/// `max_new` (every token frozen in the last step is reported), and stop tokens are only looked
+/// at after `max_steps` sampler steps and are reported with what was frozen beside them.
 ///
 /// # Safety
 /// `session` is NULL or a live session; `prompt` is NULL or has `n_prompt` ids; `callback`
@@ -1491,6 +1693,85 @@ pub unsafe extern "C" fn raven_session_generate(
     }
 }
 
+/// Where generated tokens go: the caller's callback, with each token's text piece.
+struct Sink<'t> {
+    callback: raven_token_callback,
+    user_data: *mut c_void,
+    decoder: Option<raven_text::StreamDecoder<'t>>,
+    piece: Vec<u8>,
+}
+
+impl<'t> Sink<'t> {
+    fn new(
+        callback: raven_token_callback,
+        user_data: *mut c_void,
+        model: &'t Model,
+        render_special: bool,
+    ) -> R<Sink<'t>> {
+        let decoder = match (callback, model.tokenizer()) {
+            (None, _) => None,
+            (Some(_), Ok(t)) if render_special => {
+                Some(raven_text::StreamDecoder::with_special_tokens(t))
+            }
+            (Some(_), Ok(t)) => Some(raven_text::StreamDecoder::new(t)),
+            (Some(_), Err(e)) => return Err(e.into()),
+        };
+        Ok(Sink {
+            callback,
+            user_data,
+            decoder,
+            piece: Vec::with_capacity(64),
+        })
+    }
+
+    /// Calls the callback (true without one).
+    ///
+    /// # Safety
+    /// The callback is callable with the user data (`raven_session_generate`'s contract).
+    unsafe fn call(&mut self, token: i32, text: &str, stats: Option<&raven_token_stats>) -> bool {
+        let Some(cb) = self.callback else { return true };
+        self.piece.clear();
+        self.piece.extend_from_slice(text.as_bytes());
+        self.piece.push(0);
+        let sp = stats.map_or(std::ptr::null(), |x| x as *const raven_token_stats);
+        // SAFETY: callable with `user_data` by the contract; `piece` is NUL-terminated and
+        // outlives the call, as does `sp`'s target.
+        unsafe {
+            cb(
+                token,
+                self.piece.as_ptr().cast(),
+                text.len(),
+                sp,
+                self.user_data,
+            )
+        }
+    }
+
+    /// Reports a generated token with its text piece; false when the callback asks to stop.
+    ///
+    /// # Safety
+    /// As for [`Sink::call`].
+    unsafe fn token(&mut self, t: u32, stats: &raven_token_stats) -> R<bool> {
+        let text = match self.decoder.as_mut() {
+            Some(d) => d.push(t)?.unwrap_or_default(),
+            None => String::new(),
+        };
+        // SAFETY: forwarded contract.
+        Ok(unsafe { self.call(t as i32, &text, Some(stats)) })
+    }
+
+    /// Reports an incomplete character left over at the end (token -1).
+    ///
+    /// # Safety
+    /// As for [`Sink::call`].
+    unsafe fn flush(&mut self) {
+        if let Some(rest) = self.decoder.as_mut().and_then(|d| d.flush()) {
+            // SAFETY: forwarded contract.
+            unsafe { self.call(-1, &rest, None) };
+        }
+    }
+}
+
 /// The body of [`raven_session_generate`].
 ///
 /// # Safety
@@ -1509,8 +1790,37 @@ unsafe fn generate(
     // SAFETY: `n_prompt` readable ids by the contract.
     let prompt = tokens_in(unsafe { slice(prompt, n_prompt, "prompt") }?, "prompt")?;
     let max_new = nonneg(max_new, "max_new")?;
+    st.stop_reason = RAVEN_STOP_LENGTH;
+    let render_special = s.render_special;
+    match &mut s.engine {
+        Engine::Plain(session) => {
+            let model = session.model().clone();
+            let mut sink = Sink::new(callback, user_data, &model, render_special)?;
+            // SAFETY: forwarded contract.
+            unsafe { generate_plain(session, cancel, &prompt, max_new, &mut sink, st) }
+        }
+        Engine::Parallel(p) => {
+            let model = p.model.clone();
+            let mut sink = Sink::new(callback, user_data, &model, render_special)?;
+            // SAFETY: forwarded contract.
+            unsafe { generate_parallel(p, cancel, &prompt, max_new, &mut sink, st) }
+        }
+    }
+}
+
+/// [`generate`] with the plain sampler: feed the prompt, then sample and feed token by token.
+///
+/// # Safety
+/// As for `raven_session_generate`.
+unsafe fn generate_plain(
+    session: &mut Session,
+    cancel: &AtomicBool,
+    prompt: &[u32],
+    max_new: usize,
+    sink: &mut Sink<'_>,
+    st: &mut raven_generate_stats,
+) -> R<()> {
     let t0 = Instant::now();
-    let session = &mut s.session;
     if prompt.is_empty() {
         if session.logits().is_empty() {
             return Err(invalid(
@@ -1518,33 +1828,12 @@ unsafe fn generate(
             ));
         }
     } else {
-        session.feed_prompt(&prompt)?;
+        session.feed_prompt(prompt)?;
         st.n_prompt = prompt.len() as i32;
     }
     let t1 = Instant::now();
     st.prefill_ms = (t1 - t0).as_secs_f64() * 1e3;
-    let model = session.model().clone();
-    let stops = model.stop_tokens();
-    let mut decoder = match (callback, model.tokenizer()) {
-        (None, _) => None,
-        (Some(_), Ok(t)) if s.render_special => {
-            Some(raven_text::StreamDecoder::with_special_tokens(t))
-        }
-        (Some(_), Ok(t)) => Some(raven_text::StreamDecoder::new(t)),
-        (Some(_), Err(e)) => return Err(e.into()),
-    };
-    let mut piece: Vec<u8> = Vec::with_capacity(64);
-    let mut call = |token: i32, text: &str, stats: Option<&raven_token_stats>| -> bool {
-        let Some(cb) = callback else { return true };
-        piece.clear();
-        piece.extend_from_slice(text.as_bytes());
-        piece.push(0);
-        let sp = stats.map_or(std::ptr::null(), |x| x as *const raven_token_stats);
-        // SAFETY: callable with `user_data` by the contract; `piece` is NUL-terminated and
-        // outlives the call, as does `sp`'s target.
-        unsafe { cb(token, piece.as_ptr().cast(), text.len(), sp, user_data) }
-    };
-    st.stop_reason = RAVEN_STOP_LENGTH;
+    let stops = session.model().stop_tokens();
     let result = (|| -> R<()> {
         for _ in 0..max_new {
             if cancel.load(Ordering::Relaxed) {
@@ -1566,11 +1855,8 @@ unsafe fn generate(
             st.n_exited_early += ts.exited_early as i32;
             st.n_budget_capped += ts.budget_capped as i32;
             st.generate_ms = t1.elapsed().as_secs_f64() * 1e3;
-            let text = match decoder.as_mut() {
-                Some(d) => d.push(next)?.unwrap_or_default(),
-                None => String::new(),
-            };
-            if !call(next as i32, &text, Some(&ts)) {
+            // SAFETY: forwarded contract.
+            if !unsafe { sink.token(next, &ts) }? {
                 st.stop_reason = RAVEN_STOP_CALLBACK;
                 return Ok(());
             }
@@ -1578,8 +1864,115 @@ unsafe fn generate(
         Ok(())
     })();
     st.generate_ms = t1.elapsed().as_secs_f64() * 1e3;
-    if let Some(rest) = decoder.as_mut().and_then(|d| d.flush()) {
-        call(-1, &rest, None);
-    }
+    // SAFETY: forwarded contract.
+    unsafe { sink.flush() };
     result
+}
+
+/// [`generate`] with the parallel sampler: the session's tokens and the prompt from scratch,
+/// the tokens reported as their positions freeze.
+///
+/// # Safety
+/// As for `raven_session_generate`.
+unsafe fn generate_parallel(
+    p: &mut ParallelSession,
+    cancel: &AtomicBool,
+    prompt: &[u32],
+    max_new: usize,
+    sink: &mut Sink<'_>,
+    st: &mut raven_generate_stats,
+) -> R<()> {
+    if prompt.is_empty() && p.history.is_empty() {
+        return Err(invalid(
+            "n_prompt is 0 and the session has no tokens to continue from",
+        ));
+    }
+    let mut context = p.history.clone();
+    context.extend_from_slice(prompt);
+    st.n_prompt = prompt.len() as i32;
+    let stops = p.model.stop_tokens();
+    let t0 = Instant::now();
+    let mut first: Option<Instant> = None;
+    let mut last = t0;
+    let mut reported: Vec<u32> = Vec::new();
+    let mut by_callback = false;
+    let mut failed = None;
+    let obs = Observe {
+        cancel: Some(cancel),
+        ..Default::default()
+    };
+    let res = parallel::generate(
+        &p.model,
+        &p.params,
+        &p.knobs,
+        &context,
+        max_new,
+        &stops,
+        &p.threads,
+        &obs,
+        |t| {
+            let now = Instant::now();
+            let start = *first.get_or_insert(now);
+            let ts = raven_token_stats {
+                token: t as i32,
+                steps: 0,
+                exited_early: false,
+                budget_capped: false,
+                ms: (now - last).as_secs_f64() * 1e3,
+            };
+            last = now;
+            reported.push(t);
+            st.n_generated += 1;
+            st.prefill_ms = (start - t0).as_secs_f64() * 1e3;
+            st.generate_ms = (now - start).as_secs_f64() * 1e3;
+            // SAFETY: forwarded contract.
+            match unsafe { sink.token(t, &ts) } {
+                Ok(true) => true,
+                Ok(false) => {
+                    by_callback = true;
+                    false
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+            }
+        },
+    );
+    match first {
+        Some(start) => st.generate_ms = start.elapsed().as_secs_f64() * 1e3,
+        None => st.prefill_ms = t0.elapsed().as_secs_f64() * 1e3,
+    }
+    // SAFETY: forwarded contract.
+    unsafe { sink.flush() };
+    // The context grows by the prompt and what was reported (as the plain sampler's does by
+    // what it fed), unless nothing was: then it stays as it was.
+    if !reported.is_empty() {
+        p.history = context;
+        p.history.extend_from_slice(&reported);
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let out = res?;
+    let latent = matches!(p.params.exit.criterion, Criterion::LatentDiff(_));
+    let max_steps = p.params.exit.max_steps;
+    st.total_steps = out.recurrence.iter().map(|&r| r as i64).sum();
+    st.n_exited_early = out
+        .recurrence
+        .iter()
+        .filter(|&&r| latent && (r as usize) < max_steps)
+        .count() as i32;
+    st.stop_reason = if by_callback {
+        RAVEN_STOP_CALLBACK
+    } else if out.stopped {
+        RAVEN_STOP_TOKEN
+    } else if out.tokens.len() >= max_new {
+        RAVEN_STOP_LENGTH
+    } else if out.counters.seq_len > p.params.context_for(&p.model) {
+        RAVEN_STOP_CONTEXT
+    } else {
+        RAVEN_STOP_SAMPLER_STEPS
+    };
+    Ok(())
 }

@@ -71,8 +71,8 @@ impl Mode {
         match s {
             "official" => Ok(Mode::Official),
             "corrected" => Ok(Mode::Corrected),
-            _ => Err(RavenError::arg(
-                "parallel mode",
+            _ => Err(RavenError::param(
+                Param::ParallelMode,
                 format!("\"{s}\" is not one of official, corrected"),
             )),
         }
@@ -169,8 +169,8 @@ impl ParallelParams {
     /// Checks the knobs, and the session parameters they are combined with, against `m`.
     pub fn validate(&self, m: &Model, sp: &SessionParams) -> Result<()> {
         if m.config.family.looped_stack() {
-            return Err(RavenError::arg(
-                "sampler",
+            return Err(RavenError::param(
+                Param::Sampler,
                 format!(
                     "the parallel sampler needs a recurrent state and an adapter; {} models have neither",
                     m.config.family.name()

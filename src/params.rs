@@ -66,6 +66,10 @@ pub enum Param {
     Noise,
     /// Most steps of the parallel sampler.
     SamplerSteps,
+    /// The sampler: plain (token by token) or parallel.
+    Sampler,
+    /// The parallel sampler's mode: official or corrected.
+    ParallelMode,
 }
 
 impl Param {
@@ -103,6 +107,8 @@ impl Param {
             Ema => "--ema",
             Noise => "--noise",
             SamplerSteps => "--max-sampler-steps",
+            Sampler => "--sampler",
+            ParallelMode => "--parallel-mode",
         }
     }
 
@@ -140,6 +146,8 @@ impl Param {
             Ema => "ema",
             Noise => "noise",
             SamplerSteps => "max_sampler_steps",
+            Sampler => "sampler",
+            ParallelMode => "parallel_mode",
         }
     }
 
@@ -177,6 +185,8 @@ impl Param {
             Ema => "ema",
             Noise => "noise",
             SamplerSteps => "max_sampler_steps",
+            Sampler => "sampler",
+            ParallelMode => "parallel_mode",
         }
     }
 }

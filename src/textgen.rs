@@ -1,15 +1,20 @@
 //! Text in, text out: chat templates and generation that streams complete UTF-8 and honours
-//! stop strings, on top of [`Session::next_token`]. The server and the Python bindings are
-//! adapters of [`generate_text`]; the command line and the C ABI stream tokens themselves.
+//! stop strings, on top of [`Session::next_token`] ([`generate_text`]) or of the parallel
+//! sampler ([`generate_text_parallel`]). The server and the Python bindings are adapters of
+//! these; the command line and the C ABI stream tokens themselves.
 
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use raven_text::{ChatMessage, ChatTemplate, StreamDecoder};
 
 use crate::error::{RavenError, Result};
+use crate::exit::Criterion;
 use crate::model::Model;
+use crate::parallel::{self, Counters, Observe, ParallelParams};
 use crate::params::Param;
-use crate::session::{Next, Session, TokenStats};
+use crate::run::Threads;
+use crate::session::{Next, Session, SessionParams, TokenStats};
 
 impl Model {
     /// Renders `messages` with the model's chat template (`tokenizer.chat_template`), ending
@@ -98,6 +103,9 @@ pub struct TextOutput {
     pub prompt_ms: f64,
     /// Milliseconds generating.
     pub generate_ms: f64,
+    /// The parallel sampler's counters ([`generate_text_parallel`]; None for the plain
+    /// sampler).
+    pub parallel: Option<Counters>,
 }
 
 impl TextOutput {
@@ -153,6 +161,142 @@ pub fn think_tags(tok: &raven_text::Tokenizer) -> Option<(u32, u32)> {
     Some((id("<think>")?, id("</think>")?))
 }
 
+/// The text side of a generation, fed one token at a time: decoding to complete UTF-8, a
+/// thinking model's reasoning kept apart, stop strings, and the pieces for the consumer. Both
+/// samplers drive it ([`generate_text`], [`generate_text_parallel`]).
+struct TextStream<'t> {
+    dec: StreamDecoder<'t>,
+    rdec: StreamDecoder<'t>,
+    stops: Vec<String>,
+    text: String,
+    shown: usize,
+    reasoning: String,
+    tags: Option<(u32, u32)>,
+    thinking: bool,
+    tokens: Vec<u32>,
+    stats: Vec<TokenStats>,
+}
+
+impl<'t> TextStream<'t> {
+    /// `context` is what precedes the generation: a template may open the reasoning in it (the
+    /// generation then starts inside it).
+    fn new(tok: &'t raven_text::Tokenizer, stop: &[String], context: &[u32]) -> Self {
+        let tags = think_tags(tok);
+        let thinking = tags.is_some_and(|(open, close)| {
+            context.iter().rposition(|&t| t == open) > context.iter().rposition(|&t| t == close)
+        });
+        TextStream {
+            dec: StreamDecoder::new(tok),
+            rdec: StreamDecoder::new(tok),
+            stops: stop.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            text: String::new(),
+            shown: 0,
+            reasoning: String::new(),
+            tags,
+            thinking,
+            tokens: Vec::new(),
+            stats: Vec::new(),
+        }
+    }
+
+    /// Takes a generated token and calls `on_piece` with the text that became safe to show.
+    /// Returns why the generation ends (a stop string, or the consumer asked), or None to go on.
+    fn push(
+        &mut self,
+        t: u32,
+        st: TokenStats,
+        on_piece: &mut impl FnMut(Piece<'_>) -> bool,
+    ) -> Result<Option<Finish>> {
+        self.tokens.push(t);
+        if let Some((open, close)) = self.tags {
+            if t == open || t == close || self.thinking {
+                let mut piece = if t == open || t == close {
+                    self.rdec.flush().unwrap_or_default()
+                } else {
+                    self.rdec.push(t)?.unwrap_or_default()
+                };
+                if t == close {
+                    self.thinking = false;
+                } else if t == open {
+                    self.thinking = true;
+                    piece.clear();
+                }
+                self.reasoning += &piece;
+                self.stats.push(st);
+                let go = on_piece(Piece {
+                    text: &piece,
+                    token: Some((t, self.stats.last().expect("pushed"))),
+                    reasoning: true,
+                });
+                return Ok((!go).then_some(Finish::Consumer));
+            }
+        }
+        self.text += &self.dec.push(t)?.unwrap_or_default();
+        // A stop string may only start where the text not yet shown (or held back) begins.
+        let longest = self.stops.iter().map(|s| s.len()).max().unwrap_or(0);
+        let mut from = self.shown.saturating_sub(longest);
+        while !self.text.is_char_boundary(from) {
+            from -= 1;
+        }
+        let hit = self
+            .stops
+            .iter()
+            .filter_map(|s| self.text[from..].find(s.as_str()).map(|i| from + i))
+            .min();
+        self.stats.push(st);
+        let token = Some((t, self.stats.last().expect("pushed")));
+        if let Some(end) = hit {
+            self.text.truncate(end);
+            let piece = &self.text[self.shown.min(end)..];
+            on_piece(Piece {
+                text: piece,
+                token,
+                reasoning: false,
+            });
+            self.shown = self.text.len();
+            return Ok(Some(Finish::StopString));
+        }
+        let safe = self.text.len() - held_suffix(&self.text, &self.stops);
+        let go = on_piece(Piece {
+            text: &self.text[self.shown..safe],
+            token,
+            reasoning: false,
+        });
+        self.shown = safe;
+        Ok((!go).then_some(Finish::Consumer))
+    }
+
+    /// Shows what was held back (unless a stop string ended the text) and returns the text,
+    /// the reasoning, the tokens and their statistics.
+    fn end(
+        mut self,
+        finish: Finish,
+        on_piece: &mut impl FnMut(Piece<'_>) -> bool,
+    ) -> (String, String, Vec<u32>, Vec<TokenStats>) {
+        if finish != Finish::StopString {
+            if let Some(rest) = self.dec.flush() {
+                self.text += &rest;
+            }
+            if self.shown < self.text.len() {
+                on_piece(Piece {
+                    text: &self.text[self.shown..],
+                    token: None,
+                    reasoning: false,
+                });
+            }
+        }
+        if let Some(rest) = self.rdec.flush().filter(|r| !r.is_empty()) {
+            on_piece(Piece {
+                text: &rest,
+                token: None,
+                reasoning: true,
+            });
+            self.reasoning += &rest;
+        }
+        (self.text, self.reasoning, self.tokens, self.stats)
+    }
+}
+
 /// Feeds `prompt` (appended to the session's context; empty to continue from its logits) and
 /// generates up to `o.max_tokens` tokens, ending at a stop token, a stop string, or a full
 /// context. `on_piece` is called for each generated token with the text that became safe to
@@ -180,22 +324,9 @@ pub fn generate_text(
     let model = session.model().clone();
     let tok = model.tokenizer()?;
     let stop_ids = session.stop_tokens();
-    let stops: Vec<String> = o.stop.iter().filter(|s| !s.is_empty()).cloned().collect();
-    let mut dec = StreamDecoder::new(tok);
-    let mut text = String::new();
-    let mut shown = 0usize;
-    let mut tokens = Vec::new();
-    let mut stats = Vec::new();
+    let mut ts = TextStream::new(tok, &o.stop, session.history());
     let mut finish = Finish::Length;
-    let tags = think_tags(tok);
-    let mut reasoning = String::new();
-    let mut rdec = StreamDecoder::new(tok);
-    // A template may open the reasoning in the prompt (the generation starts inside it).
-    let mut thinking = tags.is_some_and(|(open, close)| {
-        let h = session.history();
-        h.iter().rposition(|&t| t == open) > h.iter().rposition(|&t| t == close)
-    });
-    while tokens.len() < o.max_tokens {
+    while ts.tokens.len() < o.max_tokens {
         let (t, st) = match session.next_token(&stop_ids)? {
             Next::Token(t, st) => (t, st),
             Next::Stop(_) => {
@@ -207,92 +338,12 @@ pub fn generate_text(
                 break;
             }
         };
-        tokens.push(t);
-        if let Some((open, close)) = tags {
-            if t == open || t == close || thinking {
-                let mut piece = if t == open || t == close {
-                    rdec.flush().unwrap_or_default()
-                } else {
-                    rdec.push(t)?.unwrap_or_default()
-                };
-                if t == close {
-                    thinking = false;
-                } else if t == open {
-                    thinking = true;
-                    piece.clear();
-                }
-                reasoning += &piece;
-                stats.push(st);
-                let go = on_piece(Piece {
-                    text: &piece,
-                    token: Some((t, stats.last().expect("pushed"))),
-                    reasoning: true,
-                });
-                if !go {
-                    finish = Finish::Consumer;
-                    break;
-                }
-                continue;
-            }
-        }
-        text += &dec.push(t)?.unwrap_or_default();
-        // A stop string may only start where the text not yet shown (or held back) begins.
-        let mut from = shown.saturating_sub(stops.iter().map(|s| s.len()).max().unwrap_or(0));
-        while !text.is_char_boundary(from) {
-            from -= 1;
-        }
-        let hit = stops
-            .iter()
-            .filter_map(|s| text[from..].find(s.as_str()).map(|i| from + i))
-            .min();
-        let go = if let Some(end) = hit {
-            text.truncate(end);
-            finish = Finish::StopString;
-            let piece = text[shown.min(end)..].to_string();
-            shown = text.len();
-            stats.push(st);
-            on_piece(Piece {
-                text: &piece,
-                token: Some((t, stats.last().expect("pushed"))),
-                reasoning: false,
-            });
-            break;
-        } else {
-            let safe = text.len() - held_suffix(&text, &stops);
-            let piece = text[shown..safe].to_string();
-            shown = safe;
-            stats.push(st);
-            on_piece(Piece {
-                text: &piece,
-                token: Some((t, stats.last().expect("pushed"))),
-                reasoning: false,
-            })
-        };
-        if !go {
-            finish = Finish::Consumer;
+        if let Some(f) = ts.push(t, st, &mut on_piece)? {
+            finish = f;
             break;
         }
     }
-    if finish != Finish::StopString {
-        if let Some(rest) = dec.flush() {
-            text += &rest;
-        }
-        if shown < text.len() {
-            on_piece(Piece {
-                text: &text[shown..],
-                token: None,
-                reasoning: false,
-            });
-        }
-    }
-    if let Some(rest) = rdec.flush().filter(|r| !r.is_empty()) {
-        on_piece(Piece {
-            text: &rest,
-            token: None,
-            reasoning: true,
-        });
-        reasoning += &rest;
-    }
+    let (text, reasoning, tokens, stats) = ts.end(finish, &mut on_piece);
     Ok(TextOutput {
         text,
         reasoning,
@@ -302,6 +353,107 @@ pub fn generate_text(
         n_prompt: prompt.len(),
         prompt_ms,
         generate_ms: t1.elapsed().as_secs_f64() * 1e3,
+        parallel: None,
+    })
+}
+
+/// [`generate_text`] with the parallel sampler ([`crate::parallel::generate`]): `prompt` from
+/// scratch (the sampler prefills it and keeps its own cache), the tokens streamed to
+/// `on_piece` as their positions freeze, `params` and `pp` as the sampler takes them, `cancel`
+/// raised from another thread ends the run with [`RavenError::Cancelled`]. A position keeps
+/// iterating after its token is shown, so the statistics passed with the pieces have `steps`
+/// 0; [`TextOutput::stats`] has each position's final count (and `exited_early` when the
+/// latent-diff rule froze it before `exit.max_steps`), [`TextOutput::parallel`] the sampler's
+/// counters. In the official mode the output is the official code's: it can exceed
+/// `o.max_tokens` (every token frozen in the last step is kept) and keep a stop token and
+/// what follows it.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_text_parallel(
+    model: &Model,
+    params: &SessionParams,
+    pp: &ParallelParams,
+    prompt: &[u32],
+    o: &TextOptions,
+    threads: &Threads,
+    cancel: Option<&AtomicBool>,
+    mut on_piece: impl FnMut(Piece<'_>) -> bool,
+) -> Result<TextOutput> {
+    let tok = model.tokenizer()?;
+    let stop_ids = if params.ignore_eos {
+        Vec::new()
+    } else {
+        model.stop_tokens()
+    };
+    let mut ts = TextStream::new(tok, &o.stop, prompt);
+    let t0 = Instant::now();
+    let mut first: Option<Instant> = None;
+    let mut last = t0;
+    let mut ended = None;
+    let mut failed = None;
+    let obs = Observe {
+        cancel,
+        ..Default::default()
+    };
+    let res = parallel::generate(
+        model,
+        params,
+        pp,
+        prompt,
+        o.max_tokens,
+        &stop_ids,
+        threads,
+        &obs,
+        |t| {
+            let now = Instant::now();
+            first.get_or_insert(now);
+            let st = TokenStats {
+                token: t,
+                ms: (now - last).as_secs_f64() * 1e3,
+                ..Default::default()
+            };
+            last = now;
+            match ts.push(t, st, &mut on_piece) {
+                Ok(None) => true,
+                Ok(Some(f)) => {
+                    ended = Some(f);
+                    false
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+            }
+        },
+    );
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let out = res?;
+    let finish = ended.unwrap_or(if out.stopped {
+        Finish::StopToken
+    } else if out.tokens.len() < o.max_tokens && out.counters.seq_len > params.context_for(model) {
+        Finish::ContextFull
+    } else {
+        // max_tokens, or the sampler's step limit.
+        Finish::Length
+    });
+    let (text, reasoning, tokens, mut stats) = ts.end(finish, &mut on_piece);
+    let latent = matches!(params.exit.criterion, Criterion::LatentDiff(_));
+    for (s, &r) in stats.iter_mut().zip(&out.recurrence) {
+        s.steps = r as usize;
+        s.exited_early = latent && s.steps < params.exit.max_steps;
+    }
+    let first = first.unwrap_or_else(Instant::now);
+    Ok(TextOutput {
+        text,
+        reasoning,
+        tokens,
+        stats,
+        finish,
+        n_prompt: prompt.len(),
+        prompt_ms: (first - t0).as_secs_f64() * 1e3,
+        generate_ms: first.elapsed().as_secs_f64() * 1e3,
+        parallel: Some(out.counters),
     })
 }
 

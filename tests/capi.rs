@@ -10,7 +10,11 @@
 //! - `misuse.c`: NULLs, bad parameters, missing and malformed files give error codes with
 //!   messages;
 //! - `padded.c`: on a model whose embedding has more rows than its tokenizer has tokens,
-//!   sampled and greedy generation emit only ids the tokenizer decodes.
+//!   sampled and greedy generation emit only ids the tokenizer decodes;
+//! - `parallel.c`: the parallel sampler (`sampler` = `RAVEN_SAMPLER_PARALLEL`) in deterministic
+//!   settings streams the official sampler's tokens of the tiny-huginn-diffusion fixture's
+//!   `diffusion.conservative.p0` case; its corrected mode with a wavefront of 1 gives plain
+//!   decoding's tokens; invalid knobs are refused naming their field.
 //!
 //! When the tests are cross-compiled (aarch64 under qemu) the host `cc` cannot link the
 //! library: the C programs are then skipped with a note.
@@ -309,6 +313,62 @@ fn c_padded_vocabulary_is_never_emitted() {
         env,
         &exe,
         &[model.display().to_string(), ids(&prompt), n_tok.to_string()],
+    );
+}
+
+/// The parallel sampler from C: the fixture's deterministic conservative case (init_scale 0,
+/// noise 0, temperature 0; official mode, r′ 4, wavefront 128, headway 1, η 0.1, latent-diff
+/// 0.03, 32 steps: the knobs' defaults) gives the official tokens and iterations.
+#[test]
+fn c_parallel_sampler_matches_official_tokens() {
+    let Some(env) = c_env() else { return };
+    let r = Reference::load(&fixtures().join("tiny-huginn-diffusion"));
+    let case = r
+        .cases()
+        .find(|c| c["name"] == "diffusion.conservative.p0")
+        .expect("the fixture has diffusion.conservative.p0");
+    let p = &case["params"];
+    assert_eq!(case["deterministic"], true);
+    for (k, v) in [
+        ("init_scale", 0.0),
+        ("state_noise_mixing", 0.0),
+        ("ema_embeds", 0.1),
+        ("exit_t", 0.03),
+    ] {
+        assert_eq!(p[k].as_f64(), Some(v), "{k}");
+    }
+    for (k, v) in [
+        ("inner_recurrence", 4),
+        ("num_steps", 32),
+        ("headway", 1),
+        ("max_wavefront", 128),
+        ("max_diffusion_steps", 4096),
+    ] {
+        assert_eq!(p[k].as_u64(), Some(v), "{k}");
+    }
+    assert_eq!(p["freeze_strategy"], "latent-diff");
+    assert_eq!(p["continuous_compute"], false);
+    // The C program asks for one token fewer than the official output holds (it keeps every
+    // token frozen in the last step).
+    assert_eq!(
+        list(&case["new_tokens"]).len(),
+        case["max_new_tokens"].as_u64().unwrap() as usize + 1
+    );
+    let to_ids = |v: &serde_json::Value| -> Vec<u32> {
+        list(v).iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    };
+    let prompt = to_ids(&r.json["prompt_token_ids"][case["prompt"].to_string()]);
+    let new = to_ids(&case["new_tokens"]);
+    let steps: u64 = list(&case["recurrence_per_position"])
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .sum();
+    let dir = TempDir::new("capi-parallel");
+    let exe = build(env, &dir, "parallel");
+    run(
+        env,
+        &exe,
+        &[model(&dir), ids(&prompt), ids(&new), steps.to_string()],
     );
 }
 

@@ -206,6 +206,115 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(plain, path
     assert st == 200 and json.loads(body)["choices"][0]["message"]["content"] == "2"
 
 
+def raven_run_json(*args):
+    """`raven run ... --json` on the demo model: its one JSON object."""
+    out = subprocess.run([str(RAVEN_BIN), "run", *args, "--json"], check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def test_parallel_sampler_equals_raven_run(server):
+    """`"sampler": "parallel"` in deterministic settings (init_scale 0, noise 0, temperature 0)
+    gives the tokens, text and per-position iterations of `raven run --sampler parallel --json`
+    on the same model and prompt (the `server` fixture runs with --ignore-eos and --steps 32),
+    whole and streamed, in the default (official, the paper's conservative setting) and the
+    corrected mode, on both endpoints."""
+    question = "Ball: 3. Swaps: 13 25 34"
+    settings = [
+        ({}, []),
+        ({"parallel_mode": "corrected", "inner_steps": 2, "wavefront": 4, "ema": 0,
+          "headway": 2},
+         ["--parallel-mode", "corrected", "--inner-steps", "2", "--wavefront", "4", "--ema", "0",
+          "--headway", "2"]),
+    ]
+    for knobs, flags in settings:
+        for chat in (True, False):
+            run = ["--chat"] if chat else []
+            want = raven_run_json(*run, "-p", question, "--sampler", "parallel", "--ignore-eos",
+                                  "--steps", "32", "--init-scale", "0", "--noise", "0",
+                                  "--temp", "0", "-n", "16", *flags)
+            assert want["counters"]["sampler"] == "parallel" and want["tokens"]
+            body = {"model": MODEL, "max_tokens": 16, "temperature": 0, "init_scale": 0,
+                    "sampler": "parallel", "noise": 0, **knobs}
+            if chat:
+                path = "/v1/chat/completions"
+                body["messages"] = [{"role": "user", "content": question}]
+            else:
+                path = "/v1/completions"
+                body["prompt"] = question
+            st, _, raw = server.request("POST", path, body=body)
+            assert st == 200, raw
+            r = json.loads(raw)
+            c = r["choices"][0]
+            text = c["message"]["content"] if chat else c["text"]
+            at = f"{knobs} chat={chat}"
+            assert text == want["text"], at
+            assert r["usage"]["completion_tokens"] == len(want["tokens"]), at
+            assert r["usage"]["prompt_tokens"] == want["prompt_tokens"], at
+            assert r["raven"]["sampler"] == "parallel"
+            assert r["raven"]["iterations"] == want["steps"], at
+            for k in ("sampler_steps", "core_passes", "tokens_forward", "cache_clears",
+                      "standing_waves", "seq_len"):
+                assert r["raven"]["parallel"][k] == want["counters"][k], (at, k)
+            assert r["raven"]["parallel"]["mode"] == knobs.get("parallel_mode", "official")
+            assert c["finish_reason"] == "length"
+            if chat:
+                assert stream_text(server.host, server.port, body) == (want["text"], "length")
+    # The plain sampler is unchanged, and says so.
+    st, _, raw = server.request("POST", "/v1/completions", body={
+        "model": MODEL, "prompt": question, "max_tokens": 4, "temperature": 0})
+    assert st == 200 and json.loads(raw)["raven"]["sampler"] == "plain"
+    assert "parallel" not in json.loads(raw)["raven"]
+
+
+@pytest.mark.parametrize(
+    "extra,param",
+    [
+        ({"sampler": "parallel", "inner_steps": 0}, "inner_steps"),
+        ({"sampler": "parallel", "inner_steps": "four"}, "inner_steps"),
+        ({"sampler": "parallel", "headway": 0}, "headway"),
+        ({"sampler": "parallel", "wavefront": -1}, "wavefront"),
+        ({"sampler": "parallel", "ema": 1.5}, "ema"),
+        ({"sampler": "parallel", "noise": -0.5}, "noise"),
+        ({"sampler": "parallel", "noise_sqrt": "yes"}, "noise_sqrt"),
+        ({"sampler": "parallel", "max_sampler_steps": 0}, "max_sampler_steps"),
+        ({"sampler": "parallel", "parallel_mode": "sideways"}, "parallel_mode"),
+        ({"sampler": "parallel", "exit": "kl"}, "exit"),
+        ({"sampler": "parallel", "exit": "none", "wavefront": 4}, "wavefront"),
+        ({"sampler": "parallel", "budget_ms": 10}, "budget_ms"),
+        ({"sampler": "turbo"}, "sampler"),
+        ({"sampler": 1}, "sampler"),
+        ({"wavefront": 8}, "wavefront"),
+    ],
+)
+def test_parallel_sampler_refuses_invalid_knobs_naming_the_field(plain, extra, param):
+    for path, body in [
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Ball: 2. Swaps: 45"}]}),
+        ("/v1/completions", {"prompt": "Ball: 2. Swaps: 45"}),
+    ]:
+        st, _, raw = plain.request("POST", path, body={"model": MODEL, "max_tokens": 4, **body,
+                                                       **extra})
+        assert st == 400, raw
+        err = json.loads(raw)["error"]
+        assert err["param"] == param, err
+        assert param in err["message"] and "--" not in err["message"], err
+        assert err["type"] == "invalid_request_error"
+
+
+def test_disconnect_cancels_a_long_parallel_generation(server):
+    """The parallel sampler stops at its next core iteration when the client goes away. Here
+    (corrected mode, a wavefront of 1, the fixed rule) every token takes 4096 iterations: the
+    whole answer would take over 5 s on one thread."""
+    body = {"model": MODEL, "max_tokens": 230, "temperature": 0, "steps": 4096,
+            "sampler": "parallel", "parallel_mode": "corrected", "exit": "none", "wavefront": 1,
+            "messages": [{"role": "user", "content": "Ball: 1. Swaps: 12"}]}
+    t0 = time.perf_counter()
+    assert stream_text(server.host, server.port, body, disconnect_after=1) is None
+    while server.health()["running"] != 0:
+        assert time.perf_counter() - t0 < 2.5, "the generation was not cancelled"
+        time.sleep(0.02)
+
+
 def stream_text(host, port, body, disconnect_after=None):
     """Streams a chat completion; returns (text, finish_reason), or None after disconnecting
     once `disconnect_after` content chunks have arrived."""

@@ -10,8 +10,15 @@
 //! events with `"stream": true`), `GET /v1/models`, `GET /health`. Requests follow OpenAI's
 //! schema (`messages`, `prompt`, `max_tokens`, `temperature`, `top_p`, `seed`, `stop`,
 //! `stream`) plus Raven's controls as extra fields: `steps`, `exit`, `budget_ms`, `cache` (and
-//! `top_k`, `min_p`, `min_steps`, `init_scale`). Responses carry `usage` and a `raven` object:
-//! core iterations per token, their mean, early exits, budget caps and timings.
+//! `top_k`, `min_p`, `min_steps`, `init_scale`), and the sampler: `sampler` (`"plain"`, the
+//! default, or `"parallel"`: the diffusion-forcing sampler of `raven run --sampler parallel`)
+//! with its knobs `parallel_mode` (`"official"`, the default, or `"corrected"`), `inner_steps`
+//! (4), `wavefront` (128; 0 = no cap), `headway` (1), `ema` (0.1), `noise` (0),
+//! `noise_dampened` (true), `noise_sqrt` (false) and `max_sampler_steps` (4096); its freezing
+//! rule is `exit` (`latent-diff[:ε]`, the default when the server's own exit is not
+//! latent-diff, or `none` for the fixed rule). Responses carry `usage` and a `raven` object:
+//! core iterations per token, their mean, early exits, budget caps and timings, and with the
+//! parallel sampler its counters.
 //!
 //! The HTTP stack is axum on tokio (hyper underneath); generation runs on blocking threads,
 //! each request on its own [`Session`] over the shared model. A client that disconnects
@@ -37,9 +44,10 @@ use tokio::sync::{mpsc, Semaphore};
 
 use raven::exit::{Criterion, ExitPolicy};
 use raven::kv::CacheStrategy;
+use raven::parallel::{Mode, ParallelParams};
 use raven::run::Threads;
 use raven::session::{Session, SessionParams, TokenStats};
-use raven::textgen::{generate_text, TextOptions, TextOutput};
+use raven::textgen::{generate_text, generate_text_parallel, Piece, TextOptions, TextOutput};
 use raven::Model;
 use raven_text::ChatMessage;
 
@@ -310,6 +318,99 @@ struct Req {
     budget_ms: Option<Value>,
     cache: Option<String>,
     init_scale: Option<Value>,
+    sampler: Option<Value>,
+    parallel_mode: Option<Value>,
+    inner_steps: Option<Value>,
+    wavefront: Option<Value>,
+    headway: Option<Value>,
+    ema: Option<Value>,
+    noise: Option<Value>,
+    noise_dampened: Option<Value>,
+    noise_sqrt: Option<Value>,
+    max_sampler_steps: Option<Value>,
+}
+
+fn string<'a>(v: &'a Option<Value>, param: &'static str) -> Result<Option<&'a str>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(ApiError::bad(
+            param,
+            format!("{param} must be a string, got {other}"),
+        )),
+    }
+}
+
+fn boolean(v: &Option<Value>, param: &'static str) -> Result<Option<bool>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(ApiError::bad(
+            param,
+            format!("{param} must be true or false, got {other}"),
+        )),
+    }
+}
+
+/// The parallel sampler's knobs when the request asks for it (`"sampler": "parallel"`), the
+/// library's defaults where it gives none; None for the plain sampler, which refuses them.
+fn parallel_knobs(req: &Req) -> Result<Option<ParallelParams>, ApiError> {
+    let parallel = match string(&req.sampler, "sampler")? {
+        None | Some("plain") => false,
+        Some("parallel") => true,
+        Some(s) => {
+            return Err(ApiError::bad(
+                "sampler",
+                format!("sampler must be \"plain\" or \"parallel\", got \"{s}\""),
+            ))
+        }
+    };
+    if !parallel {
+        let given = |v: &Option<Value>| !matches!(v, None | Some(Value::Null));
+        let knobs = [
+            ("parallel_mode", &req.parallel_mode),
+            ("inner_steps", &req.inner_steps),
+            ("wavefront", &req.wavefront),
+            ("headway", &req.headway),
+            ("ema", &req.ema),
+            ("noise", &req.noise),
+            ("noise_dampened", &req.noise_dampened),
+            ("noise_sqrt", &req.noise_sqrt),
+            ("max_sampler_steps", &req.max_sampler_steps),
+        ];
+        if let Some((name, _)) = knobs.iter().find(|(_, v)| given(v)) {
+            return Err(ApiError::bad(
+                name,
+                format!("{name} is only used with \"sampler\": \"parallel\""),
+            ));
+        }
+        return Ok(None);
+    }
+    let d = ParallelParams::default();
+    let mode = match string(&req.parallel_mode, "parallel_mode")? {
+        None => d.mode,
+        Some(m) => Mode::parse(m).map_err(invalid_param)?,
+    };
+    // Types here; ranges and the combinations with the session's parameters are the library's
+    // checks (ParallelParams::validate), its errors naming the request field (Param::api).
+    let count = |v: &Option<Value>, name: &'static str, default: usize| {
+        int(v, name, 0, 1 << 30).map(|x| x.map_or(default, |x| x as usize))
+    };
+    Ok(Some(ParallelParams {
+        mode,
+        inner_steps: count(&req.inner_steps, "inner_steps", d.inner_steps)?,
+        wavefront: count(&req.wavefront, "wavefront", d.wavefront)?,
+        headway: count(&req.headway, "headway", d.headway)?,
+        ema: num(&req.ema, "ema")?.unwrap_or(d.ema),
+        noise: num(&req.noise, "noise")?.unwrap_or(d.noise),
+        noise_dampened: boolean(&req.noise_dampened, "noise_dampened")?.unwrap_or(d.noise_dampened),
+        noise_sqrt: boolean(&req.noise_sqrt, "noise_sqrt")?.unwrap_or(d.noise_sqrt),
+        max_sampler_steps: count(
+            &req.max_sampler_steps,
+            "max_sampler_steps",
+            d.max_sampler_steps,
+        )?,
+    }))
 }
 
 fn num(v: &Option<Value>, param: &'static str) -> Result<Option<f64>, ApiError> {
@@ -349,6 +450,8 @@ fn int(
 struct Job {
     tokens: Vec<u32>,
     params: SessionParams,
+    /// The parallel sampler's knobs; None for the plain sampler.
+    parallel: Option<ParallelParams>,
     text: TextOptions,
     stream: bool,
     include_usage: bool,
@@ -475,9 +578,14 @@ fn parse_job(st: &AppState, body: &[u8], chat: bool) -> Result<Job, ApiError> {
     if let Some(s) = num(&req.init_scale, "init_scale")? {
         p.init_scale = s as f32;
     }
+    let parallel = parallel_knobs(&req)?;
     let mut exit: ExitPolicy = p.exit;
     if let Some(e) = &req.exit {
         exit.criterion = Criterion::parse(e).map_err(invalid_param)?;
+    } else if parallel.is_some() && !matches!(exit.criterion, Criterion::LatentDiff(_)) {
+        // The parallel sampler freezes with latent-diff by default (as `raven run --sampler
+        // parallel`); the server's own exit applies when it is latent-diff.
+        exit.criterion = Criterion::parse("latent-diff").map_err(invalid_param)?;
     }
     if let Some(s) = int(&req.steps, "steps", 1, 4096)? {
         exit.max_steps = s as usize;
@@ -498,6 +606,9 @@ fn parse_job(st: &AppState, body: &[u8], chat: bool) -> Result<Job, ApiError> {
     // Ranges, consistency and the KV cap are the library's checks (SessionParams::validate),
     // its errors naming the request field (Param::api).
     p.validate(model).map_err(invalid_param)?;
+    if let Some(pp) = &parallel {
+        pp.validate(model, &p).map_err(invalid_param)?;
+    }
     let ctx = p.context_for(model);
     if tokens.len() >= ctx {
         return Err(ApiError {
@@ -533,6 +644,7 @@ fn parse_job(st: &AppState, body: &[u8], chat: bool) -> Result<Job, ApiError> {
     Ok(Job {
         tokens,
         params: p,
+        parallel,
         text: TextOptions { max_tokens, stop },
         stream: req.stream.unwrap_or(false),
         include_usage,
@@ -645,6 +757,7 @@ async fn complete(st: Arc<AppState>, req: Request, chat: bool) -> Response {
         model: st.o.model_id.clone(),
         chat: job.chat,
         max_steps: job.params.exit.max_steps,
+        parallel_mode: job.parallel.as_ref().map(|pp| pp.mode),
     };
     let (stream, include_usage) = (job.stream, job.include_usage);
     let st2 = st.clone();
@@ -672,18 +785,34 @@ async fn complete(st: Arc<AppState>, req: Request, chat: bool) -> Response {
             if st3.shutting_down.load(Ordering::SeqCst) {
                 cancel.store(true, Ordering::SeqCst);
             }
-            let out = (|| {
-                let mut s = Session::with_threads(st3.model.clone(), job.params, pool.clone())?;
-                s.set_cancel_flag(cancel.clone());
-                generate_text(&mut s, &job.tokens, &job.text, |p| {
-                    tx.blocking_send(Out::Piece(
-                        p.text.to_string(),
-                        p.token.map(|(_, s)| s.clone()),
-                        p.reasoning,
-                    ))
-                    .is_ok()
-                })
-            })();
+            // The parallel sampler reports a token before its position stops iterating: its
+            // count comes with the last chunk, not with the token's.
+            let per_token = job.parallel.is_none();
+            let send = |p: Piece<'_>| {
+                tx.blocking_send(Out::Piece(
+                    p.text.to_string(),
+                    p.token.filter(|_| per_token).map(|(_, s)| s.clone()),
+                    p.reasoning,
+                ))
+                .is_ok()
+            };
+            let out = match &job.parallel {
+                None => Session::with_threads(st3.model.clone(), job.params, pool.clone())
+                    .and_then(|mut s| {
+                        s.set_cancel_flag(cancel.clone());
+                        generate_text(&mut s, &job.tokens, &job.text, send)
+                    }),
+                Some(pp) => generate_text_parallel(
+                    &st3.model,
+                    &job.params,
+                    pp,
+                    &job.tokens,
+                    &job.text,
+                    &pool,
+                    Some(&cancel),
+                    send,
+                ),
+            };
             let _ = tx.blocking_send(Out::Done(out));
             st3.pools
                 .lock()
@@ -731,6 +860,8 @@ struct Meta {
     model: String,
     chat: bool,
     max_steps: usize,
+    /// The parallel sampler's mode; None for the plain sampler.
+    parallel_mode: Option<Mode>,
 }
 
 fn usage(out: &TextOutput) -> Value {
@@ -741,8 +872,8 @@ fn usage(out: &TextOutput) -> Value {
     })
 }
 
-fn raven_stats(out: &TextOutput, max_steps: usize) -> Value {
-    json!({
+fn raven_stats(out: &TextOutput, max_steps: usize, mode: Option<Mode>) -> Value {
+    let mut v = json!({
         "iterations": out.stats.iter().map(|s| s.steps).collect::<Vec<_>>(),
         "mean_iterations": out.mean_steps(),
         "max_iterations": max_steps,
@@ -751,7 +882,21 @@ fn raven_stats(out: &TextOutput, max_steps: usize) -> Value {
         "finish": format!("{:?}", out.finish),
         "prompt_ms": out.prompt_ms,
         "generate_ms": out.generate_ms,
-    })
+        "sampler": if out.parallel.is_some() { "parallel" } else { "plain" },
+    });
+    if let Some(c) = &out.parallel {
+        v["parallel"] = json!({
+            "mode": mode.unwrap_or_default().to_string(),
+            "sampler_steps": c.sampler_steps,
+            "core_passes": c.core_passes,
+            "tokens_forward": c.tokens_forward,
+            "cache_clears": c.cache_clears,
+            "standing_waves": c.standing_waves,
+            "seq_len": c.seq_len,
+            "prefill_len": c.prefill_len,
+        });
+    }
+    v
 }
 
 fn gen_error(e: raven::RavenError) -> ApiError {
@@ -819,7 +964,7 @@ async fn whole_response(m: Meta, mut rx: mpsc::Receiver<Out>, guard: CancelOnDro
         "model": m.model,
         "choices": [choice],
         "usage": usage(&out),
-        "raven": raven_stats(&out, m.max_steps),
+        "raven": raven_stats(&out, m.max_steps, m.parallel_mode),
     }))
     .into_response()
 }
@@ -843,6 +988,7 @@ fn stream_response(
     };
     let chat = m.chat;
     let max_steps = m.max_steps;
+    let mode = m.parallel_mode;
     let piece = move |text: &str, reasoning: bool, finish: Option<&str>| -> Value {
         if chat {
             let delta = if finish.is_some() {
@@ -907,7 +1053,7 @@ fn stream_response(
                     }
                     Some(Out::Done(Ok(out))) => {
                         let mut last = chunk(piece("", false, Some(out.finish.openai())));
-                        last["raven"] = raven_stats(&out, max_steps);
+                        last["raven"] = raven_stats(&out, max_steps, mode);
                         s.queue.push_back(data(&last));
                         if include_usage {
                             let mut u = chunk(json!(null));

@@ -222,7 +222,7 @@ struct ServeArgs {
 
 fn serve(a: ServeArgs) -> Result<()> {
     if a.gen.parallel()? {
-        bail!("--sampler parallel: raven serve generates with the plain sampler only (use raven run or raven chat)");
+        bail!("--sampler parallel: raven serve takes the sampler per request: send \"sampler\": \"parallel\" (with parallel_mode, inner_steps, wavefront, headway, ema, noise, noise_dampened, noise_sqrt, max_sampler_steps) in the request body");
     }
     let model = a.gen.load()?;
     let defaults = a.gen.params(&model)?;
