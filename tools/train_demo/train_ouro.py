@@ -5,7 +5,10 @@ loop steps; per reply token the gate gives the exit distribution p_t (lambda_t =
 p_t = lambda_t * S, S <- S (1 - lambda_t), p_{T-1} = S) and the loss is
     sum_t p_t * CE_t  -  beta * H(p)
 averaged over the reply tokens (`answer`, `<|im_end|>`), CE_t the cross-entropy of lm_head at
-step t. Curriculum over difficulty levels as in train.py.
+step t. Curriculum over difficulty levels as in train.py. Init: matrices N(0, sqrt(2/(5h))),
+embeddings N(0, `--embed-std` 1), branch-output norms (`*_layernorm_2`) `--post-norm-init` 0.25,
+other norms 1, gate bias 0 (with all norms at 1 the model learned slowly and never used the loop:
+see README_ouro.md).
 
 Stage 2 (gate only, every other weight frozen): the paper's adaptive gate loss. Per reply token
 and step t < T-1: the improvement still to come I_t = CE_t - min_{s > t} CE_s (stop-gradient),
@@ -16,8 +19,8 @@ is not taken as a reason to stop.) The LM being frozen, the hidden states and CE
 of puzzles are computed once and the gate is fitted on them.
 
 Finally the exit threshold q (config `early_exit_threshold`) is chosen on a validation set
-(its own seed): the q with the fewest mean steps at the answer position whose accuracy is within
-`--q-max-loss` of the T-th step's.
+(its own seed): among q >= `--q-min` (0.5), the q with the fewest mean steps at the answer
+position whose accuracy is within `--q-max-loss` (0.5 points) of the T-th step's.
 
     python train_ouro.py      # defaults = the committed run -> ../../models/demo-ouro/hf
 """
@@ -35,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 import ouro_task
-from ouro import Ouro, OuroConfig, exit_distribution, exit_steps, save_hf
+from ouro import Ouro, OuroConfig, exit_distribution, exit_steps, load_hf, save_hf
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEMO = os.path.join(HERE, "..", "..", "models", "demo-ouro")
@@ -109,23 +112,29 @@ def main() -> None:
     ap.add_argument("--max-level", type=int, default=8)
     ap.add_argument("--start-level", type=int, default=1)
     ap.add_argument("--curriculum-threshold", type=float, default=0.6)
+    ap.add_argument("--embed-std", type=float, default=1.0, help="init std of embed_tokens")
+    ap.add_argument("--post-norm-init", type=float, default=0.25, help="init of the *_layernorm_2 weights (branch-output norms)")
+    ap.add_argument("--gate-bias-init", type=float, default=0.0, help="initial early_exit_gate bias")
+    ap.add_argument("--hard-frac", type=float, default=0.0, help="fraction of steps on the current hardest level (else uniform)")
     ap.add_argument("--beta", type=float, default=0.05, help="entropy weight of stage 1")
-    ap.add_argument("--steps", type=int, default=3000, help="stage-1 schedule length")
+    ap.add_argument("--steps", type=int, default=8000, help="stage-1 schedule length")
     ap.add_argument("--stop-at", type=int, default=0, help="stop stage 1 after this many steps (schedule unchanged); 0: run all")
     ap.add_argument("--time-budget", type=float, default=0, help="seconds for stage 1; stop early after this (0: none)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--weight-decay", type=float, default=0.1)
-    ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--gate-puzzles", type=int, default=256, help="stage 2: puzzles per level")
-    ap.add_argument("--gate-steps", type=int, default=2000, help="stage 2: optimiser steps")
+    ap.add_argument("--gate-steps", type=int, default=1000, help="stage 2: optimiser steps")
     ap.add_argument("--gate-lr", type=float, default=1e-2)
     ap.add_argument("--gate-k", type=float, default=50.0)
-    ap.add_argument("--gate-gamma", type=float, default=0.01)
+    ap.add_argument("--gate-gamma", type=float, default=0.05)
     ap.add_argument("--q-max-loss", type=float, default=0.005, help="accuracy loss allowed when choosing q")
+    ap.add_argument("--q-min", type=float, default=0.5, help="smallest q considered")
     ap.add_argument("--val-per-level", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--stage2-from", default="", help="skip stage 1: load this checkpoint and run stage 2 (gate) + q only")
     ap.add_argument("--bench", type=int, default=0, help="only time this many stage-1 steps")
     args = ap.parse_args()
 
@@ -151,6 +160,12 @@ def main() -> None:
     )
     model = Ouro(cfg)
     model.init_weights(gen)
+    with torch.no_grad():
+        model.model.early_exit_gate.bias.fill_(args.gate_bias_init)
+        model.model.embed_tokens.weight.mul_(args.embed_std / cfg.initializer_range)
+        for layer in model.model.layers:
+            layer.input_layernorm_2.weight.fill_(args.post_norm_init)
+            layer.post_attention_layernorm_2.weight.fill_(args.post_norm_init)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"config {cfg}\nparameters {n_params:,}", flush=True)
 
@@ -177,12 +192,16 @@ def main() -> None:
     hist = {"loss": [], "ce_last": [], "ent": []}
     log = []
     curriculum = []
-    total = args.bench or args.steps
+    total = 0 if args.stage2_from else (args.bench or args.steps)
+    if args.stage2_from:
+        model.load_state_dict(load_hf(args.stage2_from).state_dict())
+        step = -1
+        cur_max = args.max_level
     eval_levels = sorted({1, max(1, args.max_level // 2), args.max_level, args.max_level + 2})
     for step in range(total):
         for g_ in opt.param_groups:
             g_["lr"] = lr_at(step)
-        level = rng.randint(1, cur_max)
+        level = cur_max if rng.random() < args.hard_frac else rng.randint(1, cur_max)
         ids, reply = batcher.encode([ouro_task.make_puzzle(rng, level) for _ in range(args.batch)])
         ce, g, _, pred = reply_ce(model, ids, reply)
         p = exit_distribution(g)  # [T, B, R]
@@ -232,6 +251,10 @@ def main() -> None:
 
     # ------------------------------------------------------------------ stage 2 (gate only)
     t1 = time.time()
+    # Stage 2 and the choice of q see exactly the weights that are saved (bf16).
+    with torch.no_grad():
+        for p_ in model.parameters():
+            p_.copy_(p_.to(torch.bfloat16).float())
     for p_ in model.parameters():
         p_.requires_grad_(False)
     gate = model.model.early_exit_gate
@@ -283,6 +306,10 @@ def main() -> None:
     for p_ in model.parameters():
         p_.requires_grad_(True)
 
+    with torch.no_grad():
+        for p_ in gate.parameters():
+            p_.copy_(p_.to(torch.bfloat16).float())
+
     # ------------------------------------------------------------------ q on a validation set
     vhs, vce, vpred, vreply, vlv = collect(args.seed + 3, args.val_per_level)
     with torch.no_grad():
@@ -294,7 +321,7 @@ def main() -> None:
         st = exit_steps(vg, q)
         acc = correct[st, torch.arange(st.shape[0])].float().mean().item()
         sweep.append({"q": q, "accuracy": acc, "mean_steps": (st.float() + 1).mean().item()})
-    ok = [s for s in sweep if s["accuracy"] >= acc_T - args.q_max_loss]
+    ok = [s for s in sweep if s["accuracy"] >= acc_T - args.q_max_loss and s["q"] >= args.q_min]
     choice = min(ok, key=lambda s: (s["mean_steps"], -s["accuracy"], -s["q"]))
     print(f"validation: accuracy at T={T}: {acc_T:.4f}", flush=True)
     for s in sweep:
