@@ -189,6 +189,18 @@ impl ExitPolicy {
     }
 }
 
+/// ‖a − b‖ / ‖a‖ in float32, summed in order (the latent-diff criterion of one position).
+pub(crate) fn latent_diff(a: &[f32], b: &[f32]) -> f32 {
+    let diff: f32 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f32>()
+        .sqrt();
+    let norm: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    diff / norm
+}
+
 fn log_softmax(logits: &[f32], out: &mut Vec<f32>) {
     let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let z: f32 = logits.iter().map(|x| (x - m).exp()).sum();
@@ -273,17 +285,11 @@ impl ExitState {
             Criterion::LatentDiff(t) => {
                 // ‖s − s_prev‖ / ‖s‖ per position, averaged over the positions.
                 let rows = (s.len() / self.width).max(1);
-                let mut v = 0.0f32;
-                for (a, b) in s.chunks(self.width).zip(self.prev_s.chunks(self.width)) {
-                    let diff: f32 = a
-                        .iter()
-                        .zip(b)
-                        .map(|(x, y)| (x - y) * (x - y))
-                        .sum::<f32>()
-                        .sqrt();
-                    let norm: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-                    v += diff / norm;
-                }
+                let v: f32 = s
+                    .chunks(self.width)
+                    .zip(self.prev_s.chunks(self.width))
+                    .map(|(a, b)| latent_diff(a, b))
+                    .sum();
                 self.prev_s.copy_from_slice(s);
                 let v = v / rows as f32;
                 (v, v < t)

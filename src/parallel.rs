@@ -45,7 +45,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::error::{RavenError, Result};
-use crate::exit::{Criterion, ExitPolicy};
+use crate::exit::{latent_diff, Criterion, ExitPolicy};
 use crate::forward::Workspace;
 use crate::kv::KvCache;
 use crate::model::Model;
@@ -421,18 +421,6 @@ impl Draws<'_> {
             }
         }
     }
-}
-
-/// ‖a − b‖ / ‖a‖ in float32, summed in order (as [`crate::exit`] computes latent-diff).
-fn latent_diff(a: &[f32], b: &[f32]) -> f32 {
-    let diff: f32 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y) * (x - y))
-        .sum::<f32>()
-        .sqrt();
-    let norm: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-    diff / norm
 }
 
 /// Runs the parallel sampler on `prompt` and returns the new tokens, calling `on_token` for each

@@ -333,71 +333,35 @@ pub fn logits(
             out.steps[pos] = r.steps as i32;
             out.criterion_values.push(r.values);
         };
-        if let Some(policy) = o.exit {
-            // With --decode-from N the first N tokens exit together as one chunk (the official
-            // generation's prompt), the rest one at a time; otherwise every token on its own.
-            let first = o.decode_from.unwrap_or(0);
-            if first > 0 {
-                let init = Init::Random(o.init_scale, &mut rng);
-                let r = run_chunk(
-                    m,
-                    &tokens[..first],
-                    0,
-                    first,
-                    init,
-                    &ctl(policy),
-                    &mut timing,
-                    &mut cache,
-                    &mut ws,
-                )
-                .expect("nothing cancels here");
-                out.logits[..first * v].copy_from_slice(&ws.logits);
-                out.latents[..first * h].copy_from_slice(&ws.latent);
-                out.steps[..first]
-                    .iter_mut()
-                    .for_each(|s| *s = r.steps as i32);
-                out.criterion_values.resize(first - 1, Vec::new());
-                out.criterion_values.push(r.values);
-            }
-            for (pos, &tok) in tokens.iter().enumerate().skip(first) {
-                let init = Init::Random(o.init_scale, &mut rng);
-                let r = run_token(
-                    m,
-                    tok,
-                    pos,
-                    init,
-                    &ctl(policy),
-                    &mut timing,
-                    &mut cache,
-                    &mut ws,
-                );
-                row(&mut out, &ws, pos, r.expect("nothing cancels here"));
-            }
-            return;
+        // The first tokens in one pass (all of them without --exit; with --exit and
+        // --decode-from N the first N, exiting together as the official generation runs a
+        // prompt), the rest one at a time through the cache, each under the policy.
+        let policy = o.exit.unwrap_or(ExitPolicy::fixed(o.steps));
+        let first = o
+            .decode_from
+            .unwrap_or(if o.exit.is_some() { 0 } else { t_len });
+        if first > 0 {
+            let init = Init::Random(o.init_scale, &mut rng);
+            let r = run_chunk(
+                m,
+                &tokens[..first],
+                0,
+                first,
+                init,
+                &ctl(policy),
+                &mut timing,
+                &mut cache,
+                &mut ws,
+            )
+            .expect("nothing cancels here");
+            out.logits[..first * v].copy_from_slice(&ws.logits);
+            out.latents[..first * h].copy_from_slice(&ws.latent);
+            out.steps[..first]
+                .iter_mut()
+                .for_each(|s| *s = r.steps as i32);
+            out.criterion_values.resize(first - 1, Vec::new());
+            out.criterion_values.push(r.values);
         }
-        let first = o.decode_from.unwrap_or(t_len);
-        // One pass over the first tokens.
-        let fixed = ExitPolicy::fixed(o.steps);
-        let init = Init::Random(o.init_scale, &mut rng);
-        run_chunk(
-            m,
-            &tokens[..first],
-            0,
-            first,
-            init,
-            &ctl(fixed),
-            &mut timing,
-            &mut cache,
-            &mut ws,
-        )
-        .expect("nothing cancels here");
-        out.logits[..first * v].copy_from_slice(&ws.logits);
-        out.latents[..first * h].copy_from_slice(&ws.latent);
-        out.steps[..first]
-            .iter_mut()
-            .for_each(|s| *s = o.steps as i32);
-        out.criterion_values.resize(first, Vec::new());
-        // The rest one at a time through the cache.
         for (pos, &tok) in tokens.iter().enumerate().skip(first) {
             let init = Init::Random(o.init_scale, &mut rng);
             let r = run_token(
@@ -405,7 +369,7 @@ pub fn logits(
                 tok,
                 pos,
                 init,
-                &ctl(fixed),
+                &ctl(policy),
                 &mut timing,
                 &mut cache,
                 &mut ws,
