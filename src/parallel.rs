@@ -254,8 +254,9 @@ impl ParallelParams {
     }
 }
 
-/// The sampler's counters (the official `scores`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// The sampler's counters (the official `scores`); serialized under these field names by
+/// `raven run --json` and the server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counters {
     /// Core passes: 1 for the prefill, 1 per inner iteration (`num_core_forward_passes`).
     pub core_passes: usize,

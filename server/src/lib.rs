@@ -885,16 +885,9 @@ fn raven_stats(out: &TextOutput, max_steps: usize, mode: Option<Mode>) -> Value 
         "sampler": if out.parallel.is_some() { "parallel" } else { "plain" },
     });
     if let Some(c) = &out.parallel {
-        v["parallel"] = json!({
-            "mode": mode.unwrap_or_default().to_string(),
-            "sampler_steps": c.sampler_steps,
-            "core_passes": c.core_passes,
-            "tokens_forward": c.tokens_forward,
-            "cache_clears": c.cache_clears,
-            "standing_waves": c.standing_waves,
-            "seq_len": c.seq_len,
-            "prefill_len": c.prefill_len,
-        });
+        let mut p = json!(c);
+        p["mode"] = json!(mode.unwrap_or_default().to_string());
+        v["parallel"] = p;
     }
     v
 }

@@ -509,28 +509,30 @@ fn parallel_generate(
     let per_step = n as f64 / c.sampler_steps.max(1) as f64;
     let mean_wave = (c.tokens_forward - c.prefill_len) as f64 / (c.core_passes - 1).max(1) as f64;
     if a.json {
+        let mut counters = serde_json::json!(c);
+        for (k, x) in [
+            ("generated", serde_json::json!(n)),
+            (
+                "mean_steps",
+                serde_json::json!(
+                    r.recurrence.iter().map(|&x| x as f64).sum::<f64>() / n.max(1) as f64
+                ),
+            ),
+            ("sampler", serde_json::json!("parallel")),
+            ("parallel_mode", serde_json::json!(pp.mode.to_string())),
+            ("stopped", serde_json::json!(r.stopped)),
+            ("tokens_per_step", serde_json::json!(per_step)),
+            ("mean_wavefront", serde_json::json!(mean_wave)),
+            ("token_stable", serde_json::json!(r.token_stable)),
+        ] {
+            counters[k] = x;
+        }
         let v = serde_json::json!({
             "tokens": r.tokens,
             "text": text,
             "steps": r.recurrence,
             "prompt_tokens": prompt.len(),
-            "counters": {
-                "generated": n,
-                "mean_steps": r.recurrence.iter().map(|&x| x as f64).sum::<f64>() / n.max(1) as f64,
-                "sampler": "parallel",
-                "parallel_mode": pp.mode.to_string(),
-                "sampler_steps": c.sampler_steps,
-                "core_passes": c.core_passes,
-                "tokens_forward": c.tokens_forward,
-                "cache_clears": c.cache_clears,
-                "standing_waves": c.standing_waves,
-                "seq_len": c.seq_len,
-                "prefill_len": c.prefill_len,
-                "stopped": r.stopped,
-                "tokens_per_step": per_step,
-                "mean_wavefront": mean_wave,
-                "token_stable": r.token_stable,
-            },
+            "counters": counters,
         });
         writeln!(out, "{v}")?;
     } else {
