@@ -49,11 +49,13 @@ pub use quantize::{can_dequantize, can_quantize, dequantize_row, quantize_row};
 pub use types::GgmlType;
 
 mod arch;
+mod kv;
 mod layout;
 mod matmul;
 mod packed;
 mod par;
 
+pub use kv::{store_f16, store_q8_0, KvRows, KvType};
 pub use matmul::{
     activation_type, attend_head, attend_queries, axpy_f32, can_matmul, dot_f32, isa, matmul,
     silu_mul, ActivationType, Activations, Matrix, VecDot, Weights,

@@ -4,6 +4,7 @@ use std::ops::Range;
 
 use crate::arch::{self, F32View, Kernels, Q8View};
 use crate::blocks::{self, Q4_0_BYTES, Q8_0_BYTES, QK};
+use crate::kv::KvRows;
 use crate::layout::GROUP;
 use crate::packed::PackedMatrix;
 use crate::quantize::dequantize_unchecked;
@@ -476,17 +477,17 @@ fn matmul_packed(
 }
 
 /// One attention head for one query: `out = Σ_j softmax(scale · q·k_j)_j · v_j`, where row `j`
-/// of the keys is `keys[offs[j] + col..][..q.len()]` and likewise for the values (a head's
-/// columns within cached rows). `scores` is scratch. The dot products and the weighted sum run
-/// on the chosen SIMD kernels, looked up once for all positions.
+/// of the keys is values `offs[j] + col..offs[j] + col + q.len()` of `kv`'s keys and likewise
+/// for the values (a head's columns within cached rows), of any [`crate::KvType`], widened to
+/// f32 as they are read. `scores` is scratch. The dot products and the weighted sum run on the
+/// chosen SIMD kernels, looked up once for all positions.
 ///
 /// # Panics
-/// When `offs` is empty, `out.len() != q.len()`, or a row lies outside `keys`/`values`.
+/// When `offs` is empty, `out.len() != q.len()`, or a row lies outside the cache.
 #[allow(clippy::too_many_arguments)]
 pub fn attend_head(
     q: &[f32],
-    keys: &[f32],
-    values: &[f32],
+    kv: KvRows<'_>,
     offs: &[usize],
     col: usize,
     scale: f32,
@@ -501,7 +502,7 @@ pub fn attend_head(
         "attend_head: output of {} for {d} values",
         out.len()
     );
-    (arch::kernels().attend)(q, keys, values, offs, col, scale, scores, out);
+    (arch::kernels().attend)(q, kv, offs, col, scale, scores, out);
 }
 
 /// Attention of several queries of one head whose visible positions nest (a batch of
@@ -518,8 +519,7 @@ pub fn attend_head(
 pub fn attend_queries(
     q: &[f32],
     d: usize,
-    keys: &[f32],
-    values: &[f32],
+    kv: KvRows<'_>,
     offs: &[usize],
     lens: &[usize],
     col: usize,
@@ -529,7 +529,7 @@ pub fn attend_queries(
     ldo: usize,
 ) {
     // Every set's kernel checks the shapes (`arch::check_multi`).
-    (arch::kernels().attend_multi)(q, d, keys, values, offs, lens, col, scale, scores, out, ldo)
+    (arch::kernels().attend_multi)(q, d, kv, offs, lens, col, scale, scores, out, ldo)
 }
 
 /// `g[i] = silu(g[i]) · u[i] = g[i] / (1 + e^(−g[i])) · u[i]` over the common length (the

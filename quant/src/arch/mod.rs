@@ -65,21 +65,31 @@ macro_rules! stream_groups {
 /// `target_feature` context (where the intrinsics would become calls).
 #[allow(unused_macros)] // not every target has SIMD kernels
 macro_rules! attend_body {
-    ($dot:path, $axpy:path, $q:expr, $keys:expr, $values:expr, $offs:expr, $col:expr, $scale:expr, $scores:expr, $out:expr) => {{
-        let (q, keys, values, offs, col, scale): (&[f32], &[f32], &[f32], &[usize], usize, f32) =
-            ($q, $keys, $values, $offs, $col, $scale);
+    ($dot:path, $axpy:path, $q:expr, $kv:expr, $offs:expr, $col:expr, $scale:expr, $scores:expr, $out:expr) => {{
+        let (q, kv, offs, col, scale): (&[f32], $crate::kv::KvRows<'_>, &[usize], usize, f32) =
+            ($q, $kv, $offs, $col, $scale);
         let (scores, out): (&mut Vec<f32>, &mut [f32]) = ($scores, $out);
         let d = q.len();
+        let n = offs.len();
+        // Scores, then (f16 and Q8_0 caches) one row widened to f32.
+        let wide = !matches!(kv, $crate::kv::KvRows::F32 { .. });
         scores.clear();
-        scores.reserve(offs.len());
+        scores.resize(n + if wide { d } else { 0 }, 0.0);
+        let (sc, row) = scores.split_at_mut(n);
         let mut m = f32::NEG_INFINITY;
-        for &o in offs {
-            let s = $dot(q, &keys[o + col..o + col + d]) * scale;
+        for (i, &o) in offs.iter().enumerate() {
+            let s = match kv {
+                $crate::kv::KvRows::F32 { k, .. } => $dot(q, &k[o + col..o + col + d]),
+                _ => {
+                    kv.widen(false, o + col, row);
+                    $dot(q, row)
+                }
+            } * scale;
             m = m.max(s);
-            scores.push(s);
+            sc[i] = s;
         }
         let mut sum = 0.0f32;
-        for s in scores.iter_mut() {
+        for s in sc.iter_mut() {
             *s = (*s - m).exp();
             sum += *s;
         }
@@ -87,7 +97,15 @@ macro_rules! attend_body {
             *y = 0.0;
         }
         for (i, &o) in offs.iter().enumerate() {
-            $axpy(scores[i] / sum, &values[o + col..o + col + d], out);
+            match kv {
+                $crate::kv::KvRows::F32 { v, .. } => {
+                    $axpy(sc[i] / sum, &v[o + col..o + col + d], out)
+                }
+                _ => {
+                    kv.widen(true, o + col, row);
+                    $axpy(sc[i] / sum, row, out)
+                }
+            }
         }
     }};
 }
@@ -118,6 +136,7 @@ macro_rules! kernel_set {
         detect: $detect:expr $(,)?
     ) => {
         use $crate::arch::{F32View, Kernels, Q8View};
+        use $crate::kv::KvRows;
 
         static KERNELS: Kernels = Kernels {
             name: $name,
@@ -150,8 +169,8 @@ macro_rules! kernel_set {
         kernel_set!(@wrap $features, dot_f32(a: &[f32], b: &[f32]) -> f32 = super::dot_f32);
         kernel_set!(@$silu $features, silu_mul(g: &mut [f32], u: &[f32]) -> () $(= $silu_imp)?);
         kernel_set!(@wrap $features, axpy_f32(alpha: f32, x: &[f32], y: &mut [f32]) -> () = super::axpy_f32);
-        kernel_set!(@$multi $features, attend_multi(q: &[f32], d: usize, keys: &[f32], values: &[f32], offs: &[usize], lens: &[usize], col: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32], ldo: usize) -> () $(= $multi_imp)?);
-        kernel_set!(@wrap $features, attend(q: &[f32], keys: &[f32], values: &[f32], offs: &[usize], col: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) -> () = super::attend);
+        kernel_set!(@$multi $features, attend_multi(q: &[f32], d: usize, kv: KvRows<'_>, offs: &[usize], lens: &[usize], col: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32], ldo: usize) -> () $(= $multi_imp)?);
+        kernel_set!(@wrap $features, attend(q: &[f32], kv: KvRows<'_>, offs: &[usize], col: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) -> () = super::attend);
         kernel_set!(@wrap $features, mm_q8_0(w: &[u8], rows: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) -> () = super::mm_q::<{ $int8 }, false>);
         kernel_set!(@wrap $features, mm_q4_0(w: &[u8], rows: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) -> () = super::mm_q::<{ $int8 }, true>);
         kernel_set!(@wrap $features, mm_f32(w: &[u8], rows: usize, act: F32View<'_>, out: &mut [f32], ldo: usize) -> () = super::mm_float::<0>);
@@ -202,6 +221,8 @@ pub(crate) mod aarch64;
 mod tests;
 
 use std::sync::OnceLock;
+
+use crate::kv::KvRows;
 
 static STREAMS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
@@ -328,8 +349,7 @@ pub(crate) type PackedFn =
 /// One query head against cached rows (see [`crate::attend_head`]; lengths checked there).
 pub(crate) type AttendFn = fn(
     q: &[f32],
-    keys: &[f32],
-    values: &[f32],
+    kv: KvRows<'_>,
     offs: &[usize],
     col: usize,
     scale: f32,
@@ -341,8 +361,7 @@ pub(crate) type AttendFn = fn(
 pub(crate) type AttendMultiFn = fn(
     q: &[f32],
     d: usize,
-    keys: &[f32],
-    values: &[f32],
+    kv: KvRows<'_>,
     offs: &[usize],
     lens: &[usize],
     col: usize,
@@ -390,8 +409,7 @@ pub(crate) fn attend_multi_each(
     attend: AttendFn,
     q: &[f32],
     d: usize,
-    keys: &[f32],
-    values: &[f32],
+    kv: KvRows<'_>,
     offs: &[usize],
     lens: &[usize],
     col: usize,
@@ -403,7 +421,7 @@ pub(crate) fn attend_multi_each(
     check_multi(q, d, offs, lens, out, ldo);
     for (t, &len) in lens.iter().enumerate() {
         let (qt, ot) = (&q[t * d..(t + 1) * d], &mut out[t * ldo..t * ldo + d]);
-        attend(qt, keys, values, &offs[..len], col, scale, scores, ot);
+        attend(qt, kv, &offs[..len], col, scale, scores, ot);
     }
 }
 

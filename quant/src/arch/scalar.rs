@@ -2,6 +2,7 @@
 
 use super::{F32View, Kernels, Q8View};
 use crate::blocks::{bf16_to_f32, f16_to_f32, Q4_0_BYTES, Q8_0_BYTES, QK};
+use crate::kv::KvRows;
 use crate::layout::{group_bytes, group_bytes_q8, q4_offsets, GROUP};
 use crate::quantize::quantize_block_q8_0;
 
@@ -45,23 +46,21 @@ pub(crate) fn quantize_q8(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [i32]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attend(
     q: &[f32],
-    keys: &[f32],
-    values: &[f32],
+    kv: KvRows<'_>,
     offs: &[usize],
     col: usize,
     scale: f32,
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    attend_body!(dot_f32, axpy_f32, q, keys, values, offs, col, scale, scores, out)
+    attend_body!(dot_f32, axpy_f32, q, kv, offs, col, scale, scores, out)
 }
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attend_multi(
     q: &[f32],
     d: usize,
-    keys: &[f32],
-    values: &[f32],
+    kv: KvRows<'_>,
     offs: &[usize],
     lens: &[usize],
     col: usize,
@@ -70,9 +69,7 @@ pub(crate) fn attend_multi(
     out: &mut [f32],
     ldo: usize,
 ) {
-    super::attend_multi_each(
-        attend, q, d, keys, values, offs, lens, col, scale, scores, out, ldo,
-    )
+    super::attend_multi_each(attend, q, d, kv, offs, lens, col, scale, scores, out, ldo)
 }
 
 /// Dot product with eight partial sums (which compilers keep in vector registers).

@@ -2,6 +2,7 @@
 
 use super::{available, scalar, Kernels};
 use crate::blocks::{Q8_0_BYTES, QK};
+use crate::kv::KvRows;
 use crate::matmul::{matmul_with, Weights};
 use crate::packed::repack_always;
 use crate::{dequantize_row, quantize_row, Activations, GgmlType, Matrix};
@@ -161,10 +162,26 @@ fn attend_matches_scalar() {
             .collect();
         let col = (h / d - 1) * d;
         let (mut s0, mut want) = (Vec::new(), vec![0f32; d]);
-        scalar::attend(&q, &keys, &vals, &offs, col, 0.3, &mut s0, &mut want);
+        scalar::attend(
+            &q,
+            KvRows::F32 { k: &keys, v: &vals },
+            &offs,
+            col,
+            0.3,
+            &mut s0,
+            &mut want,
+        );
         for k in available() {
             let (mut s, mut got) = (Vec::new(), vec![f32::NAN; d]);
-            (k.attend)(&q, &keys, &vals, &offs, col, 0.3, &mut s, &mut got);
+            (k.attend)(
+                &q,
+                KvRows::F32 { k: &keys, v: &vals },
+                &offs,
+                col,
+                0.3,
+                &mut s,
+                &mut got,
+            );
             for (g, w) in got.iter().zip(&want) {
                 assert!(
                     (g - w).abs() <= 1e-5 * w.abs().max(1.0),
@@ -212,8 +229,7 @@ fn attend_multi_matches_scalar_per_query() {
             let o = &mut want[t * ldo..t * ldo + d];
             scalar::attend(
                 &q[t * d..(t + 1) * d],
-                &keys,
-                &vals,
+                KvRows::F32 { k: &keys, v: &vals },
                 &offs[..len],
                 col,
                 0.25,
@@ -224,7 +240,16 @@ fn attend_multi_matches_scalar_per_query() {
         for k in available() {
             let mut got = vec![0f32; nq * ldo];
             (k.attend_multi)(
-                &q, d, &keys, &vals, &offs, &lens, col, 0.25, &mut s0, &mut got, ldo,
+                &q,
+                d,
+                KvRows::F32 { k: &keys, v: &vals },
+                &offs,
+                &lens,
+                col,
+                0.25,
+                &mut s0,
+                &mut got,
+                ldo,
             );
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert!(
@@ -238,7 +263,15 @@ fn attend_multi_matches_scalar_per_query() {
             for (t, &len) in lens.iter().enumerate() {
                 let mut one = vec![0f32; d];
                 let qt = &q[t * d..(t + 1) * d];
-                (k.attend)(qt, &keys, &vals, &offs[..len], col, 0.25, &mut s0, &mut one);
+                (k.attend)(
+                    qt,
+                    KvRows::F32 { k: &keys, v: &vals },
+                    &offs[..len],
+                    col,
+                    0.25,
+                    &mut s0,
+                    &mut one,
+                );
                 assert_eq!(
                     one,
                     got[t * ldo..t * ldo + d],

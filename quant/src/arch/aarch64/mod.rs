@@ -157,8 +157,7 @@ unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 #[allow(clippy::too_many_arguments)]
 unsafe fn attend(
     q: &[f32],
-    keys: &[f32],
-    values: &[f32],
+    kv: crate::kv::KvRows<'_>,
     offs: &[usize],
     col: usize,
     scale: f32,
@@ -168,7 +167,7 @@ unsafe fn attend(
     // SAFETY: the caller guarantees the CPU features (see `# Safety`); `attend_body!`
     // slices `keys` and `values` with bounds checks and passes slices to `dot_f32` and
     // `axpy_f32`, which stay within them.
-    unsafe { attend_body!(dot_f32, axpy_f32, q, keys, values, offs, col, scale, scores, out) }
+    unsafe { attend_body!(dot_f32, axpy_f32, q, kv, offs, col, scale, scores, out) }
 }
 
 /// # Safety

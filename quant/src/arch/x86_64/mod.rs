@@ -11,6 +11,7 @@ use core::arch::x86_64::*;
 
 use super::{check_packed, check_q8, F32View, Q8View};
 use crate::blocks::{f16_to_f32, f32_to_f16, Q4_0_BYTES, Q8_0_BYTES, QK};
+use crate::kv::KvRows;
 use crate::layout::{group_bytes, group_bytes_q8, q4_offsets};
 
 /// Horizontal sum of 8 floats.
@@ -451,8 +452,7 @@ fn check_rows(keys: &[f32], values: &[f32], offs: &[usize], col: usize, d: usize
 #[allow(clippy::too_many_arguments)]
 unsafe fn attend(
     q: &[f32],
-    keys: &[f32],
-    values: &[f32],
+    kv: KvRows<'_>,
     offs: &[usize],
     col: usize,
     scale: f32,
@@ -466,8 +466,11 @@ unsafe fn attend(
     // 8 (`simd_head`).
     unsafe {
         let d = q.len();
+        let KvRows::F32 { k: keys, v: values } = kv else {
+            return attend_body!(dot_f32, axpy_f32, q, kv, offs, col, scale, scores, out);
+        };
         if !simd_head(d) || out.len() < d {
-            return attend_body!(dot_f32, axpy_f32, q, keys, values, offs, col, scale, scores, out);
+            return attend_body!(dot_f32, axpy_f32, q, kv, offs, col, scale, scores, out);
         }
         check_rows(keys, values, offs, col, d);
         let n = offs.len();
@@ -498,8 +501,7 @@ unsafe fn attend(
 unsafe fn attend_multi(
     q: &[f32],
     d: usize,
-    keys: &[f32],
-    values: &[f32],
+    kv: KvRows<'_>,
     offs: &[usize],
     lens: &[usize],
     col: usize,
@@ -516,13 +518,13 @@ unsafe fn attend_multi(
     unsafe {
         super::check_multi(q, d, offs, lens, out, ldo);
         let nq = lens.len();
-        if !simd_head(d) {
+        let (KvRows::F32 { k: keys, v: values }, true) = (kv, simd_head(d)) else {
             for (t, &len) in lens.iter().enumerate() {
                 let (qt, ot) = (&q[t * d..(t + 1) * d], &mut out[t * ldo..t * ldo + d]);
-                attend(qt, keys, values, &offs[..len], col, scale, scores, ot);
+                attend(qt, kv, &offs[..len], col, scale, scores, ot);
             }
             return;
-        }
+        };
         check_rows(keys, values, offs, col, d);
         let l = offs.len();
         // Scores [query][position], then each query's partial weighted sums of even and odd
