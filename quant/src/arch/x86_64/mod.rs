@@ -209,28 +209,194 @@ unsafe fn exp8(x: __m256) -> __m256 {
     }
 }
 
-/// `dst[i] = scale · (q · key row at kp + offs[i])` for a head of `d` values (a multiple of 8):
+/// Cached key or value rows of one element type, as the SIMD attention path reads them: value
+/// `i` is the `i`-th value from a head's first column (row offsets count values, as
+/// `KvRows`' do), widened to f32 as it is loaded. The widening is exact (a half widens without
+/// rounding; an int8 times an f16 scale fits in an f32's mantissa) and the kernels then run the
+/// same operations whatever the type, so they compute over f16 and Q8_0 rows, bit for bit, what
+/// they compute over the f32 rows those values widen to.
+trait Rows: Copy {
+    /// Values per 64-byte cache line (the stride of the prefetches along a row).
+    const PER_LINE: usize;
+
+    /// Values `i..i + 8`, as f32.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and F16C. Values `i..i + 8` must lie in the rows (the slices
+    /// the rows were made from); for Q8_0 they must also lie in one block of 32 (the head's
+    /// column plus `i` a multiple of 8), whose scale is read.
+    unsafe fn load8(self, i: usize) -> __m256;
+
+    /// The address of value `i`, for a prefetch (it may point anywhere: never dereferenced).
+    fn addr(self, i: usize) -> *const i8;
+
+    /// The address of value `i`'s scale, for a prefetch, where the type has scales.
+    #[inline(always)]
+    fn scale_addr(self, _i: usize) -> Option<*const i8> {
+        None
+    }
+}
+
+/// f32 rows from a head's column.
+#[derive(Clone, Copy)]
+struct F32Rows(*const f32);
+
+impl F32Rows {
+    /// `rows` from value `col` (`wrapping_add`: with no position `col` may lie past them).
+    #[inline(always)]
+    fn at(rows: &[f32], col: usize) -> Self {
+        F32Rows(rows.as_ptr().wrapping_add(col))
+    }
+}
+
+impl Rows for F32Rows {
+    const PER_LINE: usize = 16;
+
+    #[inline(always)]
+    unsafe fn load8(self, i: usize) -> __m256 {
+        // SAFETY: the caller guarantees the CPU features and 8 values at `i` in the rows.
+        unsafe { _mm256_loadu_ps(self.0.add(i)) }
+    }
+
+    #[inline(always)]
+    fn addr(self, i: usize) -> *const i8 {
+        self.0.wrapping_add(i) as *const i8
+    }
+}
+
+/// f16 rows (IEEE half bits) from a head's column.
+#[derive(Clone, Copy)]
+struct F16Rows(*const u16);
+
+impl F16Rows {
+    /// `rows` from value `col` (`wrapping_add`: with no position `col` may lie past them).
+    #[inline(always)]
+    fn at(rows: &[u16], col: usize) -> Self {
+        F16Rows(rows.as_ptr().wrapping_add(col))
+    }
+}
+
+impl Rows for F16Rows {
+    const PER_LINE: usize = 32;
+
+    #[inline(always)]
+    unsafe fn load8(self, i: usize) -> __m256 {
+        // SAFETY: the caller guarantees the CPU features and 8 values (16 bytes) at `i` in the
+        // rows; the load is unaligned.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(self.0.add(i) as *const __m128i)) }
+    }
+
+    #[inline(always)]
+    fn addr(self, i: usize) -> *const i8 {
+        self.0.wrapping_add(i) as *const i8
+    }
+}
+
+/// Q8_0 rows from a head's column: quants from `col`, and the block scales of the whole rows
+/// (value `i`'s scale is `d[(col + i) / 32]`).
+#[derive(Clone, Copy)]
+struct Q8Rows {
+    q: *const i8,
+    d: *const u16,
+    col: usize,
+}
+
+impl Q8Rows {
+    /// Quants `q` and scales `d` from value `col` (`wrapping_add`: with no position `col` may
+    /// lie past them).
+    #[inline(always)]
+    fn at(q: &[i8], d: &[u16], col: usize) -> Self {
+        Q8Rows {
+            q: q.as_ptr().wrapping_add(col),
+            d: d.as_ptr(),
+            col,
+        }
+    }
+}
+
+impl Rows for Q8Rows {
+    const PER_LINE: usize = 64;
+
+    #[inline(always)]
+    unsafe fn load8(self, i: usize) -> __m256 {
+        // SAFETY: the caller guarantees the CPU features, 8 quants at `i` in the rows and that
+        // they lie in one block, whose scale `d[(col + i) / 32]` is then in the scales too
+        // (`KvRows::len` bounds the rows by both); the loads are unaligned.
+        unsafe {
+            // The scale broadcast before converting (as `block_q`); `q · d` is exact.
+            let s = _mm256_cvtph_ps(_mm_set1_epi16(*self.d.add((self.col + i) / QK) as i16));
+            let q = _mm256_cvtepi8_epi32(_mm_loadl_epi64(self.q.add(i) as *const __m128i));
+            _mm256_mul_ps(_mm256_cvtepi32_ps(q), s)
+        }
+    }
+
+    #[inline(always)]
+    fn addr(self, i: usize) -> *const i8 {
+        self.q.wrapping_add(i)
+    }
+
+    #[inline(always)]
+    fn scale_addr(self, i: usize) -> Option<*const i8> {
+        Some(self.d.wrapping_add((self.col + i) / QK) as *const i8)
+    }
+}
+
+/// `q · row at o` for a head of `d` values (a multiple of 8): `dot_f32`'s operations (four
+/// accumulators over 32 values, then the first over 8), with the row's values widened as they
+/// are loaded.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C. `d` must be a multiple of 8, `qp` valid for reads
+/// of `d` f32 and values `o..o + d` of `k` readable (`Rows::load8`).
+#[inline(always)]
+unsafe fn dot_row<R: Rows>(qp: *const f32, d: usize, k: R, o: usize) -> f32 {
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`), the query's `d` values
+    // and the row's; every load is at an index below `d`, a multiple of 8.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= d {
+            for (j, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(qp.add(i + 8 * j)),
+                    k.load8(o + i + 8 * j),
+                    *acc,
+                );
+            }
+            i += 32;
+        }
+        while i + 8 <= d {
+            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i)), k.load8(o + i), acc[0]);
+            i += 8;
+        }
+        hsum(_mm256_add_ps(
+            _mm256_add_ps(acc[0], acc[1]),
+            _mm256_add_ps(acc[2], acc[3]),
+        ))
+    }
+}
+
+/// `dst[i] = scale · (q · key row at offs[i])` for a head of `d` values (a multiple of 8):
 /// four positions at a time, their sums reduced together instead of one horizontal sum each.
 /// The caller checks that every row lies inside the keys.
 ///
 /// # Safety
-/// The CPU must support AVX and FMA. `d` must be a multiple of 8; `qp` must be valid for
-/// reads of `d` f32 and, for every `o` in `offs`, `kp + o` for reads of `d` f32 (all inside
-/// the allocation `kp` points into); `dst` must be valid for writes of `offs.len()` f32 and
-/// not overlap the query or the key rows.
+/// The CPU must support AVX2, FMA and F16C. `d` must be a multiple of 8; `qp` must be valid
+/// for reads of `d` f32 and, for every `o` in `offs`, values `o..o + d` of `k` readable
+/// (`Rows::load8`); `dst` must be valid for writes of `offs.len()` f32 and not overlap the
+/// query or the key rows.
 #[inline(always)]
-unsafe fn score_rows(
+unsafe fn score_rows<R: Rows>(
     qp: *const f32,
     d: usize,
-    kp: *const f32,
+    k: R,
     offs: &[usize],
     scale: f32,
     dst: *mut f32,
 ) {
     // SAFETY: the caller guarantees the CPU features (see `# Safety`), and that the query,
     // the `d`-value key rows and `dst[..offs.len()]` are valid (`d` a multiple of 8, so the
-    // 8-wide loads end at `d`); the slices made for the tail are read-only and `dst` does not
-    // overlap them.
+    // 8-wide loads end at `d`); `dst` does not overlap the rows or the query.
     unsafe {
         let n = offs.len();
         let mut i = 0;
@@ -240,7 +406,7 @@ unsafe fn score_rows(
             while j < d {
                 let qv = _mm256_loadu_ps(qp.add(j));
                 for (u, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kp.add(offs[i + u] + j)), *a);
+                    *a = _mm256_fmadd_ps(qv, k.load8(offs[i + u] + j), *a);
                 }
                 j += 8;
             }
@@ -253,27 +419,37 @@ unsafe fn score_rows(
             i += 4;
         }
         while i < n {
-            let k = core::slice::from_raw_parts(kp.add(offs[i]), d);
-            *dst.add(i) = dot_f32(core::slice::from_raw_parts(qp, d), k) * scale;
+            *dst.add(i) = dot_row(qp, d, k, offs[i]) * scale;
             i += 1;
         }
     }
 }
 
-/// Transposes the key rows at `kp + offs[0..8]` (`d` values each, a multiple of 8) into `kt`:
+/// Transposes the key rows at `offs[0..8]` (`d` values each, a multiple of 8) into `kt`:
 /// `kt[8j..8j + 8]` holds value `j` of the eight rows.
 ///
 /// # Safety
-/// The CPU must support AVX. `d` must be a multiple of 8; for `i < 8`, `kp + offs[i]` must be
-/// valid for reads of `d` f32, and `kt` valid for writes of `8 · d` f32.
+/// The CPU must support AVX2 and F16C. `d` must be a multiple of 8; for `i < 8`, values
+/// `offs[i]..offs[i] + d` of `k` must be readable (`Rows::load8`), and `kt` valid for writes of
+/// `8 · d` f32.
 #[inline(always)]
-unsafe fn transpose_rows8(kp: *const f32, offs: &[usize], d: usize, kt: *mut f32) {
+unsafe fn transpose_rows8<R: Rows>(k: R, offs: &[usize], d: usize, kt: *mut f32) {
     // SAFETY: the caller guarantees the CPU features (see `# Safety`), that the eight rows
     // hold `d` (a multiple of 8) values each and that `kt` holds `8 · d`.
     unsafe {
         let mut c = 0;
         while c < d {
-            let r: [__m256; 8] = core::array::from_fn(|i| _mm256_loadu_ps(kp.add(offs[i] + c)));
+            // Not `array::from_fn`: its closure need not inherit the target features.
+            let r = [
+                k.load8(offs[0] + c),
+                k.load8(offs[1] + c),
+                k.load8(offs[2] + c),
+                k.load8(offs[3] + c),
+                k.load8(offs[4] + c),
+                k.load8(offs[5] + c),
+                k.load8(offs[6] + c),
+                k.load8(offs[7] + c),
+            ];
             let t0 = _mm256_unpacklo_ps(r[0], r[1]);
             let t1 = _mm256_unpackhi_ps(r[0], r[1]);
             let t2 = _mm256_unpacklo_ps(r[2], r[3]);
@@ -435,19 +611,30 @@ fn simd_head(d: usize) -> bool {
     d.is_multiple_of(8) && d <= 256
 }
 
-/// Panics unless every row `o + col .. o + col + d` lies in both `keys` and `values`.
-fn check_rows(keys: &[f32], values: &[f32], offs: &[usize], col: usize, d: usize) {
-    let lim = keys.len().min(values.len());
+/// Panics unless every row `o + col .. o + col + d` lies in the keys and the values (and, for
+/// Q8_0, their scales: `KvRows::len`). Returns the bitwise or of the rows' first values
+/// `o + col` (a multiple of 8 when every one is: Q8_0's 8-value loads then stay in a block).
+fn check_rows(kv: &KvRows<'_>, offs: &[usize], col: usize, d: usize) -> usize {
+    let lim = kv.len();
+    let mut starts = 0;
     for &o in offs {
-        assert!(o + col + d <= lim, "attend: row at {o} outside the cache");
+        let s = o.saturating_add(col);
+        assert!(
+            s.saturating_add(d) <= lim,
+            "attend: row at {o} outside the cache"
+        );
+        starts |= s;
     }
+    starts
 }
 
-/// One query head (see `score_rows`, `softmax`, `wsum_rows`); other head sizes:
+/// One query head (see `score_rows`, `softmax`, `wsum_rows`), over rows of any type widened
+/// as they are loaded; other head sizes, and Q8_0 rows that do not start on 8-value boundaries:
 /// `attend_body!`.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA. Lengths are checked here (`check_rows`, `out.len()`).
+/// The CPU must support AVX2, FMA and F16C. Lengths are checked here (`check_rows`,
+/// `out.len()`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn attend(
@@ -460,42 +647,70 @@ unsafe fn attend(
     out: &mut [f32],
 ) {
     // SAFETY: the caller guarantees the CPU features (see `# Safety`); `check_rows` puts
-    // every row `o + col .. o + col + d` inside `keys` and `values` (the base pointers at `col`
-    // use `wrapping_add`: with no position, `col` may lie past them), `scores` is resized to
-    // one value per position and `out` holds `d` values (checked first); `d` is a multiple of
-    // 8 (`simd_head`).
+    // every row `o + col .. o + col + d` inside the keys and values (and Q8_0's scales), Q8_0
+    // rows start at multiples of 8 (`starts`), `out` holds `d` values (checked first) and `d` is
+    // a multiple of 8 (`simd_head`): what `attend_rows` needs.
     unsafe {
         let d = q.len();
-        let KvRows::F32 { k: keys, v: values } = kv else {
-            return attend_body!(dot_f32, axpy_f32, q, kv, offs, col, scale, scores, out);
-        };
-        if !simd_head(d) || out.len() < d {
-            return attend_body!(dot_f32, axpy_f32, q, kv, offs, col, scale, scores, out);
+        if simd_head(d) && out.len() >= d {
+            let starts = check_rows(&kv, offs, col, d);
+            match kv {
+                KvRows::F32 { k, v } => {
+                    let (k, v) = (F32Rows::at(k, col), F32Rows::at(v, col));
+                    return attend_rows(q, k, v, offs, scale, scores, out);
+                }
+                KvRows::F16 { k, v } => {
+                    let (k, v) = (F16Rows::at(k, col), F16Rows::at(v, col));
+                    return attend_rows(q, k, v, offs, scale, scores, out);
+                }
+                KvRows::Q8_0 { k, kd, v, vd } if starts.is_multiple_of(8) => {
+                    let (k, v) = (Q8Rows::at(k, kd, col), Q8Rows::at(v, vd, col));
+                    return attend_rows(q, k, v, offs, scale, scores, out);
+                }
+                KvRows::Q8_0 { .. } => {}
+            }
         }
-        check_rows(keys, values, offs, col, d);
-        let n = offs.len();
+        attend_body!(dot_f32, axpy_f32, q, kv, offs, col, scale, scores, out)
+    }
+}
+
+/// `attend`'s SIMD path over rows of one type.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C. `d = q.len()` must be a multiple of 8, `out` hold
+/// `d` values, and for every `o` in `offs` values `o..o + d` of `k` and `v` be readable
+/// (`Rows::load8`).
+#[inline(always)]
+unsafe fn attend_rows<R: Rows>(
+    q: &[f32],
+    k: R,
+    v: R,
+    offs: &[usize],
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    // SAFETY: the caller guarantees the CPU features, the rows, `d` and `out` (see
+    // `# Safety`); `scores` is resized to one value per position.
+    unsafe {
+        let (n, d) = (offs.len(), q.len());
         scores.clear();
         scores.resize(n, 0.0);
-        score_rows(
-            q.as_ptr(),
-            d,
-            keys.as_ptr().wrapping_add(col),
-            offs,
-            scale,
-            scores.as_mut_ptr(),
-        );
+        score_rows(q.as_ptr(), d, k, offs, scale, scores.as_mut_ptr());
         softmax(scores);
-        let (vp, w) = (values.as_ptr().wrapping_add(col), [scores.as_ptr()]);
-        wsum_rows::<1, true>(vp, d, offs, w, [out.as_mut_ptr()], true);
+        let w = [scores.as_ptr()];
+        wsum_rows::<R, 1, true>(v, d, offs, w, [out.as_mut_ptr()], true);
     }
 }
 
 /// Several queries of one head over nested position lists (see `crate::attend_queries`):
 /// positions in blocks of 64, each block's key and value rows used by every query while they
-/// are in L1, instead of each query walking the whole cache.
+/// are in L1, instead of each query walking the whole cache. Head sizes and rows `attend`
+/// takes through `attend_body!`: one `attend` per query.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA. Shapes are checked here (`check_multi`, `check_rows`).
+/// The CPU must support AVX2, FMA and F16C. Shapes are checked here (`check_multi`,
+/// `check_rows`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn attend_multi(
@@ -511,31 +726,67 @@ unsafe fn attend_multi(
     ldo: usize,
 ) {
     // SAFETY: the caller guarantees the CPU features (see `# Safety`); `check_multi` and
-    // `check_rows` bound every query, output and cached row used below (`kp` and `vp` use
-    // `wrapping_add`: with no position, `col` may lie past the cache), `scores` is resized to
-    // the scores and partial sums addressed through `sp`, and `kt` holds the `8 · d ≤ 2048`
-    // values `transpose_rows8` writes (`simd_head`: `d ≤ 256`, a multiple of 8).
+    // `check_rows` bound every query, output and cached row (and Q8_0 scale) used by
+    // `attend_multi_rows`, Q8_0 rows start at multiples of 8 (`starts`) and `d` is a multiple
+    // of 8, at most 256 (`simd_head`).
     unsafe {
         super::check_multi(q, d, offs, lens, out, ldo);
-        let nq = lens.len();
-        let (KvRows::F32 { k: keys, v: values }, true) = (kv, simd_head(d)) else {
-            for (t, &len) in lens.iter().enumerate() {
-                let (qt, ot) = (&q[t * d..(t + 1) * d], &mut out[t * ldo..t * ldo + d]);
-                attend(qt, kv, &offs[..len], col, scale, scores, ot);
+        if simd_head(d) {
+            let starts = check_rows(&kv, offs, col, d);
+            match kv {
+                KvRows::F32 { k, v } => {
+                    let (k, v) = (F32Rows::at(k, col), F32Rows::at(v, col));
+                    return attend_multi_rows(q, d, k, v, offs, lens, scale, scores, out, ldo);
+                }
+                KvRows::F16 { k, v } => {
+                    let (k, v) = (F16Rows::at(k, col), F16Rows::at(v, col));
+                    return attend_multi_rows(q, d, k, v, offs, lens, scale, scores, out, ldo);
+                }
+                KvRows::Q8_0 { k, kd, v, vd } if starts.is_multiple_of(8) => {
+                    let (k, v) = (Q8Rows::at(k, kd, col), Q8Rows::at(v, vd, col));
+                    return attend_multi_rows(q, d, k, v, offs, lens, scale, scores, out, ldo);
+                }
+                KvRows::Q8_0 { .. } => {}
             }
-            return;
-        };
-        check_rows(keys, values, offs, col, d);
+        }
+        for (t, &len) in lens.iter().enumerate() {
+            let (qt, ot) = (&q[t * d..(t + 1) * d], &mut out[t * ldo..t * ldo + d]);
+            attend(qt, kv, &offs[..len], col, scale, scores, ot);
+        }
+    }
+}
+
+/// `attend_multi`'s blocked path over rows of one type.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C. The shapes must pass `check_multi`, `d` be a
+/// multiple of 8 and at most 256, and for every `o` in `offs` values `o..o + d` of `k` and `v`
+/// be readable (`Rows::load8`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_multi_rows<R: Rows>(
+    q: &[f32],
+    d: usize,
+    k: R,
+    v: R,
+    offs: &[usize],
+    lens: &[usize],
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    // SAFETY: the caller guarantees the CPU features, the shapes and the rows (see
+    // `# Safety`); `scores` is resized to the scores and partial sums addressed through `sp`,
+    // and `kt` holds the `8 · d ≤ 2048` values `transpose_rows8` writes.
+    unsafe {
+        let nq = lens.len();
         let l = offs.len();
         // Scores [query][position], then each query's partial weighted sums of even and odd
         // positions ([query][even d, odd d]).
         scores.clear();
         scores.resize(nq * l + nq * 2 * d, 0.0);
-        let (kp, vp, sp) = (
-            keys.as_ptr().wrapping_add(col),
-            values.as_ptr().wrapping_add(col),
-            scores.as_mut_ptr(),
-        );
+        let sp = scores.as_mut_ptr();
         // Keys eight positions at a time, transposed once (into `kt`, on the stack: d ≤ 256, each
         // value written before it is read) for all the queries that see all eight; a query's last
         // few positions go through `score_rows`, as the single-query call has them.
@@ -546,28 +797,40 @@ unsafe fn attend_multi(
             // A group's work for all queries spans more instructions than the out-of-order window,
             // so the next rows' cache misses would wait for it (the full cache's rows come from L3:
             // 1.9x slower than from L1 without this): keys two groups ahead into L1, values into
-            // L2 for the weighted sums.
+            // L2 for the weighted sums, one prefetch per 64-byte line of each row (and of its
+            // scales).
             if i + 24 <= l {
                 for &o in &offs[i + 16..i + 24] {
                     let mut c = 0;
                     while c < d {
-                        _mm_prefetch::<_MM_HINT_T0>(kp.add(o + c) as *const i8);
-                        _mm_prefetch::<_MM_HINT_T1>(vp.add(o + c) as *const i8);
-                        c += 16;
+                        _mm_prefetch::<_MM_HINT_T0>(k.addr(o + c));
+                        _mm_prefetch::<_MM_HINT_T1>(v.addr(o + c));
+                        c += R::PER_LINE;
                     }
-                    _mm_prefetch::<_MM_HINT_T0>(kp.add(o + d - 1) as *const i8);
-                    _mm_prefetch::<_MM_HINT_T1>(vp.add(o + d - 1) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(k.addr(o + d - 1));
+                    _mm_prefetch::<_MM_HINT_T1>(v.addr(o + d - 1));
+                    if let (Some(k0), Some(k1), Some(v0), Some(v1)) = (
+                        k.scale_addr(o),
+                        k.scale_addr(o + d - 1),
+                        v.scale_addr(o),
+                        v.scale_addr(o + d - 1),
+                    ) {
+                        _mm_prefetch::<_MM_HINT_T0>(k0);
+                        _mm_prefetch::<_MM_HINT_T0>(k1);
+                        _mm_prefetch::<_MM_HINT_T1>(v0);
+                        _mm_prefetch::<_MM_HINT_T1>(v1);
+                    }
                 }
             }
             if i + 8 <= l {
-                transpose_rows8(kp, &offs[i..i + 8], d, kt);
+                transpose_rows8(k, &offs[i..i + 8], d, kt);
             }
             for (t, &len) in lens.iter().enumerate() {
                 if len >= i + 8 {
                     score8_transposed(q.as_ptr().add(t * d), d, kt, scale, sp.add(t * l + i));
                 } else if len > i {
                     let qt = q.as_ptr().add(t * d);
-                    score_rows(qt, d, kp, &offs[i..len], scale, sp.add(t * l + i));
+                    score_rows(qt, d, k, &offs[i..len], scale, sp.add(t * l + i));
                 }
             }
             i += 8;
@@ -591,18 +854,18 @@ unsafe fn attend_multi(
                     if let Some(t0) = pending.take() {
                         let w = [sp.add(t0 * l + b) as *const f32, sp.add(t * l + b)];
                         let pt = [part.add(t0 * 2 * d), part.add(t * 2 * d)];
-                        wsum_rows::<2, false>(vp, d, &offs[b..e], w, pt, b == 0);
+                        wsum_rows::<R, 2, false>(v, d, &offs[b..e], w, pt, b == 0);
                     } else {
                         pending = Some(t);
                     }
                 } else if len > b {
                     let (w, pt) = (sp.add(t * l + b) as *const f32, part.add(t * 2 * d));
-                    wsum_rows::<1, false>(vp, d, &offs[b..len], [w], [pt], b == 0);
+                    wsum_rows::<R, 1, false>(v, d, &offs[b..len], [w], [pt], b == 0);
                 }
             }
             if let Some(t) = pending {
                 let (w, pt) = (sp.add(t * l + b) as *const f32, part.add(t * 2 * d));
-                wsum_rows::<1, false>(vp, d, &offs[b..e], [w], [pt], b == 0);
+                wsum_rows::<R, 1, false>(v, d, &offs[b..e], [w], [pt], b == 0);
             }
             b = e;
         }
@@ -620,7 +883,7 @@ unsafe fn attend_multi(
 }
 
 /// Weighted sums of value rows for `N` queries over the same rows: `Σ_i w[u][i] · value row
-/// at vp + offs[i]`, 16 values at a time in registers, each value row loaded once
+/// at offs[i]`, 16 values at a time in registers, each value row loaded once
 /// for the `N` queries. Even and odd positions go to separate accumulators (a lone last
 /// position to the even ones; an axpy per position would go through memory, a store-to-load
 /// chain). With `SUM`, `dst[u]` is query `u`'s output and receives even + odd (`first` must
@@ -629,13 +892,13 @@ unsafe fn attend_multi(
 /// position) and still add in exactly the order of one `SUM` call over all of them.
 ///
 /// # Safety
-/// The CPU must support AVX and FMA. `d` must be a multiple of 8; for every `o` in `offs`,
-/// `vp + o` must be valid for reads of `d` f32; each `w[u]` valid for reads of `offs.len()`
+/// The CPU must support AVX2, FMA and F16C. `d` must be a multiple of 8; for every `o` in
+/// `offs`, values `o..o + d` of `v` must be readable (`Rows::load8`); each `w[u]` valid for reads of `offs.len()`
 /// f32; each `dst[u]` valid for writes (and, unless `first`, reads) of `d` f32 with `SUM`,
 /// `2 · d` without.
 #[inline(always)]
-unsafe fn wsum_rows<const N: usize, const SUM: bool>(
-    vp: *const f32,
+unsafe fn wsum_rows<R: Rows, const N: usize, const SUM: bool>(
+    v: R,
     d: usize,
     offs: &[usize],
     w: [*const f32; N],
@@ -643,7 +906,7 @@ unsafe fn wsum_rows<const N: usize, const SUM: bool>(
     first: bool,
 ) {
     // SAFETY: the caller guarantees the CPU features (see `# Safety`) and the lengths
-    // behind `vp`, `w` and `dst` (`d` a multiple of 8, so the 8-wide accesses end at `d`).
+    // behind `v`, `w` and `dst` (`d` a multiple of 8, so the 8-wide accesses end at `d`).
     unsafe {
         debug_assert!(first || !SUM, "final sums start from zero");
         let n = offs.len();
@@ -665,9 +928,9 @@ unsafe fn wsum_rows<const N: usize, const SUM: bool>(
             let mut p = 0;
             while p + 2 <= n {
                 for e in 0..2 {
-                    let v = vp.add(offs[p + e] + c);
-                    let v0 = _mm256_loadu_ps(v);
-                    let v1 = if two { _mm256_loadu_ps(v.add(8)) } else { v0 };
+                    let o = offs[p + e] + c;
+                    let v0 = v.load8(o);
+                    let v1 = if two { v.load8(o + 8) } else { v0 };
                     for u in 0..N {
                         let wv = _mm256_set1_ps(*w[u].add(p + e));
                         acc[u][e][0] = _mm256_fmadd_ps(wv, v0, acc[u][e][0]);
@@ -679,9 +942,9 @@ unsafe fn wsum_rows<const N: usize, const SUM: bool>(
                 p += 2;
             }
             if p < n {
-                let v = vp.add(offs[p] + c);
-                let v0 = _mm256_loadu_ps(v);
-                let v1 = if two { _mm256_loadu_ps(v.add(8)) } else { v0 };
+                let o = offs[p] + c;
+                let v0 = v.load8(o);
+                let v1 = if two { v.load8(o + 8) } else { v0 };
                 for u in 0..N {
                     let wv = _mm256_set1_ps(*w[u].add(p));
                     acc[u][0][0] = _mm256_fmadd_ps(wv, v0, acc[u][0][0]);
