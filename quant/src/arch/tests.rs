@@ -2,7 +2,7 @@
 
 use super::{available, scalar, Kernels};
 use crate::blocks::{Q8_0_BYTES, QK};
-use crate::kv::KvRows;
+use crate::kv::{store_f16, store_q8_0, KvRows, KvType};
 use crate::matmul::{matmul_with, Weights};
 use crate::packed::repack_always;
 use crate::{dequantize_row, quantize_row, Activations, GgmlType, Matrix};
@@ -278,6 +278,278 @@ fn attend_multi_matches_scalar_per_query() {
                     "{} d={d} l={l} query {t}",
                     k.name
                 );
+            }
+        }
+    }
+}
+
+/// A cache's rows stored as f16 or Q8_0 (`store_f16`, `store_q8_0`).
+enum Narrow {
+    F16(Vec<u16>, Vec<u16>),
+    Q8(Vec<i8>, Vec<u16>, Vec<i8>, Vec<u16>),
+}
+
+impl Narrow {
+    /// `keys` and `vals` stored as `ty` (F16 or Q8_0).
+    fn new(ty: KvType, keys: &[f32], vals: &[f32]) -> Narrow {
+        match ty {
+            KvType::F16 => {
+                let (mut k, mut v) = (vec![0; keys.len()], vec![0; vals.len()]);
+                store_f16(keys, &mut k);
+                store_f16(vals, &mut v);
+                Narrow::F16(k, v)
+            }
+            KvType::Q8_0 => {
+                let (mut k, mut kd) = (vec![0; keys.len()], vec![0; keys.len() / QK]);
+                let (mut v, mut vd) = (vec![0; vals.len()], vec![0; vals.len() / QK]);
+                store_q8_0(keys, &mut k, &mut kd);
+                store_q8_0(vals, &mut v, &mut vd);
+                Narrow::Q8(k, kd, v, vd)
+            }
+            KvType::F32 => unreachable!("f32 rows are not narrowed"),
+        }
+    }
+
+    fn rows(&self) -> KvRows<'_> {
+        match self {
+            Narrow::F16(k, v) => KvRows::F16 { k, v },
+            Narrow::Q8(k, kd, v, vd) => KvRows::Q8_0 { k, kd, v, vd },
+        }
+    }
+
+    /// The f32 keys and values these rows widen to (exactly).
+    fn widened(&self) -> (Vec<f32>, Vec<f32>) {
+        let kv = self.rows();
+        let mut k = vec![0f32; kv.len()];
+        let mut v = vec![0f32; kv.len()];
+        kv.widen(false, 0, &mut k);
+        kv.widen(true, 0, &mut v);
+        (k, v)
+    }
+}
+
+/// The narrow types rows of `h` values can be stored as.
+fn narrow_types(h: usize) -> impl Iterator<Item = KvType> {
+    [KvType::F16, KvType::Q8_0]
+        .into_iter()
+        .filter(move |t| t.fits(h))
+}
+
+/// An attention scale that keeps every `scale · q·k` within ±0.1 per product, so scores stay
+/// in a softmax's usual range and differences of summation order stay far below the 1e-5
+/// compared (the f32 test above covers badly conditioned scores).
+fn tame_scale(q: &[f32], keys: &[f32]) -> f32 {
+    let max = |x: &[f32]| x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    0.1 / (max(q) * max(keys)).max(1e-6)
+}
+
+fn bits(x: &[f32]) -> Vec<u32> {
+    x.iter().map(|v| v.to_bits()).collect()
+}
+
+/// Over f16 and Q8_0 rows, every set's `attend` equals, bit for bit, its result over the f32
+/// rows those values widen to, and the scalar one over the same rows within 1e-5: head sizes of
+/// the SIMD path (multiples of 8, heads at columns that are not multiples of 32 too) and of the
+/// fallback (f16 only: Q8_0 needs rows of whole blocks), and Q8_0 rows that start off an
+/// 8-value boundary (the fallback: close to scalar only).
+#[test]
+fn attend_f16_q8_0_equal_widened_f32() {
+    let mut rng = Rng::new(11);
+    for (d, h) in [
+        (64, 128),
+        (96, 480),
+        (96, 5280),
+        (128, 256),
+        (40, 160),
+        (24, 96),
+        (8, 32),
+        (7, 21),
+        (20, 60),
+    ] {
+        for positions in [1, 37, 130] {
+            if h == 5280 && positions != 37 {
+                continue;
+            }
+            let rows = positions + 3;
+            let keys = values(&mut rng, rows * h);
+            let vals = values(&mut rng, rows * h);
+            let q = values(&mut rng, d);
+            // Rows scattered: every third from the last backwards.
+            let offs: Vec<usize> = (0..positions)
+                .map(|i| ((rows - 1) * (i + 1) * 3 % rows) * h)
+                .collect();
+            for ty in narrow_types(h) {
+                let narrow = Narrow::new(ty, &keys, &vals);
+                let kv = narrow.rows();
+                let (kw, vw) = narrow.widened();
+                let scale = tame_scale(&q, &kw);
+                let wide = KvRows::F32 { k: &kw, v: &vw };
+                // The last head, and one 4 values in (off the 8-value boundaries).
+                for col in [(h / d - 1) * d, 4] {
+                    if col + d > h {
+                        continue;
+                    }
+                    let (mut s0, mut want) = (Vec::new(), vec![0f32; d]);
+                    scalar::attend(&q, kv, &offs, col, scale, &mut s0, &mut want);
+                    let aligned = ty != KvType::Q8_0 || col % 8 == 0;
+                    for k in available() {
+                        let (mut s, mut got) = (Vec::new(), vec![f32::NAN; d]);
+                        (k.attend)(&q, kv, &offs, col, scale, &mut s, &mut got);
+                        let mut from_wide = vec![f32::NAN; d];
+                        (k.attend)(&q, wide, &offs, col, scale, &mut s, &mut from_wide);
+                        let what = format!("{} {ty} d={d} h={h} col={col} n={positions}", k.name);
+                        if aligned || k.name == "scalar" {
+                            assert_eq!(bits(&got), bits(&from_wide), "{what}: widened f32");
+                        }
+                        for (g, w) in got.iter().zip(&want) {
+                            assert!(
+                                (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                                "{what}: {g} vs scalar {w}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Over f16 and Q8_0 rows, every set's multi-query attention equals, bit for bit, its
+/// single-query call per query and its result over the widened f32 rows, and the scalar one
+/// within 1e-5 (1, 37 and 130 positions: across the 64-position blocks).
+#[test]
+fn attend_multi_f16_q8_0_equal_single_query_and_widened_f32() {
+    let mut rng = Rng::new(12);
+    for (d, h) in [(64, 128), (96, 192), (128, 128), (40, 160), (7, 14)] {
+        for (l, nq) in [(1, 1), (1, 3), (37, 5), (130, 9)] {
+            let keys = values(&mut rng, (l + 3) * h);
+            let vals = values(&mut rng, (l + 3) * h);
+            let offs: Vec<usize> = (0..l).map(|i| (l + 2 - i) * h).collect();
+            let lens: Vec<usize> = (0..nq)
+                .map(|t| {
+                    if t >= nq / 2 {
+                        l
+                    } else {
+                        (l - (nq - 1 - t) * l / (nq + 1)).max(1)
+                    }
+                })
+                .collect();
+            let ldo = d + 3;
+            let q = values(&mut rng, nq * d);
+            let col = h - d;
+            for ty in narrow_types(h) {
+                let narrow = Narrow::new(ty, &keys, &vals);
+                let kv = narrow.rows();
+                let (kw, vw) = narrow.widened();
+                let scale = tame_scale(&q, &kw);
+                let wide = KvRows::F32 { k: &kw, v: &vw };
+                let mut s0 = Vec::new();
+                let mut want = vec![0f32; nq * ldo];
+                for (t, &len) in lens.iter().enumerate() {
+                    let o = &mut want[t * ldo..t * ldo + d];
+                    let qt = &q[t * d..(t + 1) * d];
+                    scalar::attend(qt, kv, &offs[..len], col, scale, &mut s0, o);
+                }
+                for k in available() {
+                    let what = format!("{} {ty} d={d} l={l} nq={nq}", k.name);
+                    let mut got = vec![0f32; nq * ldo];
+                    let mut from_wide = vec![0f32; nq * ldo];
+                    let args = (&offs, &lens, col, scale);
+                    (k.attend_multi)(
+                        &q, d, kv, args.0, args.1, args.2, args.3, &mut s0, &mut got, ldo,
+                    );
+                    (k.attend_multi)(
+                        &q,
+                        d,
+                        wide,
+                        args.0,
+                        args.1,
+                        args.2,
+                        args.3,
+                        &mut s0,
+                        &mut from_wide,
+                        ldo,
+                    );
+                    assert_eq!(bits(&got), bits(&from_wide), "{what}: widened f32");
+                    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                            "{what} out[{i}]: {g} vs scalar {w}"
+                        );
+                    }
+                    for (t, &len) in lens.iter().enumerate() {
+                        let mut one = vec![0f32; d];
+                        let qt = &q[t * d..(t + 1) * d];
+                        (k.attend)(qt, kv, &offs[..len], col, scale, &mut s0, &mut one);
+                        assert_eq!(
+                            bits(&one),
+                            bits(&got[t * ldo..t * ldo + d]),
+                            "{what} query {t}: single-query call"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A row past the cache (or, for Q8_0, past its scales) panics in every set, on the SIMD path
+/// and the fallback, single- and multi-query, whatever the type.
+#[test]
+fn attend_rows_outside_the_cache_panic() {
+    let mut rng = Rng::new(13);
+    let (h, rows) = (64, 4);
+    let keys = values(&mut rng, rows * h);
+    let vals = values(&mut rng, rows * h);
+    let q = values(&mut rng, 2 * h);
+    let f16 = Narrow::new(KvType::F16, &keys, &vals);
+    let q8 = Narrow::new(KvType::Q8_0, &keys, &vals);
+    // Q8_0 whose scales stop one block short of the quants.
+    let Narrow::Q8(qk, qkd, qv, qvd) = &q8 else {
+        unreachable!()
+    };
+    let short = KvRows::Q8_0 {
+        k: qk,
+        kd: &qkd[..qkd.len() - 1],
+        v: qv,
+        vd: qvd,
+    };
+    let caches = [
+        ("f32", KvRows::F32 { k: &keys, v: &vals }, rows * h),
+        ("f16", f16.rows(), rows * h),
+        ("q8_0", q8.rows(), rows * h),
+        ("q8_0 short scales", short, rows * h - QK),
+    ];
+    for (name, kv, end) in caches {
+        for k in available() {
+            // d = 16: the SIMD path; 7: the fallback. The last row's last head, one past the end.
+            for (d, col) in [(16, h - 16), (7, h - 7)] {
+                let offs = [0, end - h, end - h + 16];
+                let what = format!("{} {name} d={d}", k.name);
+                let one = std::panic::catch_unwind(|| {
+                    let (mut s, mut out) = (Vec::new(), vec![0f32; d]);
+                    (k.attend)(&q[..d], kv, &offs, col, 0.5, &mut s, &mut out);
+                });
+                assert!(one.is_err(), "{what}: attend read past the cache");
+                let multi = std::panic::catch_unwind(|| {
+                    let (mut s, mut out) = (Vec::new(), vec![0f32; 2 * d]);
+                    (k.attend_multi)(
+                        &q[..2 * d],
+                        d,
+                        kv,
+                        &offs,
+                        &[3, 2],
+                        col,
+                        0.5,
+                        &mut s,
+                        &mut out,
+                        d,
+                    );
+                });
+                assert!(multi.is_err(), "{what}: attend_multi read past the cache");
+                // In range: no panic.
+                let (mut s, mut out) = (Vec::new(), vec![0f32; d]);
+                (k.attend)(&q[..d], kv, &offs[..2], col, 0.5, &mut s, &mut out);
             }
         }
     }
