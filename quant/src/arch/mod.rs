@@ -62,10 +62,17 @@ macro_rules! stream_groups {
 /// `dot_f32` and `axpy_f32` inlined (one indirect call per head instead of two per position:
 /// with 16-value heads the calls cost more than the arithmetic). A macro, not a generic
 /// function, so that no iterator adapter or closure is compiled outside the caller's
-/// `target_feature` context (where the intrinsics would become calls).
+/// `target_feature` context (where the intrinsics would become calls). f16 and Q8_0 rows are
+/// widened into scratch, one row at a time, by `KvRows::widen` or (`widen: path;` first) a set's
+/// own function of the same signature, which must widen exactly as `KvRows::widen` does (and
+/// panic where it does), so that a set computes over f16 and Q8_0 rows what it computes over the
+/// f32 rows they widen to, bit for bit.
 #[allow(unused_macros)] // not every target has SIMD kernels
 macro_rules! attend_body {
-    ($dot:path, $axpy:path, $q:expr, $kv:expr, $offs:expr, $col:expr, $scale:expr, $scores:expr, $out:expr) => {{
+    ($dot:path, $axpy:path, $q:expr, $kv:expr, $offs:expr, $col:expr, $scale:expr, $scores:expr, $out:expr) => {
+        attend_body!(widen: $crate::kv::KvRows::widen; $dot, $axpy, $q, $kv, $offs, $col, $scale, $scores, $out)
+    };
+    (widen: $widen:path; $dot:path, $axpy:path, $q:expr, $kv:expr, $offs:expr, $col:expr, $scale:expr, $scores:expr, $out:expr) => {{
         let (q, kv, offs, col, scale): (&[f32], $crate::kv::KvRows<'_>, &[usize], usize, f32) =
             ($q, $kv, $offs, $col, $scale);
         let (scores, out): (&mut Vec<f32>, &mut [f32]) = ($scores, $out);
@@ -81,7 +88,7 @@ macro_rules! attend_body {
             let s = match kv {
                 $crate::kv::KvRows::F32 { k, .. } => $dot(q, &k[o + col..o + col + d]),
                 _ => {
-                    kv.widen(false, o + col, row);
+                    $widen(&kv, false, o + col, row);
                     $dot(q, row)
                 }
             } * scale;
@@ -102,7 +109,7 @@ macro_rules! attend_body {
                     $axpy(sc[i] / sum, &v[o + col..o + col + d], out)
                 }
                 _ => {
-                    kv.widen(true, o + col, row);
+                    $widen(&kv, true, o + col, row);
                     $axpy(sc[i] / sum, row, out)
                 }
             }

@@ -165,9 +165,71 @@ unsafe fn attend(
     out: &mut [f32],
 ) {
     // SAFETY: the caller guarantees the CPU features (see `# Safety`); `attend_body!`
-    // slices `keys` and `values` with bounds checks and passes slices to `dot_f32` and
-    // `axpy_f32`, which stay within them.
-    unsafe { attend_body!(dot_f32, axpy_f32, q, kv, offs, col, scale, scores, out) }
+    // slices the keys and values with bounds checks (`widen` too) and passes slices to
+    // `dot_f32` and `axpy_f32`, which stay within them.
+    unsafe { attend_body!(widen: widen; dot_f32, axpy_f32, q, kv, offs, col, scale, scores, out) }
+}
+
+/// `KvRows::widen` with NEON: f16 four values per `fcvtl`, Q8_0 eight per block run (int8 to
+/// f32, times the block's scale). Both are exact and so equal `KvRows::widen` bit for bit; it
+/// panics where that does (values or, for Q8_0, scales outside the rows).
+///
+/// # Safety
+/// The CPU must support NEON (which the aarch64 targets Raven builds for enable by default).
+/// Lengths are checked here (slicing).
+#[inline(always)]
+unsafe fn widen(kv: &crate::kv::KvRows<'_>, value: bool, start: usize, out: &mut [f32]) {
+    use crate::kv::KvRows;
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`); `src` and `q` are
+    // slices of `out.len()` values (checked by slicing) and every access below is at an
+    // index below `n = out.len()` (four or eight at a time only while they fit).
+    unsafe {
+        let n = out.len();
+        let o = out.as_mut_ptr();
+        match *kv {
+            KvRows::F32 { .. } => kv.widen(value, start, out),
+            KvRows::F16 { k, v } => {
+                let src = &(if value { v } else { k })[start..start + n];
+                let p = src.as_ptr();
+                let mut i = 0;
+                while i + 4 <= n {
+                    vst1q_f32(o.add(i), cvt_f16x4(vld1_u16(p.add(i))));
+                    i += 4;
+                }
+                while i < n {
+                    *o.add(i) = f16_to_f32(*p.add(i));
+                    i += 1;
+                }
+            }
+            KvRows::Q8_0 { k, kd, v, vd } => {
+                let (q, d) = if value { (v, vd) } else { (k, kd) };
+                let q = &q[start..start + n];
+                if n > 0 {
+                    assert!((start + n - 1) / QK < d.len(), "Q8_0 scale out of range");
+                }
+                let p = q.as_ptr();
+                let mut i = 0;
+                while i < n {
+                    // The values of one block: the same scale (`q · d`, exact).
+                    let b = (start + i) / QK;
+                    let s = f16_to_f32(*d.get_unchecked(b));
+                    let stop = ((b + 1) * QK - start).min(n);
+                    while i + 8 <= stop {
+                        let w = vmovl_s8(vld1_s8(p.add(i)));
+                        let lo = vcvtq_f32_s32(vmovl_s16(vget_low_s16(w)));
+                        let hi = vcvtq_f32_s32(vmovl_high_s16(w));
+                        vst1q_f32(o.add(i), vmulq_n_f32(lo, s));
+                        vst1q_f32(o.add(i + 4), vmulq_n_f32(hi, s));
+                        i += 8;
+                    }
+                    while i < stop {
+                        *o.add(i) = *p.add(i) as f32 * s;
+                        i += 1;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// # Safety
