@@ -133,6 +133,11 @@ typedef int32_t raven_sampler;
 typedef int32_t raven_parallel_mode;
 
 /**
+ * Element type of the KV cache's keys and values.
+ */
+typedef int32_t raven_kv_type;
+
+/**
  * Everything a session can be asked to do differently. Start from
  * `raven_session_default_params()`; 0 means "the model's value" where noted.
  */
@@ -264,6 +269,10 @@ typedef struct raven_session_params {
    * Most sampler steps (≥ 1). Default 4096.
    */
   int32_t max_sampler_steps;
+  /**
+   * Element type of the KV cache: `RAVEN_KV_*`. Default `RAVEN_KV_F16`.
+   */
+  raven_kv_type kv_type;
 } raven_session_params;
 
 /**
@@ -408,6 +417,21 @@ typedef struct raven_generate_stats {
  * 0 or the model's core layer count).
  */
 #define RAVEN_CACHE_LATEST 2
+
+/**
+ * 4 bytes per value: what `raven logits` and the exactness tests use.
+ */
+#define RAVEN_KV_F32 0
+
+/**
+ * IEEE half precision, 2 bytes per value (the default, as llama.cpp's).
+ */
+#define RAVEN_KV_F16 1
+
+/**
+ * ggml's Q8_0, 34 bytes per 32 values (needs rows of a multiple of 32 values).
+ */
+#define RAVEN_KV_Q8_0 2
 
 /**
  * Never exit early: every token runs `max_steps` iterations.

@@ -32,6 +32,7 @@ use crate::parallel::{self, Mode, Observe, ParallelParams};
 use crate::run::Threads;
 use crate::sample::SamplingParams;
 use crate::session::{Next, Session, SessionParams, TokenStats};
+use raven_quant::KvType;
 
 // ---------------------------------------------------------------------------------------------
 // Status codes
@@ -74,6 +75,15 @@ pub const RAVEN_CACHE_COMPRESS: raven_cache_type = 1;
 /// Full storage; a token lacking a slot reads the deepest one it computed (`cache_k` must be
 /// 0 or the model's core layer count).
 pub const RAVEN_CACHE_LATEST: raven_cache_type = 2;
+
+/// Element type of the KV cache's keys and values.
+pub type raven_kv_type = i32;
+/// 4 bytes per value: what `raven logits` and the exactness tests use.
+pub const RAVEN_KV_F32: raven_kv_type = 0;
+/// IEEE half precision, 2 bytes per value (the default, as llama.cpp's).
+pub const RAVEN_KV_F16: raven_kv_type = 1;
+/// ggml's Q8_0, 34 bytes per 32 values (needs rows of a multiple of 32 values).
+pub const RAVEN_KV_Q8_0: raven_kv_type = 2;
 
 /// Per-token exit criterion (SPEC §2). A threshold of 0 takes the criterion's default.
 pub type raven_exit_criterion = i32;
@@ -300,6 +310,8 @@ pub struct raven_session_params {
     pub noise_sqrt: bool,
     /// Most sampler steps (≥ 1). Default 4096.
     pub max_sampler_steps: i32,
+    /// Element type of the KV cache: `RAVEN_KV_*`. Default `RAVEN_KV_F16`.
+    pub kv_type: raven_kv_type,
 }
 
 /// What one token cost.
@@ -1121,6 +1133,7 @@ fn default_session() -> raven_session_params {
         noise_dampened: pd.noise_dampened,
         noise_sqrt: pd.noise_sqrt,
         max_sampler_steps: pd.max_sampler_steps as i32,
+        kv_type: RAVEN_KV_F16,
     }
 }
 
@@ -1229,6 +1242,16 @@ fn params_from_c(p: &raven_session_params, m: &Model) -> R<SessionParams> {
             )))
         }
     };
+    let cache_type = match p.kv_type {
+        RAVEN_KV_F32 => KvType::F32,
+        RAVEN_KV_F16 => KvType::F16,
+        RAVEN_KV_Q8_0 => KvType::Q8_0,
+        t => {
+            return Err(invalid(format!(
+                "kv_type = {t} is not one of RAVEN_KV_F32 (0), RAVEN_KV_F16 (1), RAVEN_KV_Q8_0 (2)"
+            )))
+        }
+    };
     let max_steps = match nonneg(p.max_steps, "max_steps")? {
         0 => c.mean_recurrence,
         n => n,
@@ -1255,6 +1278,7 @@ fn params_from_c(p: &raven_session_params, m: &Model) -> R<SessionParams> {
     Ok(SessionParams {
         ctx,
         cache,
+        cache_type,
         exit,
         prefill_steps: nonneg(p.prefill_steps, "prefill_steps")?,
         budget_ms: (p.budget_ms > 0.0).then_some(p.budget_ms),
@@ -1304,6 +1328,7 @@ pub unsafe extern "C" fn raven_session_new(
             None => sp.kv_bytes(&m.model),
             Some(pp) => sp.cache.bytes(
                 &m.model.config,
+                sp.cache_type,
                 sp.context_for(&m.model),
                 sp.exit.max_steps.max(pp.inner_steps),
             ),

@@ -226,7 +226,7 @@ impl Model {
             cache.visible_offsets(slot, ws.start + t, offs);
         }
         let (qkv, visible) = (&ws.qkv, &ws.visible);
-        let (keys, values) = (cache.keys(), cache.values());
+        let kv = cache.rows();
         let work: usize = visible.iter().map(|v| v.len()).sum::<usize>() * qw * 2;
         let nested = n > 1 && visible.windows(2).all(|w| w[1].starts_with(&w[0]));
         if nested {
@@ -252,8 +252,7 @@ impl Model {
                     raven_quant::attend_queries(
                         &q_heads[(hd * n + t0) * d..(hd * n + t1) * d],
                         d,
-                        keys,
-                        values,
+                        kv,
                         &visible[t1 - 1],
                         &lens[t0..t1],
                         (hd / group) * d,
@@ -271,12 +270,35 @@ impl Model {
                         .copy_from_slice(&ws.yh[(hd * n + t) * d..(hd * n + t + 1) * d]);
                 }
             }
+        } else if group > 1 {
+            // Grouped-query attention while decoding: the query heads that share a key/value
+            // head are one multi-query call over that head's rows, so each cached row is read
+            // once for the group instead of once per query head (bit for bit the single-query
+            // results). Their queries and outputs are adjacent: heads kvh·group .. +group.
+            let nkv = c.n_kv_heads;
+            let head = |scores: &mut Vec<f32>, (idx, yo): (usize, &mut [f32])| {
+                let (t, kvh) = (idx / nkv, idx % nkv);
+                let q0 = t * stride + kvh * group * d;
+                let lens = vec![visible[t].len(); group];
+                raven_quant::attend_queries(
+                    &qkv[q0..q0 + group * d],
+                    d,
+                    kv,
+                    &visible[t],
+                    &lens,
+                    kvh * d,
+                    scale,
+                    scores,
+                    yo,
+                    d,
+                );
+            };
+            for_each_head(&mut ws.y, group * d, work, &mut ws.scores, head);
         } else {
             let head = |scores: &mut Vec<f32>, (idx, yo): (usize, &mut [f32])| {
                 let (t, hd) = (idx / nh, idx % nh);
                 let q = &qkv[t * stride + hd * d..t * stride + (hd + 1) * d];
-                let col = (hd / group) * d;
-                raven_quant::attend_head(q, keys, values, &visible[t], col, scale, scores, yo);
+                raven_quant::attend_head(q, kv, &visible[t], hd * d, scale, scores, yo);
             };
             for_each_head(&mut ws.y, d, work, &mut ws.scores, head);
         }

@@ -1,9 +1,39 @@
 //! The KV cache: one slot per block application (SPEC §2), allocated once for the session's
 //! context, with the reference's three lookup strategies.
 
+use raven_quant::KvRows;
+pub use raven_quant::KvType;
+
 use crate::config::Config;
 use crate::error::{RavenError, Result};
 use crate::params::Param;
+
+/// Parses a cache element type (`f32`, `f16`, `q8_0`).
+pub fn parse_kv_type(s: &str) -> Result<KvType> {
+    KvType::from_name(s).ok_or_else(|| {
+        RavenError::param(
+            Param::CacheType,
+            format!("\"{s}\" is not one of f32, f16, q8_0"),
+        )
+    })
+}
+
+/// Checks that the model's key/value rows can be stored as `ty` (Q8_0 needs whole blocks of
+/// 32 values per row and heads of a multiple of 8 values).
+pub fn validate_kv_type(ty: KvType, c: &Config) -> Result<()> {
+    if ty == KvType::Q8_0 && !(ty.fits(c.kv_width()) && c.d_head.is_multiple_of(8)) {
+        return Err(RavenError::param(
+            Param::CacheType,
+            format!(
+                "q8_0 needs key/value rows of a multiple of 32 values and heads of a multiple \
+                 of 8; this model has rows of {} and heads of {} (use f16 or f32)",
+                c.kv_width(),
+                c.d_head
+            ),
+        ));
+    }
+    Ok(())
+}
 
 /// How core-block cache slots are assigned and looked up (SPEC §2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,15 +96,18 @@ impl CacheStrategy {
         }
     }
 
-    /// Bytes of K and V (f32) for a context of `ctx` tokens and at most `max_steps` iterations.
-    pub fn bytes(self, c: &Config, ctx: usize, max_steps: usize) -> u64 {
+    /// Bytes of K and V stored as `ty` for a context of `ctx` tokens and at most `max_steps`
+    /// iterations.
+    pub fn bytes(self, c: &Config, ty: KvType, ctx: usize, max_steps: usize) -> u64 {
         // Saturating: an absurd request reports u64::MAX bytes rather than wrapping.
-        [ctx as u64, c.kv_width() as u64, 2, 4].iter().fold(
+        let rows = [ctx as u64, 2].iter().fold(
             (c.n_prelude as u64)
                 .saturating_add(self.core_slots(c, max_steps) as u64)
                 .saturating_add(c.n_coda as u64),
             |acc, &x| acc.saturating_mul(x),
-        )
+        );
+        // Per row: `ty.bytes` of one row (no overflow: a row is small).
+        rows.saturating_mul(ty.bytes(c.kv_width() as u64))
     }
 }
 
@@ -114,8 +147,7 @@ pub struct KvCache {
     h: usize,
     ctx: usize,
     n_slots: usize,
-    k: Vec<f32>,
-    v: Vec<f32>,
+    store: Store,
     present: Vec<bool>,
     /// Deepest iteration computed per (core layer, position), for `latest`.
     depth: Vec<u32>,
@@ -123,6 +155,78 @@ pub struct KvCache {
     /// While drafting (speculative decoding, `full` strategy): core queries read positions
     /// below `.0` at iteration `iter + .1`.
     draft_view: Option<(usize, usize)>,
+}
+
+/// Keys and values in the cache's element type.
+enum Store {
+    F32 {
+        k: Vec<f32>,
+        v: Vec<f32>,
+    },
+    F16 {
+        k: Vec<u16>,
+        v: Vec<u16>,
+    },
+    Q8_0 {
+        k: Vec<i8>,
+        kd: Vec<u16>,
+        v: Vec<i8>,
+        vd: Vec<u16>,
+    },
+}
+
+impl Store {
+    /// Zeroed storage for `n` values of keys and of values, or `None` when it cannot be
+    /// allocated.
+    fn new(ty: KvType, n: usize) -> Option<Store> {
+        Some(match ty {
+            KvType::F32 => Store::F32 {
+                k: filled(n, 0.0)?,
+                v: filled(n, 0.0)?,
+            },
+            KvType::F16 => Store::F16 {
+                k: filled(n, 0)?,
+                v: filled(n, 0)?,
+            },
+            KvType::Q8_0 => {
+                let nb = n / raven_quant::blocks::QK;
+                Store::Q8_0 {
+                    k: filled(n, 0)?,
+                    kd: filled(nb, 0)?,
+                    v: filled(n, 0)?,
+                    vd: filled(nb, 0)?,
+                }
+            }
+        })
+    }
+
+    fn rows(&self) -> KvRows<'_> {
+        match self {
+            Store::F32 { k, v } => KvRows::F32 { k, v },
+            Store::F16 { k, v } => KvRows::F16 { k, v },
+            Store::Q8_0 { k, kd, v, vd } => KvRows::Q8_0 { k, kd, v, vd },
+        }
+    }
+
+    /// Stores rows `k` and `v` at value offset `off`.
+    fn write(&mut self, off: usize, key: &[f32], value: &[f32]) {
+        let n = key.len();
+        match self {
+            Store::F32 { k, v } => {
+                k[off..off + n].copy_from_slice(key);
+                v[off..off + n].copy_from_slice(value);
+            }
+            Store::F16 { k, v } => {
+                raven_quant::store_f16(key, &mut k[off..off + n]);
+                raven_quant::store_f16(value, &mut v[off..off + n]);
+            }
+            Store::Q8_0 { k, kd, v, vd } => {
+                let (b, nb) = (off / raven_quant::blocks::QK, n / raven_quant::blocks::QK);
+                raven_quant::store_q8_0(key, &mut k[off..off + n], &mut kd[b..b + nb]);
+                raven_quant::store_q8_0(value, &mut v[off..off + n], &mut vd[b..b + nb]);
+            }
+        }
+    }
 }
 
 /// `vec![x; n]`, or `None` when the allocation fails. The trial reservation is only address
@@ -135,14 +239,17 @@ fn filled<T: Clone>(n: usize, x: T) -> Option<Vec<T>> {
 }
 
 impl KvCache {
-    /// Allocates the cache for `ctx` positions and at most `max_steps` core iterations.
+    /// Allocates the cache for `ctx` positions and at most `max_steps` core iterations, keys
+    /// and values stored as `ty`.
     pub fn new(
         c: &Config,
         strategy: CacheStrategy,
+        ty: KvType,
         ctx: usize,
         max_steps: usize,
     ) -> Result<KvCache> {
         strategy.validate(c)?;
+        validate_kv_type(ty, c)?;
         if max_steps == 0 {
             return Err(RavenError::param(Param::MaxSteps, "must be at least 1"));
         }
@@ -154,9 +261,9 @@ impl KvCache {
                 "KV cache size",
                 format!(
                     "{ctx} positions × {max_steps} iterations need {} bytes of keys and values, \
-                     more than can be allocated (use fewer iterations, a smaller context or \
-                     a compress-sK cache)",
-                    strategy.bytes(c, ctx, max_steps)
+                     more than can be allocated (use fewer iterations, a smaller context, \
+                     a compress-sK cache or a smaller cache type)",
+                    strategy.bytes(c, ty, ctx, max_steps)
                 ),
             )
         };
@@ -177,8 +284,7 @@ impl KvCache {
             h: c.kv_width(),
             ctx,
             n_slots,
-            k: filled(floats, 0.0).ok_or_else(too_large)?,
-            v: filled(floats, 0.0).ok_or_else(too_large)?,
+            store: Store::new(ty, floats).ok_or_else(too_large)?,
             present: filled(positions, false).ok_or_else(too_large)?,
             depth: filled(depth_len, 0).ok_or_else(too_large)?,
             len: 0,
@@ -208,7 +314,16 @@ impl KvCache {
     }
     /// Bytes held by keys and values.
     pub fn bytes(&self) -> u64 {
-        (self.k.len() + self.v.len()) as u64 * 4
+        match &self.store {
+            Store::F32 { k, v } => (k.len() + v.len()) as u64 * 4,
+            Store::F16 { k, v } => (k.len() + v.len()) as u64 * 2,
+            Store::Q8_0 { k, kd, v, vd } => (k.len() + v.len() + 2 * (kd.len() + vd.len())) as u64,
+        }
+    }
+
+    /// The element type of keys and values.
+    pub fn kv_type(&self) -> KvType {
+        self.store.rows().kv_type()
     }
 
     /// Marks positions `..len` as the cached sequence (after they have been written).
@@ -254,9 +369,13 @@ impl KvCache {
     /// Stores key and value rows (h values each) of position `pos` in `slot`.
     pub fn write(&mut self, slot: Slot, pos: usize, k: &[f32], v: &[f32]) {
         let s = self.slot_index(slot);
+        assert!(
+            k.len() == self.h && v.len() == self.h,
+            "KvCache::write: rows of {}",
+            self.h
+        );
         let off = (s * self.ctx + pos) * self.h;
-        self.k[off..off + self.h].copy_from_slice(k);
-        self.v[off..off + self.h].copy_from_slice(v);
+        self.store.write(off, k, v);
         self.present[s * self.ctx + pos] = true;
         if let Slot::Core { iter, layer } = slot {
             let d = &mut self.depth[layer * self.ctx + pos];
@@ -265,6 +384,37 @@ impl KvCache {
                 *d = 0;
             }
         }
+    }
+
+    /// Fills positions `0..n` of every slot (every iteration, every layer) with random rows
+    /// and marks them cached, as if `n` tokens had run the cache's `max_steps` iterations: a
+    /// long context for benchmarks without running its prompt (decoding's cost does not depend
+    /// on the cached values). Panics when `n` exceeds the context.
+    #[doc(hidden)]
+    pub fn fill_synthetic(&mut self, n: usize, seed: u64) {
+        assert!(
+            n <= self.ctx,
+            "fill_synthetic: {n} positions in a context of {}",
+            self.ctx
+        );
+        let mut rng = crate::rng::Rng::new(seed);
+        let mut k = vec![0f32; self.h];
+        let mut v = vec![0f32; self.h];
+        for s in 0..self.n_slots {
+            for p in 0..n {
+                k.iter_mut()
+                    .chain(v.iter_mut())
+                    .for_each(|x| *x = rng.normal());
+                let off = (s * self.ctx + p) * self.h;
+                self.store.write(off, &k, &v);
+                self.present[s * self.ctx + p] = true;
+            }
+        }
+        let deepest = self.max_steps.saturating_sub(1) as u32;
+        for l in 0..self.n_core {
+            self.depth[l * self.ctx..l * self.ctx + n].fill(deepest);
+        }
+        self.len = n;
     }
 
     /// Speculative drafting with the `full` strategy: until reset with `None`, a core query at
@@ -280,7 +430,7 @@ impl KvCache {
     /// The cached positions a query at position `p` in `slot` attends to, in position order:
     /// positions `0..=p` that hold an entry for that slot (`full`, `compress`), or the deepest
     /// entry of the same core layer (`latest`); as offsets of their rows (h values each) in
-    /// [`KvCache::keys`] and [`KvCache::values`], into `out` (cleared first). One walk per token
+    /// [`KvCache::rows`], into `out` (cleared first). One walk per token
     /// serves every head.
     pub fn visible_offsets(&self, slot: Slot, p: usize, out: &mut Vec<usize>) {
         out.clear();
@@ -322,14 +472,9 @@ impl KvCache {
         }
     }
 
-    /// Every key row, slot after slot, position after position (see
-    /// [`KvCache::visible_offsets`]).
-    pub fn keys(&self) -> &[f32] {
-        &self.k
-    }
-
-    /// Every value row, laid out as [`KvCache::keys`].
-    pub fn values(&self) -> &[f32] {
-        &self.v
+    /// Every key and value row, slot after slot, position after position (see
+    /// [`KvCache::visible_offsets`]), in the cache's element type.
+    pub fn rows(&self) -> KvRows<'_> {
+        self.store.rows()
     }
 }

@@ -464,7 +464,7 @@ pub fn generate(
     let r = pp.inner_steps;
     let steps_cached = num_steps.max(r);
     if let Some(cap) = sp.kv_cap_bytes {
-        let needed = sp.cache.bytes(&m.config, ctx, steps_cached);
+        let needed = sp.cache.bytes(&m.config, sp.cache_type, ctx, steps_cached);
         if needed > cap {
             return Err(RavenError::CacheTooLarge {
                 needed,
@@ -473,7 +473,7 @@ pub fn generate(
             });
         }
     }
-    let mut cache = KvCache::new(&m.config, sp.cache, ctx, steps_cached)?;
+    let mut cache = KvCache::new(&m.config, sp.cache, sp.cache_type, ctx, steps_cached)?;
     let mut ws = Workspace::new();
     let (h, v) = (m.config.n_embd, m.config.n_vocab);
     let std = m.config.state_init_std * sp.init_scale * m.config.embed_scale;

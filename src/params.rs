@@ -22,6 +22,8 @@ pub enum Param {
     BudgetMs,
     /// KV-cache strategy.
     Cache,
+    /// Element type of the KV cache (f32, f16, q8_0).
+    CacheType,
     /// Context length.
     Ctx,
     /// KV-cache memory cap.
@@ -85,6 +87,7 @@ impl Param {
             PrefillSteps => "--prefill-steps",
             BudgetMs => "--budget-ms",
             Cache => "--cache",
+            CacheType => "--cache-type",
             Ctx => "--ctx",
             KvCap => "--kv-cap-mb",
             InitScale => "--init-scale",
@@ -124,6 +127,7 @@ impl Param {
             PrefillSteps => "prefill_steps",
             BudgetMs => "budget_ms",
             Cache => "cache_type/cache_k",
+            CacheType => "kv_type",
             Ctx => "n_ctx",
             KvCap => "kv_cap_bytes",
             InitScale => "init_scale",
@@ -163,6 +167,7 @@ impl Param {
             PrefillSteps => "prefill_steps",
             BudgetMs => "budget_ms",
             Cache => "cache",
+            CacheType => "cache_type",
             Ctx => "ctx",
             KvCap => "kv_cap",
             InitScale => "init_scale",

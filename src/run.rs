@@ -12,6 +12,7 @@ use crate::kv::{CacheStrategy, KvCache};
 use crate::model::Model;
 use crate::params::Param;
 use crate::rng::Rng;
+use raven_quant::KvType;
 
 /// A thread pool entered once per call (rayon's cost per parallel region is only low inside
 /// `install`; see DEPENDENCIES.md).
@@ -64,6 +65,8 @@ pub struct LogitsOptions {
     pub exit: Option<ExitPolicy>,
     /// Cache lookup strategy.
     pub cache: CacheStrategy,
+    /// Element type of the cache (f32 unless asked: `raven logits` is for exactness tests).
+    pub cache_type: KvType,
     /// First N tokens in one pass, the rest one at a time.
     pub decode_from: Option<usize>,
 }
@@ -78,6 +81,7 @@ impl LogitsOptions {
             seed: 0,
             exit: None,
             cache: CacheStrategy::Full,
+            cache_type: KvType::F32,
             decode_from: None,
         }
     }
@@ -309,7 +313,7 @@ pub fn logits(
         p.validate()?;
         p.criterion.for_model(&m.config)?;
     }
-    let mut cache = KvCache::new(&m.config, o.cache, t_len, max_steps)?;
+    let mut cache = KvCache::new(&m.config, o.cache, o.cache_type, t_len, max_steps)?;
     let mut ws = Workspace::new();
     let mut rng = Rng::new(o.seed);
     let (v, h) = (m.config.n_vocab, m.config.n_embd);

@@ -9,12 +9,13 @@ use std::time::Instant;
 use crate::error::{RavenError, Result};
 use crate::exit::{Criterion, ExitPolicy};
 use crate::forward::Workspace;
-use crate::kv::{CacheStrategy, KvCache};
+use crate::kv::{validate_kv_type, CacheStrategy, KvCache};
 use crate::model::Model;
 use crate::params::Param;
 use crate::rng::Rng;
 use crate::run::{run_chunk, run_token, Init, Threads, Timing, TokenControl};
 use crate::sample::{sample, SamplingParams};
+use raven_quant::KvType;
 
 /// Everything a session can be asked to do differently.
 #[derive(Clone, Debug)]
@@ -23,6 +24,8 @@ pub struct SessionParams {
     pub ctx: usize,
     /// KV cache strategy.
     pub cache: CacheStrategy,
+    /// Element type of the cached keys and values (f16 by default, as llama.cpp's).
+    pub cache_type: KvType,
     /// Exit policy of generated tokens (criterion, min/max iterations, check interval).
     pub exit: ExitPolicy,
     /// Core iterations for the prompt (0 = `exit.max_steps`).
@@ -54,6 +57,7 @@ impl SessionParams {
         SessionParams {
             ctx: 0,
             cache: CacheStrategy::Compress(m.config.n_core),
+            cache_type: KvType::F16,
             exit: ExitPolicy::fixed(m.config.mean_recurrence),
             prefill_steps: 0,
             budget_ms: None,
@@ -84,6 +88,7 @@ impl SessionParams {
         }
         self.sampling.validate()?;
         self.cache.validate(&m.config)?;
+        validate_kv_type(self.cache_type, &m.config)?;
         if let Some(b) = self.budget_ms {
             if !(b.is_finite() && b > 0.0) {
                 return Err(RavenError::param(
@@ -133,7 +138,8 @@ impl SessionParams {
     /// KV cache bytes a session with these parameters allocates for `m`.
     pub fn kv_bytes(&self, m: &Model) -> u64 {
         let steps = self.exit.max_steps.max(self.prefill_steps);
-        self.cache.bytes(&m.config, self.context_for(m), steps)
+        self.cache
+            .bytes(&m.config, self.cache_type, self.context_for(m), steps)
     }
 }
 
@@ -209,7 +215,7 @@ impl Session {
         params.validate(&model)?;
         let ctx = params.context_for(&model);
         let steps = params.exit.max_steps.max(params.prefill_steps);
-        let cache = KvCache::new(&model.config, params.cache, ctx, steps)?;
+        let cache = KvCache::new(&model.config, params.cache, params.cache_type, ctx, steps)?;
         Ok(Session {
             rng: Rng::new(params.seed),
             model,
@@ -281,6 +287,23 @@ impl Session {
         self.logits.clear();
         self.warm = None;
         self.rng = Rng::new(self.params.seed);
+    }
+
+    /// Benchmarks: a context of `n` positions whose cache holds random entries (see
+    /// [`KvCache::fill_synthetic`]) and whose tokens are 0, so the next step decodes at
+    /// position `n` reading that much cache. Replaces the context.
+    #[doc(hidden)]
+    pub fn fill_synthetic_context(&mut self, n: usize) -> Result<()> {
+        if n >= self.cache.ctx() {
+            return Err(RavenError::ContextOverflow {
+                needed: n + 1,
+                context: self.cache.ctx(),
+            });
+        }
+        self.reset();
+        self.cache.fill_synthetic(n, self.params.seed);
+        self.history = vec![0; n];
+        Ok(())
     }
 
     fn cancelled(&self) -> bool {

@@ -111,12 +111,9 @@ fn exercise(path: &Path, threads: &Arc<Threads>) -> usize {
         let tokens: Vec<u32> = [1, 2, 3].iter().map(|t| t % v.max(1)).collect();
         for cache in [CacheStrategy::Full, CacheStrategy::Compress(4)] {
             let o = LogitsOptions {
-                steps: 2,
-                init_scale: 0.0,
-                seed: 0,
-                exit: None,
                 cache,
                 decode_from: Some(1),
+                ..LogitsOptions::fixed(2)
             };
             let _ = logits(&m, &tokens, &o, threads);
         }

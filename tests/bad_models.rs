@@ -601,6 +601,7 @@ fn opts() -> LogitsOptions {
         seed: 0,
         exit: None,
         cache: CacheStrategy::Full,
+        cache_type: raven::kv::KvType::F32,
         decode_from: None,
     }
 }

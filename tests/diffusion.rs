@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use common::*;
 use raven::exit::{Criterion, ExitPolicy};
-use raven::kv::CacheStrategy;
+use raven::kv::{CacheStrategy, KvType};
 use raven::parallel::{self, Mode, Observe, ParallelOutput, ParallelParams, Replay};
 use raven::run::Threads;
 use raven::sample::SamplingParams;
@@ -71,6 +71,8 @@ fn settings(p: &Value) -> (SessionParams, ParallelParams) {
     assert_eq!(p["cache_lookup_strategy"], "latest-m4-compress-s4");
     let mut sp = SessionParams::for_model(m);
     sp.cache = CacheStrategy::Compress(4);
+    // f32 keys and values: the states are compared to 1e-5 (an f16 cache stays within 1e-4).
+    sp.cache_type = KvType::F32;
     sp.exit = ExitPolicy {
         criterion,
         min_steps: 1,
@@ -351,6 +353,7 @@ fn official_mode_reproduces_the_failure_demos() {
 fn plain_params(cache: CacheStrategy, criterion: Criterion) -> SessionParams {
     let mut sp = SessionParams::for_model(model());
     sp.cache = cache;
+    sp.cache_type = KvType::F32;
     sp.exit = ExitPolicy {
         criterion,
         min_steps: 1,

@@ -37,6 +37,7 @@ fn gguf_written_by_gguf_py_gives_same_logits() {
         seed: 0,
         exit: None,
         cache: CacheStrategy::Full,
+        cache_type: raven::kv::KvType::F32,
         decode_from: Some(3),
     };
     let toks = reference().prompt(0);

@@ -2,7 +2,7 @@
 //! fuzzing and resource limits). See fuzz/README.md.
 
 use raven::config::Config;
-use raven::kv::{CacheStrategy, KvCache};
+use raven::kv::{CacheStrategy, KvCache, KvType};
 
 /// The tiny shape of fuzz/seeds/base/*.gguf.
 fn tiny_config() -> Config {
@@ -42,16 +42,17 @@ fn kv_cache_of_a_huge_step_count_is_an_error_not_an_abort() {
         (1 << 40, 1 << 20),
     ] {
         for strategy in [CacheStrategy::Full, CacheStrategy::Latest(4)] {
-            let e = KvCache::new(&c, strategy, ctx, steps)
+            let e = KvCache::new(&c, strategy, KvType::F32, ctx, steps)
                 .err()
                 .unwrap_or_else(|| panic!("{ctx} × {steps} allocated"));
             let msg = e.to_string();
             assert!(msg.contains("KV cache"), "{msg}");
-            assert!(strategy.bytes(&c, ctx, steps) > 1 << 40);
+            assert!(strategy.bytes(&c, KvType::F32, ctx, steps) > 1 << 40);
         }
     }
     // Compress bounds the core slots, so a huge step count with few positions is fine.
-    let kv = KvCache::new(&c, CacheStrategy::Compress(2), 3, usize::MAX).expect("compress");
+    let kv =
+        KvCache::new(&c, CacheStrategy::Compress(2), KvType::F32, 3, usize::MAX).expect("compress");
     assert_eq!(kv.bytes(), (1 + 2 + 1) * 3 * 32 * 2 * 4);
 }
 

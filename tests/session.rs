@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use common::*;
 use raven::exit::{Criterion, ExitPolicy};
-use raven::kv::{CacheStrategy, KvCache};
+use raven::kv::{CacheStrategy, KvCache, KvType};
 use raven::sample::SamplingParams;
 use raven::Param;
 use raven::{Model, RavenError, Session, SessionParams};
@@ -69,12 +69,15 @@ fn seed_drives_the_initial_state() {
 fn compress_s4_cache_is_8_of_132_of_full() {
     let c = raven::synth::huginn_0125();
     let (ctx, steps) = (16, 32);
-    let full = KvCache::new(&c, CacheStrategy::Full, ctx, steps).unwrap();
-    let comp = KvCache::new(&c, CacheStrategy::Compress(4), ctx, steps).unwrap();
+    let full = KvCache::new(&c, CacheStrategy::Full, KvType::F32, ctx, steps).unwrap();
+    let comp = KvCache::new(&c, CacheStrategy::Compress(4), KvType::F32, ctx, steps).unwrap();
     assert_eq!(full.bytes() * 8, comp.bytes() * 132);
-    assert_eq!(CacheStrategy::Full.bytes(&c, ctx, steps), full.bytes());
     assert_eq!(
-        CacheStrategy::Compress(4).bytes(&c, ctx, steps),
+        CacheStrategy::Full.bytes(&c, KvType::F32, ctx, steps),
+        full.bytes()
+    );
+    assert_eq!(
+        CacheStrategy::Compress(4).bytes(&c, KvType::F32, ctx, steps),
         comp.bytes()
     );
     let m = model();

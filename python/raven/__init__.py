@@ -41,6 +41,7 @@ class Model(_raven.Model):
         max_steps=None,
         min_steps=1,
         cache="full",
+        cache_type="f32",
         decode_from=None,
         threads=0,
         return_steps=False,
@@ -61,6 +62,7 @@ class Model(_raven.Model):
             max_steps,
             min_steps,
             cache,
+            cache_type,
             decode_from,
             threads,
         )

@@ -172,7 +172,7 @@ impl Model {
 
     /// `raven logits`: (logits as little-endian f32 bytes, steps per token, T, V). The
     /// package's `Model.logits` turns this into a numpy array.
-    #[pyo3(signature = (tokens, steps = None, init_scale = 0.0, seed = 0, exit = None, max_steps = None, min_steps = 1, cache = "full", decode_from = None, threads = 0))]
+    #[pyo3(signature = (tokens, steps = None, init_scale = 0.0, seed = 0, exit = None, max_steps = None, min_steps = 1, cache = "full", cache_type = "f32", decode_from = None, threads = 0))]
     #[allow(clippy::too_many_arguments)]
     fn _logits<'py>(
         &self,
@@ -185,6 +185,7 @@ impl Model {
         max_steps: Option<usize>,
         min_steps: usize,
         cache: &str,
+        cache_type: &str,
         decode_from: Option<usize>,
         threads: usize,
     ) -> PyResult<(Bound<'py, PyBytes>, Vec<i32>, usize, usize)> {
@@ -225,6 +226,7 @@ impl Model {
             seed,
             exit,
             cache: CacheStrategy::parse(cache).map_err(err)?,
+            cache_type: raven::kv::parse_kv_type(cache_type).map_err(err)?,
             decode_from,
         };
         let out = py
@@ -243,9 +245,10 @@ impl Model {
     }
 
     /// A generation session. Unset options take the library's defaults: `steps` the model's
-    /// mean recurrence, no early exit, no budget, `compress-s<core layers>` cache, greedy
+    /// mean recurrence, no early exit, no budget, `compress-s<core layers>` cache of f16
+    /// keys and values (`cache_type` f32 or q8_0 otherwise), greedy
     /// sampling, initial-state scale 1 with `seed`.
-    #[pyo3(signature = (*, steps = None, exit = None, min_steps = None, budget_ms = None, cache = None, temperature = None, top_k = None, top_p = None, min_p = None, repeat_penalty = None, seed = None, init_scale = None, warm_start = false, ignore_eos = false, ctx = 0, threads = 0))]
+    #[pyo3(signature = (*, steps = None, exit = None, min_steps = None, budget_ms = None, cache = None, cache_type = None, temperature = None, top_k = None, top_p = None, min_p = None, repeat_penalty = None, seed = None, init_scale = None, warm_start = false, ignore_eos = false, ctx = 0, threads = 0))]
     #[allow(clippy::too_many_arguments)]
     fn session(
         &self,
@@ -255,6 +258,7 @@ impl Model {
         min_steps: Option<usize>,
         budget_ms: Option<f64>,
         cache: Option<&str>,
+        cache_type: Option<&str>,
         temperature: Option<f32>,
         top_k: Option<usize>,
         top_p: Option<f32>,
@@ -281,6 +285,9 @@ impl Model {
         p.budget_ms = budget_ms;
         if let Some(c) = cache {
             p.cache = CacheStrategy::parse(c).map_err(err)?;
+        }
+        if let Some(t) = cache_type {
+            p.cache_type = raven::kv::parse_kv_type(t).map_err(err)?;
         }
         let s = &mut p.sampling;
         (s.temperature, s.top_k, s.top_p, s.min_p, s.repeat_penalty) = (

@@ -32,6 +32,7 @@ def test_greedy_decode_gives_the_official_tokens(reference, tiny_f32, name):
         steps=c["num_steps"],
         init_scale=0.0,
         cache=c["cache_lookup_strategy"],
+        cache_type="f32",
         temperature=0.0,
         ignore_eos=True,
     )
@@ -110,6 +111,10 @@ def test_bad_input_raises():
         m.session(exit="bogus")
     with pytest.raises(raven.RavenError, match="cache"):
         m.session(cache="sideways")
+    with pytest.raises(raven.RavenError, match="cache_type"):
+        m.session(cache_type="q4_0")
+    with pytest.raises(raven.RavenError, match="cache_type"):
+        m.logits([1, 2], steps=1, cache_type="f8")
     with pytest.raises(raven.RavenError):
         m.session(temperature=-1.0)
     with pytest.raises(raven.RavenError, match="outside the vocabulary"):

@@ -110,6 +110,22 @@ def test_openai_client_answers_a_fresh_puzzle(client):
         assert r.raven["max_iterations"] == 32
 
 
+def test_every_cache_type_answers(client):
+    """`cache_type` reaches the session: f32, f16 (the default) and q8_0 caches answer alike."""
+    rng = random.Random(11)
+    for _ in range(2):
+        text, answer = puzzle(rng, rng.randint(2, 6))
+        for ty in ["f32", "f16", "q8_0"]:
+            r = client.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": text}],
+                max_tokens=4,
+                temperature=0,
+                extra_body={"cache_type": ty},
+            )
+            assert r.choices[0].message.content.strip() == answer, (ty, text)
+
+
 def test_streaming_delivers_the_same_text(client):
     msgs = [{"role": "user", "content": "Ball: 4. Swaps: 14 23 45 12 35"}]
     whole = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=8, temperature=0)
@@ -186,6 +202,7 @@ def test_curl(plain):
         ("/v1/chat/completions", json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "exit": "sideways"}), 400, "exit"),
         ("/v1/chat/completions", json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "temperature": 7}), 400, "temperature"),
         ("/v1/chat/completions", json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "steps": 0}), 400, "steps"),
+        ("/v1/chat/completions", json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "cache_type": "q4_0"}), 400, "cache_type"),
         ("/v1/completions", json.dumps({"model": MODEL, "prompt": [1, 2, 99999]}), 400, "prompt"),
         ("/v1/completions", b"x" * (2 << 20), 413, None),
         ("/v1/nothing", b"{}", 404, None),

@@ -9,7 +9,7 @@
 //! Endpoints: `POST /v1/chat/completions` and `POST /v1/completions` (streamed as server-sent
 //! events with `"stream": true`), `GET /v1/models`, `GET /health`. Requests follow OpenAI's
 //! schema (`messages`, `prompt`, `max_tokens`, `temperature`, `top_p`, `seed`, `stop`,
-//! `stream`) plus Raven's controls as extra fields: `steps`, `exit`, `budget_ms`, `cache` (and
+//! `stream`) plus Raven's controls as extra fields: `steps`, `exit`, `budget_ms`, `cache`, `cache_type` (and
 //! `top_k`, `min_p`, `min_steps`, `init_scale`), and the sampler: `sampler` (`"plain"`, the
 //! default, or `"parallel"`: the diffusion-forcing sampler of `raven run --sampler parallel`)
 //! with its knobs `parallel_mode` (`"official"`, the default, or `"corrected"`), `inner_steps`
@@ -317,6 +317,7 @@ struct Req {
     exit: Option<String>,
     budget_ms: Option<Value>,
     cache: Option<String>,
+    cache_type: Option<String>,
     init_scale: Option<Value>,
     sampler: Option<Value>,
     parallel_mode: Option<Value>,
@@ -602,6 +603,9 @@ fn parse_job(st: &AppState, body: &[u8], chat: bool) -> Result<Job, ApiError> {
     }
     if let Some(c) = &req.cache {
         p.cache = CacheStrategy::parse(c).map_err(invalid_param)?;
+    }
+    if let Some(t) = &req.cache_type {
+        p.cache_type = raven::kv::parse_kv_type(t).map_err(invalid_param)?;
     }
     // Ranges, consistency and the KV cap are the library's checks (SessionParams::validate),
     // its errors naming the request field (Param::api).

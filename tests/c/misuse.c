@@ -181,6 +181,8 @@ int main(int argc, char **argv) {
     field_rejected(m, q, "exit_threshold");
     q = p; q.cache_type = RAVEN_CACHE_LATEST; q.cache_k = 3;
     field_rejected(m, q, "cache_type");
+    q = p; q.kv_type = 9;
+    field_rejected(m, q, "kv_type");
     q = p; q.kv_cap_bytes = 1000;
     CHECK_STATUS(raven_session_new(m, &q, &s), RAVEN_ERR_OUT_OF_MEMORY);
     CHECK(strstr(raven_last_error(), "KV cache") != NULL);

@@ -10,10 +10,11 @@ use clap::Args;
 use rayon::prelude::*;
 
 use raven::exit::{Criterion, ExitPolicy};
-use raven::kv::CacheStrategy;
+use raven::kv::{parse_kv_type, CacheStrategy};
 use raven::run::Threads;
 use raven::session::SpecStats;
 use raven::{Session, SessionParams};
+use raven_quant::KvType;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -38,6 +39,15 @@ pub struct BenchArgs {
     /// KV cache strategy (default compress-s<core layers>, as `raven run`).
     #[arg(long)]
     cache: Option<String>,
+    /// Element types of the KV cache (comma-separated list): f32, f16, q8_0.
+    #[arg(long = "cache-type", default_value = "f16", value_delimiter = ',')]
+    cache_type: Vec<String>,
+    /// Decode after a context of this many positions (comma-separated list) instead of after
+    /// the prompt: the cache is filled with random entries for every slot (decode time does not
+    /// depend on their values), so a 4096-token context costs no 4096-token prompt. The bound
+    /// then counts the cached keys and values each core iteration reads.
+    #[arg(long = "context", value_delimiter = ',')]
+    context: Vec<usize>,
     /// Also decode the prompt's tokens one by one, to compare with the one-pass prompt.
     #[arg(long = "prompt-one-by-one")]
     one_by_one: bool,
@@ -128,6 +138,11 @@ struct Row {
     threads: usize,
     steps: usize,
     exit: String,
+    cache_type: KvType,
+    /// Positions before the first decoded token.
+    context: usize,
+    /// Bytes of cached keys and values one core iteration reads (mean over the decode).
+    kv_bytes: u64,
     prompt_tps: f64,
     decode_tps: f64,
     one_by_one_tps: Option<f64>,
@@ -160,6 +175,17 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| format!("compress-s{}", model.config.n_core));
     let cache = CacheStrategy::parse(&cache_name)?;
+    let types = a
+        .cache_type
+        .iter()
+        .map(|t| Ok(parse_kv_type(t)?))
+        .collect::<Result<Vec<KvType>>>()?;
+    // No --context: decode right after the prompt (context 0 stands for that).
+    let contexts = if a.context.is_empty() {
+        vec![0]
+    } else {
+        a.context.clone()
+    };
     let v = model.config.n_vocab as u32;
     let prompt: Vec<u32> = (0..a.n_prompt as u32)
         .map(|i| (i * 7919 + 13) % v)
@@ -179,144 +205,183 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         };
         for &steps in &a.steps {
             for exit in &a.exit {
-                let mut p = SessionParams::for_model(&model);
-                p.exit = ExitPolicy {
-                    criterion: Criterion::parse(exit)?,
-                    min_steps: 1,
-                    max_steps: steps,
-                    check_every: 1,
-                };
-                p.cache = cache;
-                p.ctx = a.n_prompt + a.n_gen + 2;
-                p.init_scale = 1.0;
-                let mut s = Session::with_threads(model.clone(), p.clone(), threads.clone())?;
-                let t0 = Instant::now();
-                s.prefill(&prompt)?;
-                let prompt_s = t0.elapsed().as_secs_f64();
-                let mut iters = 0usize;
-                let mut core_ms = 0.0;
-                let mut token_ms = Vec::new();
-                // Paired bound: a probe pass right before each token (this host's bandwidth
-                // drifts within seconds), timed apart from the decode.
-                let probe = (!a.no_probe).then(Probe::new);
-                let (mut ratios, mut probes) = (Vec::new(), Vec::new());
-                let mut gen_s = 0.0;
-                for i in 0..a.n_gen {
-                    let pg = probe.as_ref().map(|p| p.once(&threads));
-                    let t1 = Instant::now();
-                    let st = s.step(prompt[i % prompt.len()])?;
-                    gen_s += t1.elapsed().as_secs_f64();
-                    iters += st.steps;
-                    core_ms += st.core_ms;
-                    token_ms.push(st.ms);
-                    if let Some(pg) = pg {
-                        let bound = core_bytes as f64 / (pg * 1e9) * 1e3;
-                        ratios.push(st.core_ms / st.steps.max(1) as f64 / bound);
-                        probes.push(pg);
+                for &ty in &types {
+                    for &context in &contexts {
+                        let mut p = SessionParams::for_model(&model);
+                        p.exit = ExitPolicy {
+                            criterion: Criterion::parse(exit)?,
+                            min_steps: 1,
+                            max_steps: steps,
+                            check_every: 1,
+                        };
+                        p.cache = cache;
+                        p.cache_type = ty;
+                        p.ctx = a.n_prompt.max(context) + a.n_gen;
+                        if p.ctx > model.config.context {
+                            bail!(
+                        "--context {context} / -p {} with -n {}: {} positions, more than the model's context of {}",
+                        a.n_prompt,
+                        a.n_gen,
+                        p.ctx,
+                        model.config.context
+                    );
+                        }
+                        p.init_scale = 1.0;
+                        let mut s =
+                            Session::with_threads(model.clone(), p.clone(), threads.clone())?;
+                        let t0 = Instant::now();
+                        s.prefill(&prompt)?;
+                        let prompt_s = t0.elapsed().as_secs_f64();
+                        if context > 0 {
+                            s.fill_synthetic_context(context)?;
+                        }
+                        // Keys and values one core iteration reads: every core layer's rows of the
+                        // positions seen (the context, then the decoded tokens: their mean).
+                        let c = &model.config;
+                        let seen = s.len() as u64 + a.n_gen as u64 / 2;
+                        let kv_bytes = c.n_core as u64 * seen * 2 * ty.bytes(c.kv_width() as u64);
+                        let iter_bytes = core_bytes as f64 + kv_bytes as f64;
+                        let mut iters = 0usize;
+                        let mut core_ms = 0.0;
+                        let mut token_ms = Vec::new();
+                        // Paired bound: a probe pass right before each token (this host's bandwidth
+                        // drifts within seconds), timed apart from the decode.
+                        let probe = (!a.no_probe).then(Probe::new);
+                        let (mut ratios, mut probes) = (Vec::new(), Vec::new());
+                        let mut gen_s = 0.0;
+                        for i in 0..a.n_gen {
+                            let pg = probe.as_ref().map(|p| p.once(&threads));
+                            let t1 = Instant::now();
+                            let st = s.step(prompt[i % prompt.len()])?;
+                            gen_s += t1.elapsed().as_secs_f64();
+                            iters += st.steps;
+                            core_ms += st.core_ms;
+                            token_ms.push(st.ms);
+                            if let Some(pg) = pg {
+                                let bound = iter_bytes / (pg * 1e9) * 1e3;
+                                ratios.push(st.core_ms / st.steps.max(1) as f64 / bound);
+                                probes.push(pg);
+                            }
+                        }
+                        drop(probe);
+                        let paired = (!ratios.is_empty())
+                            .then(|| (median(&mut ratios), median(&mut probes)));
+                        // This host's bandwidth drifts within minutes: probe again right after the
+                        // decode and take the better figure, so the bound stays a bound.
+                        let bw = bw.map(|b| b.max(read_bandwidth(&threads)));
+                        let budget = if a.budget_check {
+                            let med = median(&mut token_ms);
+                            let b = med / 2.0;
+                            let mut pb = p.clone();
+                            pb.budget_ms = Some(b);
+                            let mut sb = Session::with_threads(model.clone(), pb, threads.clone())?;
+                            sb.prefill(&prompt)?;
+                            let (mut within, mut iters_b) = (0usize, 0usize);
+                            for i in 0..a.n_gen {
+                                let st = sb.step(prompt[i % prompt.len()])?;
+                                within += (st.ms <= b * 1.1) as usize;
+                                iters_b += st.steps;
+                            }
+                            let pct = 100.0 * within as f64 / a.n_gen as f64;
+                            Some((med, b, pct, iters_b as f64 / a.n_gen as f64))
+                        } else {
+                            None
+                        };
+                        let one_by_one_tps = if a.one_by_one {
+                            let mut s2 =
+                                Session::with_threads(model.clone(), p.clone(), threads.clone())?;
+                            let t2 = Instant::now();
+                            for &tok in &prompt {
+                                s2.step(tok)?;
+                            }
+                            Some(a.n_prompt as f64 / t2.elapsed().as_secs_f64())
+                        } else {
+                            None
+                        };
+                        let spec = match a.draft_steps {
+                            None => None,
+                            Some(d) => {
+                                let mut pg = p.clone();
+                                pg.init_scale = 0.0;
+                                pg.sampling = raven::sample::SamplingParams::greedy();
+                                pg.ctx = a.n_prompt + a.n_gen + a.lookahead + 2;
+                                pg.ignore_eos = true;
+                                // Decode speed: tokens after the first (which follows the prompt's
+                                // pass) over the time since it, as for the plain decode above.
+                                let run = |spec: bool| -> Result<(f64, Vec<u32>, SpecStats)> {
+                                    let mut s = Session::with_threads(
+                                        model.clone(),
+                                        pg.clone(),
+                                        threads.clone(),
+                                    )?;
+                                    let mut toks = Vec::new();
+                                    let mut first = None;
+                                    let f = |tok: u32, _: &raven::session::TokenStats| {
+                                        first.get_or_insert_with(Instant::now);
+                                        toks.push(tok);
+                                        true
+                                    };
+                                    if spec {
+                                        s.generate_speculative(
+                                            &prompt,
+                                            a.n_gen,
+                                            &[],
+                                            d,
+                                            a.lookahead,
+                                            f,
+                                        )?;
+                                    } else {
+                                        s.generate(&prompt, a.n_gen, &[], f)?;
+                                    }
+                                    let secs = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
+                                    let tps =
+                                        (toks.len().saturating_sub(1)) as f64 / secs.max(1e-9);
+                                    Ok((tps, toks, s.speculative_stats()))
+                                };
+                                // Five pairs, plain then speculative, medians: one pass of a small
+                                // model lasts tens of milliseconds, shorter than this host's drifts.
+                                let (mut pt, mut stps, mut ratios) = (vec![], vec![], vec![]);
+                                let mut same = true;
+                                let mut stats = SpecStats::default();
+                                for _ in 0..5 {
+                                    let (plain_tps, plain, _) = run(false)?;
+                                    let (spec_tps, spec, st) = run(true)?;
+                                    same &= plain == spec;
+                                    stats = st;
+                                    ratios.push(spec_tps / plain_tps);
+                                    pt.push(plain_tps);
+                                    stps.push(spec_tps);
+                                }
+                                Some((
+                                    median(&mut pt),
+                                    median(&mut stps),
+                                    same,
+                                    stats,
+                                    median(&mut ratios),
+                                ))
+                            }
+                        };
+                        rows.push(Row {
+                            threads: threads.count(),
+                            steps,
+                            exit: exit.clone(),
+                            cache_type: ty,
+                            context: s.len() - a.n_gen,
+                            kv_bytes,
+                            prompt_tps: a.n_prompt as f64 / prompt_s,
+                            decode_tps: a.n_gen as f64 / gen_s,
+                            one_by_one_tps,
+                            mean_iters: iters as f64 / a.n_gen as f64,
+                            ms_per_iter: core_ms / iters.max(1) as f64,
+                            bound_ms: bw.map(|b| iter_bytes / (b * 1e9) * 1e3),
+                            bandwidth: bw,
+                            paired,
+                            peak_rss: crate::generate::peak_rss().max(load_peak),
+                            budget,
+                            spec,
+                        });
                     }
                 }
-                drop(probe);
-                let paired =
-                    (!ratios.is_empty()).then(|| (median(&mut ratios), median(&mut probes)));
-                // This host's bandwidth drifts within minutes: probe again right after the
-                // decode and take the better figure, so the bound stays a bound.
-                let bw = bw.map(|b| b.max(read_bandwidth(&threads)));
-                let budget = if a.budget_check {
-                    let med = median(&mut token_ms);
-                    let b = med / 2.0;
-                    let mut pb = p.clone();
-                    pb.budget_ms = Some(b);
-                    let mut sb = Session::with_threads(model.clone(), pb, threads.clone())?;
-                    sb.prefill(&prompt)?;
-                    let (mut within, mut iters_b) = (0usize, 0usize);
-                    for i in 0..a.n_gen {
-                        let st = sb.step(prompt[i % prompt.len()])?;
-                        within += (st.ms <= b * 1.1) as usize;
-                        iters_b += st.steps;
-                    }
-                    let pct = 100.0 * within as f64 / a.n_gen as f64;
-                    Some((med, b, pct, iters_b as f64 / a.n_gen as f64))
-                } else {
-                    None
-                };
-                let one_by_one_tps = if a.one_by_one {
-                    let mut s2 = Session::with_threads(model.clone(), p.clone(), threads.clone())?;
-                    let t2 = Instant::now();
-                    for &tok in &prompt {
-                        s2.step(tok)?;
-                    }
-                    Some(a.n_prompt as f64 / t2.elapsed().as_secs_f64())
-                } else {
-                    None
-                };
-                let spec = match a.draft_steps {
-                    None => None,
-                    Some(d) => {
-                        let mut pg = p.clone();
-                        pg.init_scale = 0.0;
-                        pg.sampling = raven::sample::SamplingParams::greedy();
-                        pg.ctx = a.n_prompt + a.n_gen + a.lookahead + 2;
-                        pg.ignore_eos = true;
-                        // Decode speed: tokens after the first (which follows the prompt's
-                        // pass) over the time since it, as for the plain decode above.
-                        let run = |spec: bool| -> Result<(f64, Vec<u32>, SpecStats)> {
-                            let mut s =
-                                Session::with_threads(model.clone(), pg.clone(), threads.clone())?;
-                            let mut toks = Vec::new();
-                            let mut first = None;
-                            let f = |tok: u32, _: &raven::session::TokenStats| {
-                                first.get_or_insert_with(Instant::now);
-                                toks.push(tok);
-                                true
-                            };
-                            if spec {
-                                s.generate_speculative(&prompt, a.n_gen, &[], d, a.lookahead, f)?;
-                            } else {
-                                s.generate(&prompt, a.n_gen, &[], f)?;
-                            }
-                            let secs = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
-                            let tps = (toks.len().saturating_sub(1)) as f64 / secs.max(1e-9);
-                            Ok((tps, toks, s.speculative_stats()))
-                        };
-                        // Five pairs, plain then speculative, medians: one pass of a small
-                        // model lasts tens of milliseconds, shorter than this host's drifts.
-                        let (mut pt, mut stps, mut ratios) = (vec![], vec![], vec![]);
-                        let mut same = true;
-                        let mut stats = SpecStats::default();
-                        for _ in 0..5 {
-                            let (plain_tps, plain, _) = run(false)?;
-                            let (spec_tps, spec, st) = run(true)?;
-                            same &= plain == spec;
-                            stats = st;
-                            ratios.push(spec_tps / plain_tps);
-                            pt.push(plain_tps);
-                            stps.push(spec_tps);
-                        }
-                        Some((
-                            median(&mut pt),
-                            median(&mut stps),
-                            same,
-                            stats,
-                            median(&mut ratios),
-                        ))
-                    }
-                };
-                rows.push(Row {
-                    threads: threads.count(),
-                    steps,
-                    exit: exit.clone(),
-                    prompt_tps: a.n_prompt as f64 / prompt_s,
-                    decode_tps: a.n_gen as f64 / gen_s,
-                    one_by_one_tps,
-                    mean_iters: iters as f64 / a.n_gen as f64,
-                    ms_per_iter: core_ms / iters.max(1) as f64,
-                    bound_ms: bw.map(|b| core_bytes as f64 / (b * 1e9) * 1e3),
-                    bandwidth: bw,
-                    paired,
-                    peak_rss: crate::generate::peak_rss().max(load_peak),
-                    budget,
-                    spec,
-                });
             }
         }
     }
@@ -330,6 +395,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                 serde_json::json!({
                     "model": a.model.display().to_string(), "file_mb": file_mb, "isa": raven_quant::isa(),
                     "threads": r.threads, "steps": r.steps, "exit": r.exit, "cache": cache_name,
+                    "cache_type": r.cache_type.name(), "context": r.context, "kv_bytes_per_core_iteration": r.kv_bytes,
                     "n_prompt": a.n_prompt, "n_gen": a.n_gen,
                     "prompt_tokens_per_s": r.prompt_tps, "decode_tokens_per_s": r.decode_tps,
                     "prompt_one_by_one_tokens_per_s": r.one_by_one_tps,
@@ -361,14 +427,17 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         a.n_gen,
         core_bytes as f64 / 1e6
     );
-    println!("\n| threads | steps | exit | prompt t/s | decode t/s | prompt 1-by-1 t/s | iters/token | ms/iter | bound ms/iter (best read GB/s) | iter/bound | iter/bound paired (probe GB/s) | peak RSS MB |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("\n| threads | steps | exit | cache type | context | KV MB/iter | prompt t/s | decode t/s | prompt 1-by-1 t/s | iters/token | ms/iter | bound ms/iter (best read GB/s) | iter/bound | iter/bound paired (probe GB/s) | peak RSS MB |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         println!(
-            "| {} | {} | {} | {:.2} | {:.3} | {} | {:.2} | {:.2} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {:.1} | {:.2} | {:.3} | {} | {:.2} | {:.2} | {} | {} | {} | {} |",
             r.threads,
             r.steps,
             r.exit,
+            r.cache_type,
+            r.context,
+            r.kv_bytes as f64 / 1e6,
             r.prompt_tps,
             r.decode_tps,
             r.one_by_one_tps

@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use raven::exit::{argmax, Criterion, ExitPolicy};
-use raven::kv::CacheStrategy;
+use raven::kv::{CacheStrategy, KvType};
 use raven::run::Threads;
 use raven::{Model, Session, SessionParams};
 
@@ -42,6 +42,9 @@ pub struct EvalArgs {
     /// KV cache strategy (full, as the PyTorch evaluation; compress-sK shares slots).
     #[arg(long, default_value = "full")]
     cache: String,
+    /// Element type of cached keys and values (f32, as the PyTorch evaluation; f16, q8_0).
+    #[arg(long = "cache-type", default_value = "f32")]
+    cache_type: String,
     /// Evaluate at most this many instances per level.
     #[arg(long = "per-level")]
     per_level: Option<usize>,
@@ -105,11 +108,16 @@ fn read_set(path: &Path, per_level: Option<usize>) -> Result<Vec<Item>> {
     Ok(out)
 }
 
-fn params(m: &Model, max_steps: usize, cache: CacheStrategy, ctx: usize) -> SessionParams {
+fn params(
+    m: &Model,
+    max_steps: usize,
+    cache: (CacheStrategy, KvType),
+    ctx: usize,
+) -> SessionParams {
     let mut p = SessionParams::for_model(m);
     p.init_scale = 0.0;
     p.threads = 1;
-    p.cache = cache;
+    (p.cache, p.cache_type) = cache;
     p.exit = ExitPolicy::fixed(max_steps);
     p.ctx = ctx;
     p
@@ -142,7 +150,7 @@ fn run_fixed(
     m: &Arc<Model>,
     items: &[Item],
     steps: usize,
-    cache: CacheStrategy,
+    cache: (CacheStrategy, KvType),
     pool: &Arc<Threads>,
 ) -> Result<Vec<(bool, usize)>> {
     par_map(items, |it| {
@@ -161,7 +169,7 @@ fn run_exit(
     items: &[Item],
     crit: Criterion,
     max: usize,
-    cache: CacheStrategy,
+    cache: (CacheStrategy, KvType),
     pool: &Arc<Threads>,
 ) -> Result<Vec<(bool, usize)>> {
     par_map(items, |it| {
@@ -210,7 +218,10 @@ pub fn run(a: &EvalArgs) -> Result<()> {
         None => crate::demo::load()?,
     });
     let items = read_set(&a.set, a.per_level)?;
-    let cache = CacheStrategy::parse(&a.cache)?;
+    let cache = (
+        CacheStrategy::parse(&a.cache)?,
+        raven::kv::parse_kv_type(&a.cache_type)?,
+    );
     let pool = Arc::new(Threads::new(1)?);
     let levels: Vec<usize> = {
         let mut l: Vec<usize> = items.iter().map(|i| i.level).collect();
@@ -247,9 +258,10 @@ pub fn run(a: &EvalArgs) -> Result<()> {
     // Markdown.
     let mut md = String::new();
     md += &format!(
-        "Accuracy (%) by level and core iterations r ({} instances, zero initial state, greedy, {} cache, {}).\n\n",
+        "Accuracy (%) by level and core iterations r ({} instances, zero initial state, greedy, {} {} cache, {}).\n\n",
         items.len(),
-        cache,
+        cache.0,
+        cache.1,
         model.name()
     );
     md += &format!(

@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 
 use raven::exit::{Criterion, ExitPolicy};
-use raven::kv::CacheStrategy;
+use raven::kv::{parse_kv_type, CacheStrategy};
 use raven::parallel::{Mode, Observe, ParallelParams};
 use raven::run::Threads;
 use raven::sample::SamplingParams;
@@ -49,6 +49,10 @@ pub struct GenArgs {
     /// KV cache strategy: full, compress-sK, latest-mC (default: compress-s<core layers>).
     #[arg(long)]
     pub cache: Option<String>,
+    /// Element type of cached keys and values: f32, f16 (default, half of f32's memory),
+    /// q8_0 (a little over a quarter).
+    #[arg(long = "cache-type", default_value = "f16")]
+    pub cache_type: String,
     /// Start each token's latent state from the previous token's.
     #[arg(long = "warm-start")]
     pub warm_start: bool,
@@ -252,6 +256,7 @@ impl GenArgs {
         if let Some(c) = &self.cache {
             p.cache = CacheStrategy::parse(c)?;
         }
+        p.cache_type = parse_kv_type(&self.cache_type)?;
         p.warm_start = self.warm_start;
         p.init_scale = self.init_scale;
         p.seed = self.seed;
@@ -321,7 +326,7 @@ pub fn summary(
     let early = stats.iter().filter(|s| s.exited_early).count();
     let capped = stats.iter().filter(|s| s.budget_capped).count();
     let mut out = format!(
-        "prompt: {prompt_tokens} tokens in {:.2} s ({:.1} tokens/s); generated: {n} tokens in {:.2} s ({:.2} tokens/s); mean iterations/token {:.2} (max {}), {early} exited early; KV cache {:.2} MB ({}); peak RSS {}",
+        "prompt: {prompt_tokens} tokens in {:.2} s ({:.1} tokens/s); generated: {n} tokens in {:.2} s ({:.2} tokens/s); mean iterations/token {:.2} (max {}), {early} exited early; KV cache {:.2} MB ({} {}); peak RSS {}",
         prompt_secs,
         prompt_tokens as f64 / prompt_secs.max(1e-9),
         secs,
@@ -330,6 +335,7 @@ pub fn summary(
         session.params().exit.max_steps,
         session.kv_bytes() as f64 / 1e6,
         session.params().cache,
+        session.params().cache_type,
         peak_rss().map(|b| format!("{:.1} MB", b as f64 / 1e6)).unwrap_or_else(|| "n/a".into()),
     );
     if let Some(b) = session.params().budget_ms {
@@ -541,7 +547,7 @@ fn parallel_generate(
     }
     let prompt_secs = first_at.unwrap_or(secs);
     eprintln!(
-        "prompt: {} tokens in {:.2} s; parallel sampler ({}, r′ {}, wavefront ≤ {}): {n} tokens in {:.2} s ({:.2} tokens/s), {} sampler steps ({per_step:.2} tokens/step), {} core passes over {mean_wave:.2} positions on average, {} standing waves, {} KV entries recomputed; cache {}; peak RSS {}",
+        "prompt: {} tokens in {:.2} s; parallel sampler ({}, r′ {}, wavefront ≤ {}): {n} tokens in {:.2} s ({:.2} tokens/s), {} sampler steps ({per_step:.2} tokens/step), {} core passes over {mean_wave:.2} positions on average, {} standing waves, {} KV entries recomputed; cache {} {}; peak RSS {}",
         prompt.len(),
         prompt_secs,
         pp.mode,
@@ -554,6 +560,7 @@ fn parallel_generate(
         c.standing_waves,
         c.cache_clears,
         params.cache,
+        params.cache_type,
         peak_rss().map(|b| format!("{:.1} MB", b as f64 / 1e6)).unwrap_or_else(|| "n/a".into()),
     );
     Ok(text)

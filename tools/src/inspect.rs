@@ -5,6 +5,7 @@ use std::path::Path;
 use anyhow::Result;
 use raven::kv::CacheStrategy;
 use raven_gguf::{Array, Value};
+use raven_quant::KvType;
 
 fn show(v: &Value, all: bool) -> String {
     match v {
@@ -118,22 +119,36 @@ pub fn run(path: &Path, ctx: Option<usize>, steps: Option<usize>, all: bool) -> 
     let ctx = ctx.unwrap_or(c.context);
     let steps = steps.unwrap_or(c.mean_recurrence);
     println!(
-        "\nKV cache for a session of {ctx} tokens, up to {steps} iterations (f32 keys and values):"
+        "\nKV cache for a session of {ctx} tokens, up to {steps} iterations (keys and values; \
+         --cache-type f16 is the default of run/chat/serve, f32 of logits):"
     );
-    let full = CacheStrategy::Full.bytes(c, ctx, steps);
+    let full = CacheStrategy::Full.bytes(c, KvType::F32, ctx, steps);
+    let types: Vec<KvType> = KvType::ALL
+        .into_iter()
+        .filter(|&t| raven::kv::validate_kv_type(t, c).is_ok())
+        .collect();
+    print!("  {:<14}", "strategy");
+    for t in &types {
+        print!(" {:>30}", t.name());
+    }
+    println!();
     for s in [
         CacheStrategy::Full,
         CacheStrategy::Compress(c.n_core),
         CacheStrategy::Latest(c.n_core),
     ] {
-        let b = s.bytes(c, ctx, steps);
-        println!(
-            "  {:<14} {:>14} bytes ({:.1} MB, {:.4} of full)",
-            s.to_string(),
-            b,
-            b as f64 / 1e6,
-            b as f64 / full as f64
-        );
+        print!("  {:<14}", s.to_string());
+        for &t in &types {
+            let b = s.bytes(c, t, ctx, steps);
+            let cell = format!(
+                "{b} B ({:.1} MB, {:.4})",
+                b as f64 / 1e6,
+                b as f64 / full as f64
+            );
+            print!(" {cell:>30}");
+        }
+        println!();
     }
+    println!("  (in parentheses: the fraction of full f32)");
     Ok(())
 }

@@ -172,6 +172,9 @@ struct LogitsArgs {
     /// KV cache strategy: full, compress-sK, latest-mC.
     #[arg(long, default_value = "full")]
     cache: String,
+    /// Element type of cached keys and values: f32 (default here: exactness), f16, q8_0.
+    #[arg(long = "cache-type", default_value = "f32")]
+    cache_type: String,
     /// Process the first N tokens in one pass, the rest one at a time through the cache. With
     /// --exit the N tokens exit together (criterion on the last one, latent criteria averaged),
     /// as the official generation runs a prompt.
@@ -433,6 +436,7 @@ fn cmd_logits(a: LogitsArgs) -> Result<()> {
         seed: a.seed,
         exit,
         cache,
+        cache_type: raven::kv::parse_kv_type(&a.cache_type)?,
         decode_from: a.decode_from,
     };
     let out = raven::run::logits(&m, &tokens, &opts, &threads)?;
