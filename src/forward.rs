@@ -270,11 +270,12 @@ impl Model {
                         .copy_from_slice(&ws.yh[(hd * n + t) * d..(hd * n + t + 1) * d]);
                 }
             }
-        } else if group > 1 {
-            // Grouped-query attention while decoding: the query heads that share a key/value
-            // head are one multi-query call over that head's rows, so each cached row is read
-            // once for the group instead of once per query head (bit for bit the single-query
-            // results). Their queries and outputs are adjacent: heads kvh·group .. +group.
+        } else {
+            // One token at a time (decoding): a task per key/value head, whose query heads
+            // (one, or a grouped-query attention's group: heads kvh·group .. +group, adjacent in
+            // q and in the output) are one multi-query call, so each cached row is read once for
+            // the group, in blocks of positions with the next rows prefetched (the rows of one
+            // head lie a whole cache row apart). Bit for bit the single-query results.
             let nkv = c.n_kv_heads;
             let head = |scores: &mut Vec<f32>, (idx, yo): (usize, &mut [f32])| {
                 let (t, kvh) = (idx / nkv, idx % nkv);
@@ -294,13 +295,6 @@ impl Model {
                 );
             };
             for_each_head(&mut ws.y, group * d, work, &mut ws.scores, head);
-        } else {
-            let head = |scores: &mut Vec<f32>, (idx, yo): (usize, &mut [f32])| {
-                let (t, hd) = (idx / nh, idx % nh);
-                let q = &qkv[t * stride + hd * d..t * stride + (hd + 1) * d];
-                raven_quant::attend_head(q, kv, &visible[t], hd * d, scale, scores, yo);
-            };
-            for_each_head(&mut ws.y, d, work, &mut ws.scores, head);
         }
         self.linear(
             &b.attn_out,

@@ -129,7 +129,7 @@ pub fn run(path: &Path, ctx: Option<usize>, steps: Option<usize>, all: bool) -> 
         .collect();
     print!("  {:<14}", "strategy");
     for t in &types {
-        print!(" {:>30}", t.name());
+        print!(" {:>36}", t.name());
     }
     println!();
     for s in [
@@ -145,7 +145,7 @@ pub fn run(path: &Path, ctx: Option<usize>, steps: Option<usize>, all: bool) -> 
                 b as f64 / 1e6,
                 b as f64 / full as f64
             );
-            print!(" {cell:>30}");
+            print!(" {cell:>36}");
         }
         println!();
     }
