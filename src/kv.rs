@@ -18,17 +18,30 @@ pub fn parse_kv_type(s: &str) -> Result<KvType> {
     })
 }
 
-/// Checks that the model's key/value rows can be stored as `ty` (Q8_0 needs whole blocks of
-/// 32 values per row and heads of a multiple of 8 values).
+/// Values per stored run of the cache: a key/value row is cut into runs of this many
+/// columns, and each run is stored position after position (see [`KvCache`]). One head when
+/// heads hold a multiple of 32 values; 32 (several small heads) when heads divide 32, so Q8_0
+/// blocks never span two positions; otherwise one head.
+fn run_width(c: &Config) -> usize {
+    let (d, h) = (c.head_dim(), c.kv_width());
+    if d.is_multiple_of(32) || !(32 % d == 0 && h.is_multiple_of(32)) {
+        d
+    } else {
+        32
+    }
+}
+
+/// Checks that the model's key/value rows can be stored as `ty` (Q8_0 needs heads of a
+/// multiple of 32 values, or heads that divide 32, as llama.cpp's quantized caches).
 pub fn validate_kv_type(ty: KvType, c: &Config) -> Result<()> {
-    if ty == KvType::Q8_0 && !(ty.fits(c.kv_width()) && c.d_head.is_multiple_of(8)) {
+    if ty == KvType::Q8_0 && !run_width(c).is_multiple_of(32) {
         return Err(RavenError::param(
             Param::CacheType,
             format!(
-                "q8_0 needs key/value rows of a multiple of 32 values and heads of a multiple \
-                 of 8; this model has rows of {} and heads of {} (use f16 or f32)",
-                c.kv_width(),
-                c.d_head
+                "q8_0 stores blocks of 32 values of one head; this model's heads hold {} values \
+                 ({} per key/value row): use f16 or f32",
+                c.head_dim(),
+                c.kv_width()
             ),
         ));
     }
@@ -145,6 +158,8 @@ pub struct KvCache {
     core_slots: usize,
     max_steps: usize,
     h: usize,
+    /// Columns per stored run ([`run_width`]).
+    w: usize,
     ctx: usize,
     n_slots: usize,
     store: Store,
@@ -282,6 +297,7 @@ impl KvCache {
             core_slots,
             max_steps,
             h: c.kv_width(),
+            w: run_width(c),
             ctx,
             n_slots,
             store: Store::new(ty, floats).ok_or_else(too_large)?,
@@ -366,16 +382,37 @@ impl KvCache {
         }
     }
 
-    /// Stores key and value rows (h values each) of position `pos` in `slot`.
-    pub fn write(&mut self, slot: Slot, pos: usize, k: &[f32], v: &[f32]) {
-        let s = self.slot_index(slot);
+    /// Offset of position `pos` of slot index `s`: its first run's first value (see
+    /// [`KvCache::head_col`] for the others).
+    fn row(&self, s: usize, pos: usize) -> usize {
+        s * self.ctx * self.h + pos * self.w
+    }
+
+    /// Stores the rows of slot index `s` at `pos`: run after run.
+    fn write_row(&mut self, s: usize, pos: usize, k: &[f32], v: &[f32]) {
         assert!(
             k.len() == self.h && v.len() == self.h,
             "KvCache::write: rows of {}",
             self.h
         );
-        let off = (s * self.ctx + pos) * self.h;
-        self.store.write(off, k, v);
+        let (w, run) = (self.w, self.ctx * self.w);
+        for (g, (k, v)) in k.chunks_exact(w).zip(v.chunks_exact(w)).enumerate() {
+            let off = self.row(s, pos) + g * run;
+            self.store.write(off, k, v);
+        }
+    }
+
+    /// Where the values of the key/value head starting at column `col0` of a row lie relative
+    /// to a position's offset (from [`KvCache::visible_offsets`]): attention reads that head at
+    /// `offset + head_col(col0) ..` for `d` values.
+    pub fn head_col(&self, col0: usize) -> usize {
+        (col0 / self.w) * self.ctx * self.w + col0 % self.w
+    }
+
+    /// Stores key and value rows (h values each) of position `pos` in `slot`.
+    pub fn write(&mut self, slot: Slot, pos: usize, k: &[f32], v: &[f32]) {
+        let s = self.slot_index(slot);
+        self.write_row(s, pos, k, v);
         self.present[s * self.ctx + pos] = true;
         if let Slot::Core { iter, layer } = slot {
             let d = &mut self.depth[layer * self.ctx + pos];
@@ -405,8 +442,7 @@ impl KvCache {
                 k.iter_mut()
                     .chain(v.iter_mut())
                     .for_each(|x| *x = rng.normal());
-                let off = (s * self.ctx + p) * self.h;
-                self.store.write(off, &k, &v);
+                self.write_row(s, p, &k, &v);
                 self.present[s * self.ctx + p] = true;
             }
         }
@@ -429,19 +465,18 @@ impl KvCache {
 
     /// The cached positions a query at position `p` in `slot` attends to, in position order:
     /// positions `0..=p` that hold an entry for that slot (`full`, `compress`), or the deepest
-    /// entry of the same core layer (`latest`); as offsets of their rows (h values each) in
-    /// [`KvCache::rows`], into `out` (cleared first). One walk per token
+    /// entry of the same core layer (`latest`); as offsets into [`KvCache::rows`] to which a
+    /// head's [`KvCache::head_col`] is added, into `out` (cleared first). One walk per token
     /// serves every head.
     pub fn visible_offsets(&self, slot: Slot, p: usize, out: &mut Vec<usize>) {
         out.clear();
-        let h = self.h;
         match (self.strategy, slot, self.draft_view) {
             (CacheStrategy::Latest(_), Slot::Core { iter, layer }, _) => {
                 for q in 0..=p {
                     let it = (self.depth[layer * self.ctx + q] as usize).min(iter);
                     let s = self.slot_index(Slot::Core { iter: it, layer });
                     if self.present[s * self.ctx + q] {
-                        out.push((s * self.ctx + q) * h);
+                        out.push(self.row(s, q));
                     }
                 }
             }
@@ -454,7 +489,7 @@ impl KvCache {
                 for q in 0..=p {
                     let sl = if q < below { deep } else { s };
                     if self.present[sl * self.ctx + q] {
-                        out.push((sl * self.ctx + q) * h);
+                        out.push(self.row(sl, q));
                     }
                 }
             }
@@ -466,14 +501,17 @@ impl KvCache {
                         .iter()
                         .enumerate()
                         .filter(|(_, &x)| x)
-                        .map(|(q, _)| (s * self.ctx + q) * h),
+                        .map(|(q, _)| self.row(s, q)),
                 );
             }
         }
     }
 
-    /// Every key and value row, slot after slot, position after position (see
-    /// [`KvCache::visible_offsets`]), in the cache's element type.
+    /// Every cached key and value, in the cache's element type. Layout: slot after slot; within
+    /// a slot, a row's columns in runs of [`run_width`] (a head, or the heads of 32 columns),
+    /// each run stored for every position in turn: the values one head reads lie together,
+    /// position after position, so attention streams them (see
+    /// [`KvCache::visible_offsets`], [`KvCache::head_col`]).
     pub fn rows(&self) -> KvRows<'_> {
         self.store.rows()
     }
