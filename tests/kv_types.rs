@@ -73,7 +73,7 @@ fn f16_and_q8_0_caches_decode_the_f32_tokens() {
     let v = m.config.n_vocab;
     let cases = decode_cases();
     assert_eq!(cases.len(), 4, "two prompts × full and compress-s4");
-    let mut compared = 0;
+    let (mut compared, mut differ) = (0, [0usize; 2]);
     for (prompt, new, steps, strategy) in &cases {
         let o = LogitsOptions {
             cache: *strategy,
@@ -81,11 +81,12 @@ fn f16_and_q8_0_caches_decode_the_f32_tokens() {
         };
         let want = teacher_forced(&m, prompt, new, &o, KvType::F32);
         let from = (prompt.len() - 1) * v;
-        for ty in [KvType::F16, KvType::Q8_0] {
+        for (i, ty) in [KvType::F16, KvType::Q8_0].into_iter().enumerate() {
             let got = teacher_forced(&m, prompt, new, &o, ty);
             let rows = got.logits[from..].chunks_exact(v);
             for (t, (g, w)) in rows.zip(want.logits[from..].chunks_exact(v)).enumerate() {
                 let (ga, wa) = (raven::exit::argmax(g), raven::exit::argmax(w));
+                differ[i] += (ga != wa) as usize;
                 assert!(
                     ga == wa || margin(w) < 1e-2,
                     "{ty} cache, {strategy}, prompt of {}: token {t} is {ga}, f32's {wa} \
@@ -102,6 +103,13 @@ fn f16_and_q8_0_caches_decode_the_f32_tokens() {
         }
     }
     assert!(compared >= 4 * 2 * 8, "{compared} tokens compared");
+    println!(
+        "{} positions per type: f16 picks another token at {}, q8_0 at {} (each within f32's \
+         1e-2 margin)",
+        compared / 2,
+        differ[0],
+        differ[1]
+    );
 }
 
 #[test]

@@ -7,8 +7,8 @@
 //!
 //! Input: byte 0 picks the base model (q8_0, q4_0, f32); byte 1 holds flags (bit 0 repack,
 //! bit 1 decode the last two tokens one at a time, bit 2 an adaptive exit, bits 3-4 the cache
-//! strategy, bit 5 a random initial state); then 5-byte patches: u32 LE offset (modulo the
-//! file length) and the byte to write there.
+//! strategy, bit 5 a random initial state, bits 6-7 the cache element type: f32, f16, q8_0);
+//! then 5-byte patches: u32 LE offset (modulo the file length) and the byte to write there.
 #![no_main]
 
 use std::cell::Cell;
@@ -16,7 +16,7 @@ use std::sync::{Once, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use raven::exit::{Criterion, ExitPolicy};
-use raven::kv::CacheStrategy;
+use raven::kv::{CacheStrategy, KvType};
 use raven::run::{logits, LogitsOptions, Threads};
 use raven_gguf::Gguf;
 
@@ -91,6 +91,12 @@ fuzz_target!(|data: &[u8]| {
             check_every: 1,
         }),
         cache,
+        // Every element type (Q8_0 is refused where heads do not fit its blocks).
+        cache_type: match flags >> 6 {
+            0 => KvType::F32,
+            1 => KvType::F16,
+            _ => KvType::Q8_0,
+        },
         decode_from: (flags & 2 != 0).then_some(1),
     };
     if let Ok(out) = logits(&m, &[1, 2, 3], &o, threads()) {
