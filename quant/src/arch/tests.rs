@@ -193,6 +193,20 @@ fn attend_matches_scalar() {
     }
 }
 
+/// How many of `l` positions each of `nq` queries sees: nested prefixes, but the last half of
+/// the queries see every position (so blocks past the first have groups of four too).
+fn nested_lens(l: usize, nq: usize) -> Vec<usize> {
+    (0..nq)
+        .map(|t| {
+            if t >= nq / 2 {
+                l
+            } else {
+                (l - (nq - 1 - t) * l / (nq + 1)).max(1)
+            }
+        })
+        .collect()
+}
+
 /// Every set's multi-query attention equals the scalar single-query one per query, across
 /// position blocks (64) and with queries seeing different prefixes.
 #[test]
@@ -209,17 +223,7 @@ fn attend_multi_matches_scalar_per_query() {
         let keys = values(&mut rng, (l + 3) * h);
         let vals = values(&mut rng, (l + 3) * h);
         let offs: Vec<usize> = (0..l).map(|i| (i + 2) * h).collect();
-        // Nested prefixes, but the last half of the queries see every position (so blocks past
-        // the first have groups of four too).
-        let lens: Vec<usize> = (0..nq)
-            .map(|t| {
-                if t >= nq / 2 {
-                    l
-                } else {
-                    (l - (nq - 1 - t) * l / (nq + 1)).max(1)
-                }
-            })
-            .collect();
+        let lens = nested_lens(l, nq);
         let ldo = d + 5;
         let q = values(&mut rng, nq * d);
         let col = h - d;
@@ -425,15 +429,7 @@ fn attend_multi_f16_q8_0_equal_single_query_and_widened_f32() {
             let keys = values(&mut rng, (l + 3) * h);
             let vals = values(&mut rng, (l + 3) * h);
             let offs: Vec<usize> = (0..l).map(|i| (l + 2 - i) * h).collect();
-            let lens: Vec<usize> = (0..nq)
-                .map(|t| {
-                    if t >= nq / 2 {
-                        l
-                    } else {
-                        (l - (nq - 1 - t) * l / (nq + 1)).max(1)
-                    }
-                })
-                .collect();
+            let lens = nested_lens(l, nq);
             let ldo = d + 3;
             let q = values(&mut rng, nq * d);
             let col = h - d;

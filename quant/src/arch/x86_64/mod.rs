@@ -254,8 +254,9 @@ impl Rows for F32Rows {
 
     #[inline(always)]
     unsafe fn load8(self, i: usize) -> __m256 {
-        // SAFETY: the caller guarantees the CPU features and 8 values at `i` in the rows.
-        unsafe { _mm256_loadu_ps(self.0.add(i)) }
+        // SAFETY: the caller guarantees the CPU features and 8 values at `i` in the rows (the
+        // weights' `load8` of kind 0: one unaligned load).
+        unsafe { load8::<0>(self.0.add(i) as *const u8) }
     }
 
     #[inline(always)]
@@ -282,8 +283,8 @@ impl Rows for F16Rows {
     #[inline(always)]
     unsafe fn load8(self, i: usize) -> __m256 {
         // SAFETY: the caller guarantees the CPU features and 8 values (16 bytes) at `i` in the
-        // rows; the load is unaligned.
-        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(self.0.add(i) as *const __m128i)) }
+        // rows (the weights' `load8` of kind 1: an unaligned load widened by `vcvtph2ps`).
+        unsafe { load8::<1>(self.0.add(i) as *const u8) }
     }
 
     #[inline(always)]
