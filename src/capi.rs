@@ -85,6 +85,13 @@ pub const RAVEN_KV_F16: raven_kv_type = 1;
 /// ggml's Q8_0, 34 bytes per 32 values (needs rows of a multiple of 32 values).
 pub const RAVEN_KV_Q8_0: raven_kv_type = 2;
 
+/// The `RAVEN_KV_*` value of each element type (both directions map through it).
+const KV_TYPES: [(raven_kv_type, KvType); 3] = [
+    (RAVEN_KV_F32, KvType::F32),
+    (RAVEN_KV_F16, KvType::F16),
+    (RAVEN_KV_Q8_0, KvType::Q8_0),
+];
+
 /// Per-token exit criterion (SPEC §2). A threshold of 0 takes the criterion's default.
 pub type raven_exit_criterion = i32;
 /// Never exit early: every token runs `max_steps` iterations.
@@ -1133,7 +1140,11 @@ fn default_session() -> raven_session_params {
         noise_dampened: pd.noise_dampened,
         noise_sqrt: pd.noise_sqrt,
         max_sampler_steps: pd.max_sampler_steps as i32,
-        kv_type: RAVEN_KV_F16,
+        kv_type: KV_TYPES
+            .iter()
+            .find(|(_, t)| *t == crate::session::DEFAULT_CACHE_TYPE)
+            .expect("KV_TYPES lists every KvType")
+            .0,
     }
 }
 
@@ -1242,13 +1253,12 @@ fn params_from_c(p: &raven_session_params, m: &Model) -> R<SessionParams> {
             )))
         }
     };
-    let cache_type = match p.kv_type {
-        RAVEN_KV_F32 => KvType::F32,
-        RAVEN_KV_F16 => KvType::F16,
-        RAVEN_KV_Q8_0 => KvType::Q8_0,
-        t => {
+    let cache_type = match KV_TYPES.iter().find(|(c, _)| *c == p.kv_type) {
+        Some(&(_, t)) => t,
+        None => {
             return Err(invalid(format!(
-                "kv_type = {t} is not one of RAVEN_KV_F32 (0), RAVEN_KV_F16 (1), RAVEN_KV_Q8_0 (2)"
+                "kv_type = {} is not one of RAVEN_KV_F32 (0), RAVEN_KV_F16 (1), RAVEN_KV_Q8_0 (2)",
+                p.kv_type
             )))
         }
     };

@@ -274,19 +274,23 @@ impl Model {
             // One token at a time (decoding): a task per key/value head, whose query heads
             // (one, or a grouped-query attention's group: heads kvh·group .. +group, adjacent in
             // q and in the output) are one multi-query call, so each cached row is read once for
-            // the group, in blocks of positions with the next rows prefetched (the rows of one
-            // head lie a whole cache row apart). Bit for bit the single-query results.
+            // the group, in blocks of positions with the next rows prefetched. Bit for bit the
+            // single-query results. Every query of token t sees its `visible[t]`: `group` equal
+            // lengths per token, made once per block rather than per head.
             let nkv = c.n_kv_heads;
+            let lens: Vec<usize> = visible
+                .iter()
+                .flat_map(|v| std::iter::repeat_n(v.len(), group))
+                .collect();
             let head = |scores: &mut Vec<f32>, (idx, yo): (usize, &mut [f32])| {
                 let (t, kvh) = (idx / nkv, idx % nkv);
                 let q0 = t * stride + kvh * group * d;
-                let lens = vec![visible[t].len(); group];
                 raven_quant::attend_queries(
                     &qkv[q0..q0 + group * d],
                     d,
                     kv,
                     &visible[t],
-                    &lens,
+                    &lens[t * group..(t + 1) * group],
                     cache.head_col(kvh * d),
                     scale,
                     scores,

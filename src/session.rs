@@ -17,6 +17,10 @@ use crate::run::{run_chunk, run_token, Init, Threads, Timing, TokenControl};
 use crate::sample::{sample, SamplingParams};
 use raven_quant::KvType;
 
+/// The element type of a generation session's KV cache unless asked otherwise (llama.cpp's
+/// default too): the one place the CLI, C ABI, server and Python take it from.
+pub const DEFAULT_CACHE_TYPE: KvType = KvType::F16;
+
 /// Everything a session can be asked to do differently.
 #[derive(Clone, Debug)]
 pub struct SessionParams {
@@ -57,7 +61,7 @@ impl SessionParams {
         SessionParams {
             ctx: 0,
             cache: CacheStrategy::Compress(m.config.n_core),
-            cache_type: KvType::F16,
+            cache_type: DEFAULT_CACHE_TYPE,
             exit: ExitPolicy::fixed(m.config.mean_recurrence),
             prefill_steps: 0,
             budget_ms: None,

@@ -39,8 +39,9 @@ pub struct BenchArgs {
     /// KV cache strategy (default compress-s<core layers>, as `raven run`).
     #[arg(long)]
     cache: Option<String>,
-    /// Element types of the KV cache (comma-separated list): f32, f16, q8_0.
-    #[arg(long = "cache-type", default_value = "f16", value_delimiter = ',')]
+    /// Element types of the KV cache (comma-separated list): f32, f16, q8_0 (default: the
+    /// sessions' default, f16).
+    #[arg(long = "cache-type", value_delimiter = ',')]
     cache_type: Vec<String>,
     /// Decode after a context of this many positions (comma-separated list) instead of after
     /// the prompt: the cache is filled with random entries for every slot (decode time does not
@@ -175,11 +176,14 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| format!("compress-s{}", model.config.n_core));
     let cache = CacheStrategy::parse(&cache_name)?;
-    let types = a
-        .cache_type
-        .iter()
-        .map(|t| Ok(parse_kv_type(t)?))
-        .collect::<Result<Vec<KvType>>>()?;
+    let types = if a.cache_type.is_empty() {
+        vec![raven::session::DEFAULT_CACHE_TYPE]
+    } else {
+        a.cache_type
+            .iter()
+            .map(|t| Ok(parse_kv_type(t)?))
+            .collect::<Result<Vec<KvType>>>()?
+    };
     // No --context: decode right after the prompt (context 0 stands for that).
     let contexts = if a.context.is_empty() {
         vec![0]

@@ -51,8 +51,8 @@ pub struct GenArgs {
     pub cache: Option<String>,
     /// Element type of cached keys and values: f32, f16 (default, half of f32's memory),
     /// q8_0 (a little over a quarter).
-    #[arg(long = "cache-type", default_value = "f16")]
-    pub cache_type: String,
+    #[arg(long = "cache-type")]
+    pub cache_type: Option<String>,
     /// Start each token's latent state from the previous token's.
     #[arg(long = "warm-start")]
     pub warm_start: bool,
@@ -256,7 +256,9 @@ impl GenArgs {
         if let Some(c) = &self.cache {
             p.cache = CacheStrategy::parse(c)?;
         }
-        p.cache_type = parse_kv_type(&self.cache_type)?;
+        if let Some(t) = &self.cache_type {
+            p.cache_type = parse_kv_type(t)?;
+        }
         p.warm_start = self.warm_start;
         p.init_scale = self.init_scale;
         p.seed = self.seed;
