@@ -341,8 +341,10 @@ pub(crate) fn matmul_with(
         act.cols * 4
     }
     .max(1);
-    let tb = (128 * 1024 / tok_bytes).max(4) / 4 * 4;
-    let rb = if act.n <= tb {
+    // Sets that take bigger token tiles (AMX) keep a group's weights in cache themselves while
+    // they walk the tile's tokens, so they get all rows at once.
+    let tb = (128 * 1024 / tok_bytes).max(k.token_tile) / 4 * 4;
+    let rb = if act.n <= tb || k.token_tile > 4 {
         usize::MAX
     } else {
         (128 * 1024 / row_bytes).max(GROUP) / GROUP * GROUP

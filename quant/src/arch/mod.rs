@@ -140,6 +140,7 @@ macro_rules! kernel_set {
         mm_q4_0x16: $packed:ident($packed_imp:path),
         mm_q8_0x16: $packed8:ident($packed8_imp:path),
         packed_pays: $packed_pays:expr,
+        token_tile: $token_tile:expr,
         detect: $detect:expr $(,)?
     ) => {
         use $crate::arch::{F32View, Kernels, Q8View};
@@ -161,6 +162,7 @@ macro_rules! kernel_set {
             mm_q4_0x16,
             mm_q8_0x16,
             packed_pays: $packed_pays,
+            token_tile: $token_tile,
         };
 
         /// This set, if the CPU has its features.
@@ -452,6 +454,10 @@ pub(crate) struct Kernels {
     pub mm_q8_0x16: PackedFn,
     /// Whether the packed layouts are faster than plain rows with these kernels.
     pub packed_pays: bool,
+    /// The fewest tokens [`crate::matmul`] hands these kernels at once when a product has
+    /// that many (more when they fit its ~128 KiB tile): 4 for the register-tiled kernels,
+    /// more for AMX, whose tiles hold 16 tokens.
+    pub token_tile: usize,
 }
 
 static CHOSEN: OnceLock<&'static Kernels> = OnceLock::new();
@@ -479,6 +485,7 @@ pub(crate) fn available() -> Vec<&'static Kernels> {
     let mut v: Vec<&'static Kernels> = Vec::new();
     #[cfg(target_arch = "x86_64")]
     {
+        v.extend(x86_64::amx::kernels());
         v.extend(x86_64::avx512::kernels());
         v.extend(x86_64::avx2::kernels());
     }

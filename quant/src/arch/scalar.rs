@@ -22,6 +22,7 @@ pub(crate) static KERNELS: Kernels = Kernels {
     mm_q4_0x16,
     mm_q8_0x16,
     packed_pays: false,
+    token_tile: 4,
 };
 
 pub(crate) fn silu_mul(g: &mut [f32], u: &[f32]) {

@@ -752,6 +752,65 @@ fn packed_q4_0_and_q8_0_match_scalar_in_every_set() {
     }
 }
 
+/// A token's outputs are the same bits however many tokens a product holds and whichever set
+/// computed them among those with the same per-block float steps (AMX tiles and the VNNI
+/// kernels): what makes a prompt's logits equal token-by-token decoding's.
+#[test]
+fn packed_products_over_many_tokens_equal_single_tokens_bit_for_bit() {
+    let mut rng = Rng::new(6);
+    let sets = available();
+    let vnni_like: Vec<&Kernels> = sets
+        .iter()
+        .copied()
+        .filter(|k| matches!(k.name, "amx" | "avx512vnni"))
+        .collect();
+    for (case, n) in [1usize, 3, 4, 5, 9, 12, 15, 16, 17, 31, 33, 40]
+        .into_iter()
+        .enumerate()
+    {
+        if cfg!(miri) && case > 2 {
+            break;
+        }
+        for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
+            let (rows, cols) = (48, 32 * (1 + case % 5 + 2 * (case % 2)));
+            let data = matrix_bytes(&mut rng, ty, rows, cols);
+            let w = Matrix::new(ty, rows, cols, &data).unwrap();
+            let p = repack_always(&w).unwrap();
+            let x = values(&mut rng, n * cols);
+            let mut act = Activations::new();
+            act.prepare(&x, n, cols, ty);
+            let mut first: Option<(&str, Vec<u32>)> = None;
+            for k in &sets {
+                let mut all = vec![f32::NAN; n * rows];
+                matmul_with(k, Weights::Packed(&p), &act, 0..rows, &mut all);
+                for t in 0..n {
+                    let mut one_act = Activations::new();
+                    one_act.prepare(&x[t * cols..(t + 1) * cols], 1, cols, ty);
+                    let mut one = vec![f32::NAN; rows];
+                    matmul_with(k, Weights::Packed(&p), &one_act, 0..rows, &mut one);
+                    assert_eq!(
+                        bits(&all[t * rows..(t + 1) * rows]),
+                        bits(&one),
+                        "{} {ty} {rows}x{cols}: token {t} of {n} differs from the token alone",
+                        k.name
+                    );
+                }
+                if vnni_like.iter().any(|v| v.name == k.name) {
+                    match &first {
+                        None => first = Some((k.name, bits(&all))),
+                        Some((name, b)) => assert_eq!(
+                            &bits(&all),
+                            b,
+                            "{} and {name} differ on {ty} {rows}x{cols}, {n} tokens",
+                            k.name
+                        ),
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 #[cfg_attr(
     miri,

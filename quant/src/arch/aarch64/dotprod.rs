@@ -10,5 +10,6 @@ kernel_set! {
     mm_q4_0x16: wrap(super::mm_q4_0x16),
     mm_q8_0x16: wrap(super::mm_q8_0x16),
     packed_pays: true,
+    token_tile: 4,
     detect: std::arch::is_aarch64_feature_detected!("dotprod"),
 }

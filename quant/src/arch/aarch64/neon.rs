@@ -10,5 +10,6 @@ kernel_set! {
     mm_q4_0x16: use(crate::arch::scalar::mm_q4_0x16),
     mm_q8_0x16: use(crate::arch::scalar::mm_q8_0x16),
     packed_pays: false,
+    token_tile: 4,
     detect: true,
 }

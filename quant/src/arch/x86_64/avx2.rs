@@ -9,6 +9,7 @@ kernel_set! {
     mm_q4_0x16: wrap(super::mm_q4_0x16::<false>),
     mm_q8_0x16: wrap(super::mm_q8_0x16::<false>),
     packed_pays: true,
+    token_tile: 4,
     detect: std::is_x86_feature_detected!("avx2")
         && std::is_x86_feature_detected!("fma")
         && std::is_x86_feature_detected!("f16c"),

@@ -17,6 +17,7 @@ kernel_set! {
     mm_q4_0x16: wrap(zmm_q4_0x16),
     mm_q8_0x16: wrap(zmm_q8_0x16),
     packed_pays: true,
+    token_tile: 4,
     detect: std::is_x86_feature_detected!("avx2")
         && std::is_x86_feature_detected!("fma")
         && std::is_x86_feature_detected!("f16c")
@@ -206,7 +207,13 @@ macro_rules! zmm_packed {
         /// # Safety
         /// Needs AVX-512 F/BW/VL/VNNI (and F16C); slice lengths are checked here.
         #[inline(always)]
-        unsafe fn $name(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f32], ldo: usize) {
+        pub(super) unsafe fn $name(
+            w: &[u8],
+            groups: usize,
+            act: Q8View<'_>,
+            out: &mut [f32],
+            ldo: usize,
+        ) {
             let gb = $group_bytes(act.nb);
             check_packed(w, groups, gb, &act, out, ldo);
             let o = out.as_mut_ptr();

@@ -4,6 +4,7 @@
 
 #![allow(clippy::needless_range_loop)] // token and lane indices read clearer in these loops
 
+pub(crate) mod amx;
 pub(crate) mod avx2;
 pub(crate) mod avx512;
 
