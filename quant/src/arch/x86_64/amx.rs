@@ -86,9 +86,6 @@ fn request_tile_state() -> bool {
 struct Line([u8; 64]);
 
 thread_local! {
-    /// Two groups' Q4_0 quants widened to signed bytes, 512 per block column (B tiles of 8
-    /// rows), group after group.
-    static WIDE: Cell<Vec<Line>> = const { Cell::new(Vec::new()) };
     /// The activations' quants block-major (block column, then token: 32 bytes each), so that
     /// an A tile of 16 tokens is 512 consecutive bytes instead of half of 16 distant lines.
     static BLOCK_MAJOR: Cell<Vec<Line>> = const { Cell::new(Vec::new()) };
@@ -169,17 +166,17 @@ unsafe fn tile_store<const T: usize>(p: *mut i32) {
     }
 }
 
-/// One step: block column `b` of `G` groups (weights at `w[g]`) against `C` chunks of tokens
-/// (activations at `a[c]`, a token every `lda` bytes), sums stored to `sums[2c + g]`.
+/// One step: the B tiles 6 and 7 (block column `b` of `G` groups, loaded by the caller)
+/// against `C` chunks of tokens (activations at `a[c]`, a token every `lda` bytes), sums
+/// stored to `sums[2c + g]`.
 ///
 /// # Safety
-/// A [`TileConfig`] must be loaded; the pointers readable as tiles 4–7 and writable as
-/// tiles 0–3 of that configuration.
+/// A [`TileConfig`] must be loaded and tiles 6 (and 7 when `G = 2`) hold weights; `a[c]`
+/// readable as tiles 4 + c, `sums` writable.
 #[inline(always)]
 unsafe fn step<const G: usize, const C: usize>(
     a: [*const i8; 2],
     lda: usize,
-    w: [*const u8; 2],
     sums: &mut [[i32; 256]; 4],
 ) {
     // SAFETY: the caller guarantees the configuration and the extents; tiles 2c + g, 4 + c
@@ -196,10 +193,6 @@ unsafe fn step<const G: usize, const C: usize>(
             }
         }
         tile_load::<4>(a[0] as *const u8, lda);
-        tile_load::<6>(w[0], 64);
-        if G > 1 {
-            tile_load::<7>(w[1], 64);
-        }
         if C > 1 {
             tile_load::<5>(a[1] as *const u8, lda);
         }
@@ -226,55 +219,67 @@ unsafe fn step<const G: usize, const C: usize>(
     }
 }
 
-/// Widens the Q4_0 quants of the group at `g` (`nb` block columns) into `wide`: block `b`'s
-/// 8 lines are its 4 chunks' low nibbles (values 0–15 of each row), then their high nibbles
-/// (values 16–31), each minus 8, as signed bytes.
+/// Widens block column `b` of the Q4_0 group at `g` (`nb` columns) into the 8 lines at `out`:
+/// its 4 chunks' low nibbles (values 0–15 of each row), then their high nibbles (values
+/// 16–31), each minus 8, as signed bytes.
 ///
 /// # Safety
-/// AVX-512F/BW; `g` readable for `group_bytes(nb)` bytes, `wide` holding `8 · nb` lines.
+/// AVX-512F/BW; `g` readable for `group_bytes(nb)` bytes, `out` writable for 8 lines.
 #[inline(always)]
-unsafe fn widen_q4(g: *const u8, nb: usize, wide: &mut [Line]) {
+unsafe fn widen_q4(g: *const u8, nb: usize, b: usize, out: *mut Line) {
     // SAFETY: the caller guarantees the features and extents; `q4_offsets` stays in the group.
     unsafe {
         let mask = _mm512_set1_epi8(0x0f);
         let eight = _mm512_set1_epi8(8);
-        let out = wide.as_mut_ptr() as *mut __m512i;
-        for b in 0..nb {
-            let q = g.add(q4_offsets(nb, b).0);
-            for k in 0..4 {
-                let c = _mm512_loadu_si512(q.add(64 * k) as *const _);
-                let lo = _mm512_and_si512(c, mask);
-                let hi = _mm512_and_si512(_mm512_srli_epi16(c, 4), mask);
-                _mm512_store_si512(out.add(8 * b + k), _mm512_sub_epi8(lo, eight));
-                _mm512_store_si512(out.add(8 * b + 4 + k), _mm512_sub_epi8(hi, eight));
-            }
+        let out = out as *mut __m512i;
+        let q = g.add(q4_offsets(nb, b).0);
+        for k in 0..4 {
+            let c = _mm512_loadu_si512(q.add(64 * k) as *const _);
+            let lo = _mm512_and_si512(c, mask);
+            let hi = _mm512_and_si512(_mm512_srli_epi16(c, 4), mask);
+            _mm512_store_si512(out.add(k), _mm512_sub_epi8(lo, eight));
+            _mm512_store_si512(out.add(4 + k), _mm512_sub_epi8(hi, eight));
         }
     }
 }
 
-/// Where the B tiles and scales of `G` groups lie.
-struct GroupTiles<const Q4: bool> {
-    /// The groups in the packed matrix.
+/// The `G` groups a step multiplies (the second is the first when `G = 1`).
+struct Groups<const Q4: bool> {
     g: [*const u8; 2],
-    /// Their B tiles: the widened copy (Q4_0) or the quants as packed (Q8_0).
-    wq: [*const u8; 2],
     nb: usize,
 }
 
-impl<const Q4: bool> GroupTiles<Q4> {
-    /// Block `b`'s B tile of group `j`.
+impl<const Q4: bool> Groups<Q4> {
+    /// Loads block column `b` of the groups into tiles 6 and 7 (Q4_0: widened through
+    /// `scratch` first; Q8_0: the quants as packed).
     ///
     /// # Safety
-    /// `b < nb`, `j` one of the groups.
+    /// AVX-512F/BW; a [`TileConfig`] loaded; `b < nb`; `scratch` 16 lines.
     #[inline(always)]
-    unsafe fn tile(&self, j: usize, b: usize) -> *const u8 {
-        // SAFETY: 512 bytes per block column in both layouts.
-        unsafe { self.wq[j].add(512 * b) }
+    unsafe fn load_b<const G: usize>(&self, b: usize, scratch: &mut [Line; 16]) {
+        // SAFETY: 512 bytes per block column in both layouts; the scratch holds two tiles.
+        unsafe {
+            for j in 0..G {
+                let p = if Q4 {
+                    let p = scratch.as_mut_ptr().add(8 * j);
+                    widen_q4(self.g[j], self.nb, b, p);
+                    p as *const u8
+                } else {
+                    self.g[j].add(512 * b)
+                };
+                if j == 0 {
+                    tile_load::<6>(p, 64);
+                } else {
+                    tile_load::<7>(p, 64);
+                }
+            }
+        }
     }
+
     /// Block `b`'s 16 weight scales of group `j`.
     ///
     /// # Safety
-    /// As [`Self::tile`], and F16C.
+    /// `b < nb`, `j < 2`, and F16C.
     #[inline(always)]
     unsafe fn scales(&self, j: usize, b: usize) -> __m512 {
         let so = if Q4 {
@@ -287,62 +292,71 @@ impl<const Q4: bool> GroupTiles<Q4> {
     }
 }
 
-/// `G` groups against `C` chunks of `m` tokens starting at `t0s[c]`: every block's sums from
-/// the tiles, then the VNNI kernels' float steps (sum to float, times weight scale times
-/// activation scale, fused multiply-add in block order). Tokens `t0s[c] + keep[c]..t0s[c] + m`
-/// are stored, 16 rows per group, at `o + token · ldo + 16 · g`.
+/// Chunks of tokens a tile covers: `m` tokens from `t0`, of which those from `t0 + keep` are
+/// new (a last chunk ends at `n`, overlapping the one before).
+#[derive(Clone, Copy, Default)]
+struct Chunk {
+    t0: usize,
+    keep: usize,
+}
+
+/// Chunks per pass over the blocks: the accumulators of 64 tokens × 2 groups (8 KiB) and the
+/// sums of two blocks (16 KiB) stay in L1.
+const SPAN: usize = 4;
+
+/// `G` groups against up to [`SPAN`] chunks of `m` tokens: block by block, the weights'
+/// B tiles are loaded once for all chunks, then, every two blocks, their sums take the VNNI
+/// kernels' float steps (sum to float, times weight scale times activation scale, fused
+/// multiply-add in block order). Each chunk's new tokens are stored, 16 rows per group, at
+/// `o + token · ldo + 16 · g`.
 ///
 /// # Safety
 /// AVX-512F/BW/VL, F16C; a [`TileConfig`] for `m` tokens loaded; the groups whole; the
-/// chunks' tokens in `act`; `o` writable at every stored offset.
+/// chunks' tokens in `act` (`qbm` its quants block-major); `o` writable at every stored offset.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn group_chunks<const Q4: bool, const G: usize, const C: usize>(
-    gt: &GroupTiles<Q4>,
+unsafe fn group_span<const Q4: bool, const G: usize>(
+    gs: &Groups<Q4>,
     act: &Q8View<'_>,
     qbm: *const i8,
-    t0s: [usize; 2],
+    chunks: &[Chunk],
     m: usize,
-    keep: [usize; 2],
     sums: &mut Sums,
     o: *mut f32,
     ldo: usize,
 ) {
     // SAFETY: the caller guarantees the features, the configuration and the extents; block
-    // `b`'s activations of tokens `t0..t0 + m` end at `((t0 + m - 1) · nb + b + 1) · 32 ≤
-    // act.n · nb · 32` bytes.
+    // `b`'s activations of tokens `t0..t0 + m` lie at `(b · n + t0) · 32` in `qbm`.
     unsafe {
         let nb = act.nb;
         let lda = act.n * QK;
-        let qa: [*const i8; 2] = core::array::from_fn(|c| qbm.add(t0s[c] * QK));
-        let da: [*const f32; 2] = core::array::from_fn(|c| act.d.as_ptr().add(t0s[c] * nb));
-        let mut acc = [[_mm512_setzero_ps(); 16]; 4];
-        let go = |b: usize, sums: &mut [[i32; 256]; 4]| {
-            let a = [qa[0].add(b * lda), qa[1].add(b * lda)];
-            step::<G, C>(a, QK, [gt.tile(0, b), gt.tile(G - 1, b)], sums);
-        };
-        // Products run two steps ahead of the scaling (four slots of sums), and the scaling
-        // takes two blocks per pass over the accumulators (each loaded and stored once per
-        // pair, the two blocks still added in order).
-        const AHEAD: usize = 2;
-        for b in 0..AHEAD.min(nb) {
-            go(b, &mut sums.0[b % 4]);
-        }
+        let nc = chunks.len();
+        debug_assert!((1..=SPAN).contains(&nc));
+        let mut scratch = [Line([0; 64]); 16];
+        let mut acc = [[[_mm512_setzero_ps(); 16]; 2]; SPAN];
         let mut b = 0;
         while b < nb {
             let pair = (b + 2 <= nb) as usize + 1;
             for k in 0..pair {
-                if b + k + AHEAD < nb {
-                    go(b + k + AHEAD, &mut sums.0[(b + k + AHEAD) % 4]);
+                gs.load_b::<G>(b + k, &mut scratch);
+                let a = |c: usize| qbm.add((b + k) * lda + chunks[c.min(nc - 1)].t0 * QK);
+                let mut c = 0;
+                while c + 2 <= nc {
+                    step::<G, 2>([a(c), a(c + 1)], QK, &mut sums.0[k][c / 2]);
+                    c += 2;
+                }
+                if c < nc {
+                    step::<G, 1>([a(c), a(c)], QK, &mut sums.0[k][c / 2]);
                 }
             }
             let dw: [[__m512; 2]; 2] = core::array::from_fn(|k| {
-                core::array::from_fn(|j| gt.scales(j.min(G - 1), (b + k).min(nb - 1)))
+                core::array::from_fn(|j| gs.scales(j.min(G - 1), (b + k).min(nb - 1)))
             });
-            let (s0, s1) = (&sums.0[b % 4], &sums.0[(b + 1) % 4]);
-            for c in 0..C {
+            for (c, ch) in chunks.iter().enumerate() {
+                let (s0, s1) = (&sums.0[0][c / 2], &sums.0[1][c / 2]);
+                let tile = 2 * (c % 2);
                 for t in 0..m {
-                    let d = da[c].add(t * nb + b);
+                    let d = act.d.as_ptr().add((ch.t0 + t) * nb + b);
                     let dx0 = _mm512_set1_ps(*d);
                     let dx1 = if pair == 2 {
                         _mm512_set1_ps(*d.add(1))
@@ -350,8 +364,8 @@ unsafe fn group_chunks<const Q4: bool, const G: usize, const C: usize>(
                         dx0
                     };
                     for j in 0..G {
-                        let a = &mut acc[2 * c + j][t];
-                        let v = _mm512_load_si512(s0[2 * c + j].as_ptr().add(16 * t) as *const _);
+                        let a = &mut acc[c][j][t];
+                        let v = _mm512_load_si512(s0[tile + j].as_ptr().add(16 * t) as *const _);
                         let mut x = _mm512_fmadd_ps(
                             _mm512_cvtepi32_ps(v),
                             _mm512_mul_ps(dw[0][j], dx0),
@@ -359,7 +373,7 @@ unsafe fn group_chunks<const Q4: bool, const G: usize, const C: usize>(
                         );
                         if pair == 2 {
                             let v =
-                                _mm512_load_si512(s1[2 * c + j].as_ptr().add(16 * t) as *const _);
+                                _mm512_load_si512(s1[tile + j].as_ptr().add(16 * t) as *const _);
                             x = _mm512_fmadd_ps(
                                 _mm512_cvtepi32_ps(v),
                                 _mm512_mul_ps(dw[1][j], dx1),
@@ -372,10 +386,10 @@ unsafe fn group_chunks<const Q4: bool, const G: usize, const C: usize>(
             }
             b += pair;
         }
-        for c in 0..C {
+        for (c, ch) in chunks.iter().enumerate() {
             for j in 0..G {
-                for t in keep[c]..m {
-                    _mm512_storeu_ps(o.add((t0s[c] + t) * ldo + 16 * j), acc[2 * c + j][t]);
+                for t in ch.keep..m {
+                    _mm512_storeu_ps(o.add((ch.t0 + t) * ldo + 16 * j), acc[c][j][t]);
                 }
             }
         }
@@ -418,10 +432,6 @@ unsafe fn tiles<const Q4: bool>(
         let m = n.min(16);
         let config = TileConfig::new(m);
         asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly));
-        let mut wide = WIDE.take();
-        if Q4 && wide.len() < 16 * nb {
-            wide.resize(16 * nb, Line([0; 64]));
-        }
         let mut bm = BLOCK_MAJOR.take();
         if bm.len() * 64 < n * nb * QK {
             bm.resize((n * nb * QK).div_ceil(64), Line([0; 64]));
@@ -436,64 +446,45 @@ unsafe fn tiles<const Q4: bool>(
                 );
             }
         }
-        let mut sums = Sums([[[0; 256]; 4]; 4]);
+        // Chunks of m tokens; a last one ends at n, overlapping the one before, and keeps only
+        // its new tokens (every token's outputs are the same whichever chunk computed them).
+        let mut chunks = Vec::with_capacity(n.div_ceil(m));
+        let mut done = 0;
+        while done < n {
+            let t0 = if done + m <= n { done } else { n - m };
+            chunks.push(Chunk {
+                t0,
+                keep: done - t0,
+            });
+            done = t0 + m;
+        }
+        let mut sums = Sums([[[[0; 256]; 4]; 2]; 2]);
         let mut gi = 0;
         while gi < groups {
             let two = gi + 1 < groups;
-            let g: [*const u8; 2] =
-                core::array::from_fn(|j| w.as_ptr().add((gi + j.min(two as usize)) * gb));
-            if Q4 {
-                widen_q4(g[0], nb, &mut wide[..8 * nb]);
-                if two {
-                    widen_q4(g[1], nb, &mut wide[8 * nb..16 * nb]);
-                }
-            }
-            let wp = wide.as_ptr() as *const u8;
-            let gt = GroupTiles::<Q4> {
-                g,
-                wq: if Q4 {
-                    [wp, wp.add(8 * nb * 64 * two as usize)]
-                } else {
-                    g
-                },
+            let gs = Groups::<Q4> {
+                g: core::array::from_fn(|j| w.as_ptr().add((gi + j.min(two as usize)) * gb)),
                 nb,
             };
             let o = out.as_mut_ptr().add(16 * gi);
-            // Chunks of m tokens, two at a time while 2m remain; a last one ends at n,
-            // overlapping the one before, and keeps only its new tokens (every token's outputs
-            // are the same whichever chunk computed them).
-            let mut done = 0;
-            while done < n {
-                let pair = done + 2 * m <= n;
-                let t0 = if done + m <= n { done } else { n - m };
-                let (t0s, keep) = ([t0, t0 + m], [done - t0, 0]);
-                match (two, pair) {
-                    (true, true) => {
-                        group_chunks::<Q4, 2, 2>(&gt, &act, qbm, t0s, m, keep, &mut sums, o, ldo)
-                    }
-                    (true, false) => {
-                        group_chunks::<Q4, 2, 1>(&gt, &act, qbm, t0s, m, keep, &mut sums, o, ldo)
-                    }
-                    (false, true) => {
-                        group_chunks::<Q4, 1, 2>(&gt, &act, qbm, t0s, m, keep, &mut sums, o, ldo)
-                    }
-                    (false, false) => {
-                        group_chunks::<Q4, 1, 1>(&gt, &act, qbm, t0s, m, keep, &mut sums, o, ldo)
-                    }
+            for span in chunks.chunks(SPAN) {
+                if two {
+                    group_span::<Q4, 2>(&gs, &act, qbm, span, m, &mut sums, o, ldo);
+                } else {
+                    group_span::<Q4, 1>(&gs, &act, qbm, span, m, &mut sums, o, ldo);
                 }
-                done = t0 + if pair { 2 * m } else { m };
             }
             gi += 1 + two as usize;
         }
-        WIDE.set(wide);
         BLOCK_MAJOR.set(bm);
         asm!("tilerelease", options(nostack, nomem));
     }
 }
 
-/// Four steps' tile sums (four tiles each), 64-byte aligned.
+/// The tile sums of two blocks, each for two pairs of chunks (four tiles a pair), 64-byte
+/// aligned.
 #[repr(C, align(64))]
-struct Sums([[[i32; 256]; 4]; 4]);
+struct Sums([[[[i32; 256]; 4]; 2]; 2]);
 
 /// [`tiles`] for packed Q4_0.
 ///
