@@ -1,5 +1,6 @@
 //! AMX int8 tiles (Sapphire Rapids and later): the AVX-512 VNNI set, with products over
-//! [`MIN_TOKENS`] or more tokens (prompts, long speculative verifications) done by `tdpbssd`,
+//! [`MIN_TOKENS`] or more tokens (prompts, speculative verifications, the parallel sampler's
+//! wavefront with Q8_0 weights) done by `tdpbssd`,
 //! one 16 tokens × 16 rows × 32 values block product per instruction.
 //!
 //! Weights are the tiles' B operand, activations the A operand. The packed layout already puts
@@ -39,11 +40,12 @@ kernel_set! {
     detect: super::avx512::kernels().is_some() && usable(),
 }
 
-/// Products over fewer tokens than this take the VNNI kernels: decoding streams the weights
-/// from memory, where tiles gain nothing, and up to 11 tokens the VNNI kernels were as fast or
-/// faster (one thread, 5280 × 5280 Q4_0, GMAC/s AMX vs VNNI: 71 vs 156 at 4 tokens, 134 vs
-/// 174 at 8, 176 vs 174 at 12, 196 vs 168 at 14, 293 vs 181 at 64).
-pub(crate) const MIN_TOKENS: usize = 12;
+/// Products over fewer tokens than this take the VNNI kernels (Q4_0, Q8_0): decoding streams
+/// the weights from memory, where tiles gain nothing, and with few tokens the VNNI kernels
+/// were as fast or faster. One thread, 5280 × 5280, GMAC/s AMX vs VNNI, by tokens: Q4_0 89 vs
+/// 196 at 4, 167 vs 188 at 8, 195 vs 189 at 10, 225 vs 192 at 12; Q8_0 105 vs 95 at 4, 197 vs
+/// 132 at 8 (`examples/mm_probe.rs`).
+pub(crate) const MIN_TOKENS: [usize; 2] = [10, 4];
 
 /// Whether the CPU has AMX-TILE and AMX-INT8 and the OS lets this process use them (asked once).
 fn usable() -> bool {
@@ -260,6 +262,17 @@ impl<const Q4: bool> Groups<Q4> {
         // SAFETY: 512 bytes per block column in both layouts; the scratch holds two tiles.
         unsafe {
             for j in 0..G {
+                // The weights stream from memory once per product: fetch ahead into L1.
+                let ahead = self.g[j].wrapping_add(
+                    if Q4 {
+                        q4_offsets(self.nb, b).0
+                    } else {
+                        512 * b
+                    } + PREFETCH,
+                );
+                for k in 0..if Q4 { 5 } else { 8 } {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * k) as *const i8);
+                }
                 let p = if Q4 {
                     let p = scratch.as_mut_ptr().add(8 * j);
                     widen_q4(self.g[j], self.nb, b, p);
@@ -299,6 +312,9 @@ struct Chunk {
     t0: usize,
     keep: usize,
 }
+
+/// How far ahead of the block being multiplied its group's weights are prefetched (bytes).
+const PREFETCH: usize = 2048;
 
 /// Chunks per pass over the blocks: the accumulators of 64 tokens × 2 groups (8 KiB) and the
 /// sums of two blocks (16 KiB) stay in L1.
@@ -414,7 +430,7 @@ unsafe fn tiles<const Q4: bool>(
     // before and released after their use.
     unsafe {
         let n = act.n;
-        if n < MIN_TOKENS {
+        if n < MIN_TOKENS[!Q4 as usize] {
             if Q4 {
                 zmm_q4_0x16(w, groups, act, out, ldo)
             } else {
