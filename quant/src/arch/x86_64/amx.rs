@@ -307,7 +307,7 @@ impl<const Q4: bool> Groups<Q4> {
 
 /// Chunks of tokens a tile covers: `m` tokens from `t0`, of which those from `t0 + keep` are
 /// new (a last chunk ends at `n`, overlapping the one before).
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct Chunk {
     t0: usize,
     keep: usize,
@@ -464,16 +464,15 @@ unsafe fn tiles<const Q4: bool>(
         }
         // Chunks of m tokens; a last one ends at n, overlapping the one before, and keeps only
         // its new tokens (every token's outputs are the same whichever chunk computed them).
-        let mut chunks = Vec::with_capacity(n.div_ceil(m));
-        let mut done = 0;
-        while done < n {
+        let nc = n.div_ceil(m);
+        let chunk = |i: usize| {
+            let done = i * m;
             let t0 = if done + m <= n { done } else { n - m };
-            chunks.push(Chunk {
+            Chunk {
                 t0,
                 keep: done - t0,
-            });
-            done = t0 + m;
-        }
+            }
+        };
         let mut sums = Sums([[[[0; 256]; 4]; 2]; 2]);
         let mut gi = 0;
         while gi < groups {
@@ -483,7 +482,10 @@ unsafe fn tiles<const Q4: bool>(
                 nb,
             };
             let o = out.as_mut_ptr().add(16 * gi);
-            for span in chunks.chunks(SPAN) {
+            for c0 in (0..nc).step_by(SPAN) {
+                let len = SPAN.min(nc - c0);
+                let span: [Chunk; SPAN] = core::array::from_fn(|i| chunk(c0 + i.min(len - 1)));
+                let span = &span[..len];
                 if two {
                     group_span::<Q4, 2>(&gs, &act, qbm, span, m, &mut sums, o, ldo);
                 } else {
