@@ -491,6 +491,7 @@ pub(crate) fn available() -> Vec<&'static Kernels> {
     }
     #[cfg(target_arch = "aarch64")]
     {
+        v.extend(aarch64::i8mm::kernels());
         v.extend(aarch64::dotprod::kernels());
         v.extend(aarch64::neon::kernels());
     }

@@ -71,7 +71,9 @@ fn sets_on_this_cpu() {
         assert_eq!(crate::isa(), ks[0].name, "the fastest set is chosen");
     }
     #[cfg(target_arch = "aarch64")]
-    if std::arch::is_aarch64_feature_detected!("dotprod") {
+    if std::arch::is_aarch64_feature_detected!("i8mm") {
+        assert_eq!(ks[0].name, "neon-i8mm");
+    } else if std::arch::is_aarch64_feature_detected!("dotprod") {
         assert_eq!(ks[0].name, "neon-dotprod");
     }
 }
@@ -754,15 +756,15 @@ fn packed_q4_0_and_q8_0_match_scalar_in_every_set() {
 
 /// A token's outputs are the same bits however many tokens a product holds and whichever set
 /// computed them among those with the same per-block float steps (AMX tiles and the VNNI
-/// kernels): what makes a prompt's logits equal token-by-token decoding's.
+/// kernels; `smmla` and `sdot`): what makes a prompt's logits equal token-by-token decoding's.
 #[test]
 fn packed_products_over_many_tokens_equal_single_tokens_bit_for_bit() {
     let mut rng = Rng::new(6);
     let sets = available();
-    let vnni_like: Vec<&Kernels> = sets
+    let same_steps: Vec<&Kernels> = sets
         .iter()
         .copied()
-        .filter(|k| matches!(k.name, "amx" | "avx512vnni"))
+        .filter(|k| matches!(k.name, "amx" | "avx512vnni" | "neon-i8mm" | "neon-dotprod"))
         .collect();
     for (case, n) in [1usize, 3, 4, 5, 9, 12, 15, 16, 17, 31, 33, 40]
         .into_iter()
@@ -795,7 +797,7 @@ fn packed_products_over_many_tokens_equal_single_tokens_bit_for_bit() {
                         k.name
                     );
                 }
-                if vnni_like.iter().any(|v| v.name == k.name) {
+                if same_steps.iter().any(|v| v.name == k.name) {
                     match &first {
                         None => first = Some((k.name, bits(&all))),
                         Some((name, b)) => assert_eq!(

@@ -1,10 +1,12 @@
 //! aarch64 kernels. The algorithms live here as `#[inline(always)]` functions generic over
-//! whether the dotprod extension's `sdot` is available; [`neon`] and [`dotprod`] instantiate
-//! them inside `#[target_feature]` functions. `sdot` and the f16 conversion `fcvtl` are emitted
-//! with `asm!` because their intrinsics are not stable in Rust 1.95.
+//! whether the dotprod extension's `sdot` is available; [`neon`], [`dotprod`] and [`i8mm`]
+//! instantiate them inside `#[target_feature]` functions. `sdot`, `smmla` and the f16
+//! conversion `fcvtl` are emitted with `asm!` because their intrinsics are not stable in
+//! Rust 1.95.
 #![allow(clippy::needless_range_loop)] // token and lane indices read clearer in these loops
 
 pub(crate) mod dotprod;
+pub(crate) mod i8mm;
 pub(crate) mod neon;
 
 use core::arch::aarch64::*;
@@ -602,5 +604,256 @@ unsafe fn mm_q8_0x16(w: &[u8], groups: usize, act: Q8View<'_>, out: &mut [f32], 
                 }
             });
         }
+    }
+}
+
+/// `acc + A · Bᵀ` for two 2 × 8 matrices of bytes (`a`: rows 0–7 and 8–15, likewise `b`):
+/// lanes `acc[2i + k] += Σ_x a[8i + x] · b[8k + x]` (`smmla`).
+///
+/// # Safety
+/// The CPU must support the i8mm extension.
+#[inline(always)]
+unsafe fn smmla(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`); `smmla` only
+    // reads and writes registers.
+    unsafe {
+        let mut acc = acc;
+        asm!("smmla {acc:v}.4s, {a:v}.16b, {b:v}.16b", acc = inout(vreg) acc, a = in(vreg) a, b = in(vreg) b,
+             options(pure, nomem, nostack));
+        acc
+    }
+}
+
+/// The low (`HI = false`) or high 64-bit halves of `a` and `b`, side by side.
+#[inline(always)]
+fn zip64<const HI: bool>(a: int8x16_t, b: int8x16_t) -> int8x16_t {
+    // SAFETY: NEON is part of the aarch64 targets Raven builds for; registers only.
+    unsafe {
+        let (a, b) = (vreinterpretq_s64_s8(a), vreinterpretq_s64_s8(b));
+        vreinterpretq_s8_s64(if HI {
+            vzip2q_s64(a, b)
+        } else {
+            vzip1q_s64(a, b)
+        })
+    }
+}
+
+/// The 32-bit lanes of `a` and `b` interleaved: `[a0, b0, a1, b1]` or (`HI`) `[a2, b2, a3, b3]`.
+#[inline(always)]
+fn zip32<const HI: bool>(a: int8x16_t, b: int8x16_t) -> int8x16_t {
+    // SAFETY: NEON is part of the aarch64 targets Raven builds for; registers only.
+    unsafe {
+        let (a, b) = (vreinterpretq_s32_s8(a), vreinterpretq_s32_s8(b));
+        vreinterpretq_s8_s32(if HI {
+            vzip2q_s32(a, b)
+        } else {
+            vzip1q_s32(a, b)
+        })
+    }
+}
+
+thread_local! {
+    /// The activations of token pairs as `smmla` operands: for pair `p`, block column `b`,
+    /// values `8j..8j + 8` of both tokens at `(p · nb + b) · 4 + j`.
+    static PAIRS: std::cell::Cell<Vec<[i8; 16]>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Rows `4q..4q + 4` of block column `b` of a group as `smmla` operands: `[j][h]` holds rows
+/// `4q + 2h` and `4q + 2h + 1`, values `8j..8j + 8` (Q4_0: the nibbles, unsigned), and the
+/// quad's four weight scales.
+///
+/// # Safety
+/// NEON; `g` a whole group of `nb` block columns of the packed type, `b < nb`, `q < 4`.
+#[inline(always)]
+unsafe fn mmla_weights<const Q4: bool>(
+    g: *const u8,
+    nb: usize,
+    b: usize,
+    q: usize,
+) -> ([[int8x16_t; 2]; 4], float32x4_t) {
+    // SAFETY: the caller guarantees the features and the group; the offsets are those of
+    // `crate::layout`, 16 bytes of each 64-byte chunk per quad.
+    unsafe {
+        let (pairs, sc): ([(int8x16_t, int8x16_t); 4], *const u8) = if Q4 {
+            let (qo, so) = q4_offsets(nb, b);
+            let mask = vdupq_n_u8(0x0f);
+            let c: [uint8x16_t; 4] =
+                core::array::from_fn(|k| vld1q_u8(g.add(qo + 64 * k + 16 * q)));
+            let lo: [int8x16_t; 4] =
+                core::array::from_fn(|k| vreinterpretq_s8_u8(vandq_u8(c[k], mask)));
+            let hi: [int8x16_t; 4] =
+                core::array::from_fn(|k| vreinterpretq_s8_u8(vshrq_n_u8(c[k], 4)));
+            (
+                [
+                    (lo[0], lo[1]),
+                    (lo[2], lo[3]),
+                    (hi[0], hi[1]),
+                    (hi[2], hi[3]),
+                ],
+                g.add(so),
+            )
+        } else {
+            let c: [int8x16_t; 8] =
+                core::array::from_fn(|k| vld1q_s8(g.add(512 * b + 64 * k + 16 * q) as *const i8));
+            (
+                core::array::from_fn(|j| (c[2 * j], c[2 * j + 1])),
+                g.add(nb * 512 + 32 * b),
+            )
+        };
+        let dw = cvt_f16x4(vld1_u16(sc.add(8 * q) as *const u16));
+        (
+            pairs.map(|(x, y)| [zip32::<false>(x, y), zip32::<true>(x, y)]),
+            dw,
+        )
+    }
+}
+
+/// `P` token pairs from pair `p0` against rows `4q..4q + 4` of the group at `g`: per block
+/// column, `smmla` sums of the pairs, then the dotprod kernels' float steps (sum to float,
+/// times weight scale times activation scale, fused multiply-add in block order), so that each
+/// token's outputs are those bits. Returns `[pair][token of the pair]`.
+///
+/// # Safety
+/// NEON, dotprod and i8mm; `g` a whole group; pairs `p0..p0 + P` in `pairs` and their tokens
+/// (`2p`, `2p + 1`) in `act`.
+#[inline(always)]
+unsafe fn quad_pairs<const Q4: bool, const P: usize>(
+    g: *const u8,
+    act: &Q8View<'_>,
+    pairs: *const [i8; 16],
+    p0: usize,
+    q: usize,
+) -> [[float32x4_t; 2]; P] {
+    // SAFETY: the caller guarantees the features and the extents.
+    unsafe {
+        let nb = act.nb;
+        let mut acc = [[vdupq_n_f32(0.0); 2]; P];
+        for b in 0..nb {
+            let (w, dw) = mmla_weights::<Q4>(g, nb, b, q);
+            for (p, acc) in acc.iter_mut().enumerate() {
+                let t = 2 * (p0 + p);
+                let (i0, i1) = (t * nb + b, (t + 1) * nb + b);
+                let a = pairs.add(((p0 + p) * nb + b) * 4);
+                let (mut s01, mut s23) = if Q4 {
+                    // Σ (nibble − 8) · x = Σ nibble · x − 8 · Σ x, per token: lanes t0, t0, t1, t1.
+                    let c = vcombine_s32(
+                        vdup_n_s32(-8 * *act.s.get_unchecked(i0)),
+                        vdup_n_s32(-8 * *act.s.get_unchecked(i1)),
+                    );
+                    (c, c)
+                } else {
+                    (vdupq_n_s32(0), vdupq_n_s32(0))
+                };
+                for j in 0..4 {
+                    let x = vld1q_s8((*a.add(j)).as_ptr());
+                    s01 = smmla(s01, x, w[j][0]);
+                    s23 = smmla(s23, x, w[j][1]);
+                }
+                // Lanes [t0r0, t0r1, t1r0, t1r1] and [t0r2, t0r3, t1r2, t1r3] to rows per token.
+                let (s01, s23) = (vreinterpretq_s8_s32(s01), vreinterpretq_s8_s32(s23));
+                let isum = [
+                    vreinterpretq_s32_s8(zip64::<false>(s01, s23)),
+                    vreinterpretq_s32_s8(zip64::<true>(s01, s23)),
+                ];
+                for (k, i) in [i0, i1].into_iter().enumerate() {
+                    let scale = vmulq_n_f32(dw, *act.d.get_unchecked(i));
+                    acc[k] = vfmaq_f32(acc[k], vcvtq_f32_s32(isum[k]), scale);
+                }
+            }
+        }
+        acc
+    }
+}
+
+/// The packed kernels with `smmla`: `groups` groups at `w` against every token of `act`, two
+/// tokens at a time (one token, and a last odd one: the dotprod kernels).
+///
+/// # Safety
+/// NEON, dotprod and i8mm. Lengths are checked here (`check_packed`).
+#[inline(always)]
+unsafe fn mm_mmla<const Q4: bool>(
+    w: &[u8],
+    groups: usize,
+    act: Q8View<'_>,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    // SAFETY: the caller guarantees the CPU features (see `# Safety`); `check_packed`
+    // puts `groups` groups of `gb` bytes in `w`, every token in `act` and 16 values per group
+    // per token at `t · ldo + 16 · g` in `out`; the pair buffer holds every pair's blocks.
+    unsafe {
+        let n = act.n;
+        if n < 2 {
+            return if Q4 {
+                mm_q4_0x16(w, groups, act, out, ldo)
+            } else {
+                mm_q8_0x16(w, groups, act, out, ldo)
+            };
+        }
+        let nb = act.nb;
+        let gb = if Q4 {
+            group_bytes(nb)
+        } else {
+            group_bytes_q8(nb)
+        };
+        check_packed(w, groups, gb, &act, out, ldo);
+        let np = n / 2;
+        let mut buf = PAIRS.take();
+        if buf.len() < np * nb * 4 {
+            buf.resize(np * nb * 4, [0; 16]);
+        }
+        for p in 0..np {
+            for b in 0..nb {
+                let x: [*const i8; 2] =
+                    core::array::from_fn(|k| act.qs.as_ptr().add(((2 * p + k) * nb + b) * QK));
+                let (lo, hi) = (
+                    [vld1q_s8(x[0]), vld1q_s8(x[1])],
+                    [vld1q_s8(x[0].add(16)), vld1q_s8(x[1].add(16))],
+                );
+                let d = buf.as_mut_ptr().add((p * nb + b) * 4);
+                vst1q_s8((*d).as_mut_ptr(), zip64::<false>(lo[0], lo[1]));
+                vst1q_s8((*d.add(1)).as_mut_ptr(), zip64::<true>(lo[0], lo[1]));
+                vst1q_s8((*d.add(2)).as_mut_ptr(), zip64::<false>(hi[0], hi[1]));
+                vst1q_s8((*d.add(3)).as_mut_ptr(), zip64::<true>(hi[0], hi[1]));
+            }
+        }
+        let o = out.as_mut_ptr();
+        let pairs = buf.as_ptr();
+        for g in 0..groups {
+            let gp = w.as_ptr().add(g * gb);
+            for q in 0..4 {
+                let mut p0 = 0;
+                while p0 < np {
+                    macro_rules! pass {
+                        ($p:literal) => {{
+                            let acc = quad_pairs::<Q4, $p>(gp, &act, pairs, p0, q);
+                            for (p, a) in acc.iter().enumerate() {
+                                for (k, v) in a.iter().enumerate() {
+                                    vst1q_f32(o.add((2 * (p0 + p) + k) * ldo + 16 * g + 4 * q), *v);
+                                }
+                            }
+                            p0 += $p;
+                        }};
+                    }
+                    match np - p0 {
+                        4.. => pass!(4),
+                        3 => pass!(3),
+                        2 => pass!(2),
+                        _ => pass!(1),
+                    }
+                }
+            }
+            if n % 2 == 1 {
+                let acc = if Q4 {
+                    group_q4_0x16::<1>(gp, &act, n - 1)
+                } else {
+                    group_q8_0x16::<1>(gp, &act, n - 1)
+                };
+                for quad in 0..4 {
+                    vst1q_f32(o.add((n - 1) * ldo + 16 * g + 4 * quad), acc[0][quad]);
+                }
+            }
+        }
+        PAIRS.set(buf);
     }
 }
