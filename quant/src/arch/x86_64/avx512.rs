@@ -31,10 +31,16 @@ kernel_set! {
 /// group streams at a time. The Q4_0 kernel issues about 9 instructions per 64-byte line (Q8_0:
 /// 3), so the out-of-order window covers few lines; with one stream a prefetch into L2 8 KiB
 /// ahead gained 5–10% (`benches/roofline.rs`), and with the pair layout a standalone test of
-/// one stream found L1 at 4 KiB best (L2 at 4–8 KiB lost ~10 points). With the three streams
-/// of `stream_groups!` it cost ~10% instead (more requests than the fill buffers hold), so
-/// those do without.
+/// one stream found L1 at 4 KiB best (L2 at 4–8 KiB lost ~10 points).
 const PREFETCH: usize = 4096;
+
+/// The same for the three streams of `stream_groups!` and for Q8_0 groups. An earlier AVX-512
+/// host lost ~10% to it with three streams (more requests than the fill buffers hold), but on
+/// a Sapphire Rapids host (2 vCPUs, AMX) decoding full-size Huginn-0125 without it ran at
+/// 1.45–1.49× the paired read bound (Q4_0, one thread; 1.46–1.47× at two) and with it at
+/// 1.12–1.15× (1.16–1.20×); Q8_0 1.28–1.29× → 1.14–1.18× (`raven bench`, alternated;
+/// 1, 2 and 4 KiB within noise of each other).
+const PREFETCH_NEAR: usize = 2048;
 
 /// Prefetches `N` consecutive 64-byte lines from `p` into L1 (a hint: never faults).
 ///
@@ -101,9 +107,11 @@ unsafe fn group<const NT: usize, const S: usize>(
             let (qo, so) = q4_offsets(nb, b);
             for (j, &g) in gs.iter().enumerate() {
                 let q = g.add(qo);
+                // The column's quants and (every other column) the pair's scales line.
                 if S == 1 {
-                    // The column's quants and (every other column) the pair's scales line.
                     prefetch_lines::<5>(q.wrapping_add(PREFETCH));
+                } else {
+                    prefetch_lines::<5>(q.wrapping_add(PREFETCH_NEAR));
                 }
                 let c: [__m512i; 4] =
                     core::array::from_fn(|k| _mm512_loadu_si512(q.add(64 * k) as *const _));
@@ -164,6 +172,7 @@ unsafe fn group_q8<const NT: usize, const S: usize>(
         for b in 0..nb {
             for (j, &g) in gs.iter().enumerate() {
                 let q = g.add(512 * b);
+                prefetch_lines::<8>(q.wrapping_add(PREFETCH_NEAR));
                 let u: [__m512i; 8] = core::array::from_fn(|k| {
                     _mm512_xor_si512(_mm512_loadu_si512(q.add(64 * k) as *const _), flip)
                 });
@@ -241,7 +250,8 @@ macro_rules! zmm_packed {
 
 zmm_packed!(zmm_q4_0x16, group, group_bytes, true);
 // Q8_0 streams at 85–90% of the bandwidth one group at a time; three streams lost ~10%,
-// prefetching 4 KiB ahead 5–15 points, and Q4_0's pair layout (scales after each pair of
+// prefetching 4 KiB ahead 5–15 points (on an earlier host; on the AMX host 2 KiB gained, see
+// `PREFETCH_NEAR`), and Q4_0's pair layout (scales after each pair of
 // columns) 5 points on average, −13 to +1 over 9 runs (`benches/roofline.rs` and an A/B in
 // one process, side by side).
 zmm_packed!(zmm_q8_0x16, group_q8, group_bytes_q8, false);
