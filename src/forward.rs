@@ -5,8 +5,6 @@
 //! [`Model::embed_prelude`] (tokens → e), [`Model::core_step`] (s ← core(adapter([s; e]))),
 //! [`Model::coda_head`] (s → ln_f → coda → ln_f → logits). State lives in a [`Workspace`].
 
-use rayon::prelude::*;
-
 use raven_quant::{Activations, SERIAL_WORK};
 
 use crate::config::BlockKind;
@@ -105,7 +103,7 @@ fn rmsnorm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
 
 /// Runs `head(scores, (i, chunk))` over the `chunk`-sized pieces of `out`: on the calling
 /// thread with `scores` as scratch when `work` (multiply-adds) is under [`SERIAL_WORK`], else
-/// across the pool with a scratch per task.
+/// across the current team (or rayon pool), each member with its own scratch.
 fn for_each_head(
     out: &mut [f32],
     chunk: usize,
@@ -117,11 +115,21 @@ fn for_each_head(
         out.chunks_mut(chunk)
             .enumerate()
             .for_each(|x| head(scores, x));
-    } else {
-        out.par_chunks_mut(chunk)
-            .enumerate()
-            .for_each_init(Vec::new, head);
+        return;
     }
+    /// The output, whose pieces the tasks write one each.
+    struct Pieces(*mut f32, usize);
+    // SAFETY: task `i` alone writes piece `i` (see below).
+    unsafe impl Sync for Pieces {}
+    let len = out.len();
+    let pieces = Pieces(out.as_mut_ptr(), len);
+    raven_quant::for_each_task(len.div_ceil(chunk), scores, &|s, i| {
+        let p = &pieces;
+        let (a, b) = (i * chunk, ((i + 1) * chunk).min(p.1));
+        // SAFETY: pieces `a..b` of distinct tasks are disjoint and inside `out`.
+        let piece = unsafe { std::slice::from_raw_parts_mut(p.0.add(a), b - a) };
+        head(s, (i, piece));
+    });
 }
 
 impl Model {

@@ -15,9 +15,11 @@ use crate::rng::Rng;
 use raven_quant::KvType;
 
 /// A thread pool entered once per call (rayon's cost per parallel region is only low inside
-/// `install`; see DEPENDENCIES.md).
+/// `install`; see DEPENDENCIES.md), and a team of spinning helpers for the products and
+/// attention passes, hundreds per token (see `raven_quant::Team`).
 pub struct Threads {
     pool: rayon::ThreadPool,
+    team: raven_quant::Team,
 }
 
 impl Threads {
@@ -31,12 +33,17 @@ impl Threads {
             .map_err(|e| {
                 RavenError::param(Param::Threads, format!("cannot start {n} threads: {e}"))
             })?;
-        Ok(Threads { pool })
+        let team = raven_quant::Team::new(n, "raven-team").map_err(|e| {
+            RavenError::param(Param::Threads, format!("cannot start {n} threads: {e}"))
+        })?;
+        Ok(Threads { pool, team })
     }
 
-    /// Runs `f` inside the pool.
+    /// Runs `f` inside the pool, with the team current.
     pub fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        self.pool.install(f)
+        // The closure runs on one of the pool's threads; the team is entered there.
+        let team = &self.team;
+        self.pool.install(|| team.enter(f))
     }
 
     /// Threads in the pool.

@@ -3,12 +3,17 @@
 use raven_quant::*;
 use std::time::Instant;
 fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().unwrap()).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().unwrap())
+        .collect();
     let (rows, cols, reps) = (args[0], args[1], args[2]);
     let mut data = vec![0u8; rows * cols / 32 * 18];
     let mut s = 1u64;
     for (i, b) in data.iter_mut().enumerate() {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         *b = (s >> 33) as u8;
         if i % 18 == 1 {
             *b = 0x2c;
@@ -17,23 +22,40 @@ fn main() {
     // Copies enough to stream from memory, not cache.
     let copies = (1usize << 30) / data.len() + 1;
     let ws: Vec<Vec<u8>> = (0..copies).map(|_| data.clone()).collect();
-    let mats: Vec<Matrix> = ws.iter().map(|d| Matrix::new(GgmlType::Q4_0, rows, cols, d).unwrap()).collect();
+    let mats: Vec<Matrix> = ws
+        .iter()
+        .map(|d| Matrix::new(GgmlType::Q4_0, rows, cols, d).unwrap())
+        .collect();
     let packed: Vec<PackedMatrix> = mats.iter().map(|m| repack(m).unwrap()).collect();
-    let x: Vec<f32> = (0..cols).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+    let x: Vec<f32> = (0..cols)
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
     let mut act = Activations::new();
     act.prepare(&x, 1, cols, GgmlType::Q4_0);
     let mut out = vec![0f32; rows];
     let mut scatter = Vec::new();
     for threads in [1, 2, 1, 2] {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
         pool.install(|| {
             let t = Instant::now();
             for i in 0..reps {
-                par_matmul(Weights::Packed(&packed[i % copies]), &act, &mut out, &mut scatter);
+                par_matmul(
+                    Weights::Packed(&packed[i % copies]),
+                    &act,
+                    &mut out,
+                    &mut scatter,
+                );
             }
             let dt = t.elapsed().as_secs_f64() / reps as f64;
             let bytes = rows * cols / 32 * 18;
-            println!("{threads} threads {rows}x{cols}: {:.1} us per product, {:.1} GB/s", dt * 1e6, bytes as f64 / dt / 1e9);
+            println!(
+                "{threads} threads {rows}x{cols}: {:.1} us per product, {:.1} GB/s",
+                dt * 1e6,
+                bytes as f64 / dt / 1e9
+            );
         });
     }
 
@@ -50,13 +72,24 @@ fn main() {
             loop {
                 let g = loop {
                     let g = go.load(Ordering::Acquire);
-                    if g != seen { break g; }
+                    if g != seen {
+                        break g;
+                    }
                     std::hint::spin_loop();
                 };
-                if g == usize::MAX { return; }
+                if g == usize::MAX {
+                    return;
+                }
                 seen = g;
-                let o = unsafe { std::slice::from_raw_parts_mut((outp as *mut f32).add(half), rows - half) };
-                matmul(Weights::Packed(&packed[(g - 1) % copies]), &act, half..rows, o);
+                let o = unsafe {
+                    std::slice::from_raw_parts_mut((outp as *mut f32).add(half), rows - half)
+                };
+                matmul(
+                    Weights::Packed(&packed[(g - 1) % copies]),
+                    &act,
+                    half..rows,
+                    o,
+                );
                 done.store(g, Ordering::Release);
             }
         });
@@ -67,11 +100,17 @@ fn main() {
                 go.store(g, Ordering::Release);
                 let o = unsafe { std::slice::from_raw_parts_mut(outp as *mut f32, half) };
                 matmul(Weights::Packed(&packed[(g - 1) % copies]), &act, 0..half, o);
-                while done.load(Ordering::Acquire) != g { std::hint::spin_loop(); }
+                while done.load(Ordering::Acquire) != g {
+                    std::hint::spin_loop();
+                }
             }
             let dt = t.elapsed().as_secs_f64() / reps as f64;
             let bytes = rows * cols / 32 * 18;
-            println!("spin 2 threads {rows}x{cols}: {:.1} us per product, {:.1} GB/s", dt * 1e6, bytes as f64 / dt / 1e9);
+            println!(
+                "spin 2 threads {rows}x{cols}: {:.1} us per product, {:.1} GB/s",
+                dt * 1e6,
+                bytes as f64 / dt / 1e9
+            );
         }
         go.store(usize::MAX, Ordering::Release);
     });

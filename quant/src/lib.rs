@@ -54,6 +54,7 @@ mod layout;
 mod matmul;
 mod packed;
 mod par;
+mod team;
 
 pub use kv::{store_f16, store_q8_0, KvRows, KvType};
 pub use matmul::{
@@ -62,6 +63,7 @@ pub use matmul::{
 };
 pub use packed::{repack, PackedMatrix};
 pub use par::{par_matmul, SERIAL_WORK};
+pub use team::{current_threads, for_each_index, for_each_task, Team};
 /// Hooks for benchmarks (feature `bench-hooks`, off by default): not part of the supported API.
 #[cfg(feature = "bench-hooks")]
 pub use {arch::set_streams, packed::huge_page_vec};

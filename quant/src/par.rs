@@ -1,11 +1,10 @@
-//! Matrix products with rows split across the threads of the current rayon pool.
+//! Matrix products with rows split across the current team's members (see [`crate::Team`]),
+//! or the threads of the current rayon pool.
 //!
 //! The engine and the benchmarks share this so that a benchmark measures what a decoded token
 //! runs: a persistent pool entered once (`ThreadPool::install`), rows dealt out in tasks of
 //! whole groups of 16. (Spawning two threads per product, as the benchmarks once did, cost
 //! ~95 µs here: 5% of a 17920×5280 Q4_0 product.)
-
-use rayon::prelude::*;
 
 use crate::{matmul, Activations, Weights};
 
@@ -18,28 +17,53 @@ pub const SERIAL_WORK: usize = 1 << 20;
 /// each leaves a thread idle when the other is held up; four each split a decode's row runs
 /// finely enough that the last tasks' imbalance shows (full-size Q4_0 decode, 2 threads,
 /// alternated: 2 per thread beat 4 in 5 of 6 pairs, by 0.04 of the bound on average).
-fn chunk_rows(rows: usize) -> usize {
-    let threads = rayon::current_num_threads().max(1);
-    let target = rows.div_ceil(threads * 2).max(16);
+fn chunk_rows(rows: usize, threads: usize) -> usize {
+    let target = rows.div_ceil(threads.max(1) * 2).max(16);
     target.div_ceil(16) * 16
 }
 
+/// A pointer to disjoint parts of one output, shared by the tasks that write them.
+#[derive(Clone, Copy)]
+struct Parts(*mut f32);
+// SAFETY: each task writes only its own range of the buffer (see `par_matmul`).
+unsafe impl Sync for Parts {}
+// SAFETY: as above.
+unsafe impl Send for Parts {}
+
+impl Parts {
+    /// The part `start..start + len` (a method, so closures capture the whole `Parts`).
+    ///
+    /// # Safety
+    /// The range lies in the buffer and no other live slice overlaps it.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn part(&self, start: usize, len: usize) -> &mut [f32] {
+        // SAFETY: guaranteed by the caller.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
+    }
+}
+
 /// `out[t · rows + r] = W[r] · x[t]` for all rows and the `n` prepared activations, rows split
-/// across the threads of the current rayon pool (on the calling thread when the product is
-/// under [`SERIAL_WORK`] or the pool has one thread). `scatter` is scratch for `n > 1`.
+/// across the current [`crate::Team`]'s members (else rayon's current pool's threads), on the
+/// calling thread when the product is under [`SERIAL_WORK`] or there is one thread. `scatter`
+/// is scratch for `n > 1`.
 pub fn par_matmul(w: Weights<'_>, act: &Activations, out: &mut [f32], scatter: &mut Vec<f32>) {
     let rows = w.rows();
     let n = act.n();
     assert_eq!(out.len(), n * rows, "par_matmul: output of {n} × {rows}");
-    let chunk = chunk_rows(rows);
-    if rows <= chunk || rayon::current_num_threads() <= 1 || n * rows * w.cols() < SERIAL_WORK {
+    let threads = crate::team::current_threads();
+    let chunk = chunk_rows(rows, threads);
+    if rows <= chunk || threads <= 1 || n * rows * w.cols() < SERIAL_WORK {
         matmul(w, act, 0..rows, out);
         return;
     }
+    let tasks = rows.div_ceil(chunk);
     if n == 1 {
-        out.par_chunks_mut(chunk).enumerate().for_each(|(i, o)| {
-            let r0 = i * chunk;
-            matmul(w, act, r0..r0 + o.len(), o);
+        let o = Parts(out.as_mut_ptr());
+        crate::team::for_each_index(tasks, &|i| {
+            let (r0, r1) = (i * chunk, ((i + 1) * chunk).min(rows));
+            // SAFETY: task `i` alone writes rows `r0..r1` of `out`, which holds `rows` values.
+            let part = unsafe { o.part(r0, r1 - r0) };
+            matmul(w, act, r0..r1, part);
         });
         return;
     }
@@ -47,14 +71,13 @@ pub fn par_matmul(w: Weights<'_>, act: &Activations, out: &mut [f32], scatter: &
     if scatter.len() != n * rows {
         scatter.resize(n * rows, 0.0); // every value is written below
     }
-    scatter
-        .par_chunks_mut(chunk * n)
-        .enumerate()
-        .for_each(|(i, o)| {
-            let r0 = i * chunk;
-            let nr = o.len() / n;
-            matmul(w, act, r0..r0 + nr, o);
-        });
+    let s = Parts(scatter.as_mut_ptr());
+    crate::team::for_each_index(tasks, &|i| {
+        let (r0, r1) = (i * chunk, ((i + 1) * chunk).min(rows));
+        // SAFETY: task `i` alone writes `scatter[n · r0..n · r1]`, inside its `n · rows` values.
+        let part = unsafe { s.part(n * r0, n * (r1 - r0)) };
+        matmul(w, act, r0..r1, part);
+    });
     for (i, part) in scatter.chunks(chunk * n).enumerate() {
         let r0 = i * chunk;
         let nr = part.len() / n;
@@ -83,6 +106,7 @@ mod tests {
             .num_threads(3)
             .build()
             .unwrap();
+        let team = crate::Team::new(3, "test").unwrap();
         for n in [1, 3] {
             assert!(
                 n * rows * cols >= SERIAL_WORK,
@@ -100,6 +124,9 @@ mod tests {
                 let mut scatter = Vec::new();
                 pool.install(|| par_matmul(w, &act, &mut par, &mut scatter));
                 assert_eq!(par, serial, "n = {n}");
+                let mut teamed = vec![f32::NAN; n * rows];
+                team.enter(|| par_matmul(w, &act, &mut teamed, &mut scatter));
+                assert_eq!(teamed, serial, "n = {n}, team");
             }
         }
     }
