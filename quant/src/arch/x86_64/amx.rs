@@ -1,6 +1,6 @@
 //! AMX int8 tiles (Sapphire Rapids and later): the AVX-512 VNNI set, with products over
 //! [`MIN_TOKENS`] or more tokens (prompts, speculative verifications, the parallel sampler's
-//! wavefront with Q8_0 weights) done by `tdpbssd`,
+//! wavefront) done by `tdpbssd`,
 //! one 16 tokens × 16 rows × 32 values block product per instruction.
 //!
 //! Weights are the tiles' B operand, activations the A operand. The packed layout already puts
@@ -40,12 +40,15 @@ kernel_set! {
     detect: super::avx512::kernels().is_some() && usable(),
 }
 
-/// Products over fewer tokens than this take the VNNI kernels (Q4_0, Q8_0): decoding streams
-/// the weights from memory, where tiles gain nothing, and with few tokens the VNNI kernels
-/// were as fast or faster. One thread, 5280 × 5280, GMAC/s AMX vs VNNI, by tokens: Q4_0 89 vs
-/// 196 at 4, 167 vs 188 at 8, 195 vs 189 at 10, 225 vs 192 at 12; Q8_0 105 vs 95 at 4, 197 vs
-/// 132 at 8 (`examples/mm_probe.rs`).
-pub(crate) const MIN_TOKENS: [usize; 2] = [10, 4];
+/// Products over fewer tokens than this take the VNNI kernels: decoding streams
+/// the weights from memory, where tiles gain nothing. From 4 tokens the tiles win where the
+/// weights come from memory, as in a model: one core iteration of full-size Huginn-0125 Q4_0
+/// over W positions at 2 threads took 43.5–44.3 ms against VNNI's 43.7–45.7 at W = 4,
+/// 45.0–45.7 against 55.6–59.8 at 6, 48.8–49.8 against 65.9–67.9 at 8 (`raven bench -p W
+/// --steps 4,12`, alternated). On a matrix that stays in L3 the VNNI kernels do better below
+/// 10 tokens (one thread, 5280 × 5280 Q4_0, GMAC/s AMX vs VNNI: 89 vs 196 at 4, 167 vs 188 at
+/// 8, 195 vs 189 at 10; `examples/mm_probe.rs`), but a model's weights do not stay there.
+pub(crate) const MIN_TOKENS: usize = 4;
 
 /// Whether the CPU has AMX-TILE and AMX-INT8 and the OS lets this process use them (asked once).
 fn usable() -> bool {
@@ -430,7 +433,7 @@ unsafe fn tiles<const Q4: bool>(
     // before and released after their use.
     unsafe {
         let n = act.n;
-        if n < MIN_TOKENS[!Q4 as usize] {
+        if n < MIN_TOKENS {
             if Q4 {
                 zmm_q4_0x16(w, groups, act, out, ldo)
             } else {
