@@ -117,19 +117,7 @@ fn for_each_head(
             .for_each(|x| head(scores, x));
         return;
     }
-    /// The output, whose pieces the tasks write one each.
-    struct Pieces(*mut f32, usize);
-    // SAFETY: task `i` alone writes piece `i` (see below).
-    unsafe impl Sync for Pieces {}
-    let len = out.len();
-    let pieces = Pieces(out.as_mut_ptr(), len);
-    raven_quant::for_each_task(len.div_ceil(chunk), scores, &|s, i| {
-        let p = &pieces;
-        let (a, b) = (i * chunk, ((i + 1) * chunk).min(p.1));
-        // SAFETY: pieces `a..b` of distinct tasks are disjoint and inside `out`.
-        let piece = unsafe { std::slice::from_raw_parts_mut(p.0.add(a), b - a) };
-        head(s, (i, piece));
-    });
+    raven_quant::for_each_chunk(out, chunk, scores, &|s, i, piece| head(s, (i, piece)));
 }
 
 impl Model {

@@ -63,7 +63,7 @@ pub use matmul::{
 };
 pub use packed::{repack, PackedMatrix};
 pub use par::{par_matmul, SERIAL_WORK};
-pub use team::{current_threads, for_each_index, for_each_task, Team};
+pub use team::{current_threads, for_each_chunk, Team};
 /// Hooks for benchmarks (feature `bench-hooks`, off by default): not part of the supported API.
 #[cfg(feature = "bench-hooks")]
 pub use {arch::set_streams, packed::huge_page_vec};

@@ -20,10 +20,10 @@ pub(crate) fn group_bytes_of(ty: GgmlType, nb: usize) -> usize {
     }
 }
 
-/// 64-byte aligned storage unit.
+/// 64-byte aligned storage unit (a cache line; also the AMX kernels' tile rows).
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
-struct Line([u8; 64]);
+pub(crate) struct Line(pub(crate) [u8; 64]);
 
 /// A weight matrix repacked for faster products (see [`repack`]); owns its data.
 pub struct PackedMatrix {

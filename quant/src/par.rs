@@ -22,26 +22,6 @@ fn chunk_rows(rows: usize, threads: usize) -> usize {
     target.div_ceil(16) * 16
 }
 
-/// A pointer to disjoint parts of one output, shared by the tasks that write them.
-#[derive(Clone, Copy)]
-struct Parts(*mut f32);
-// SAFETY: each task writes only its own range of the buffer (see `par_matmul`).
-unsafe impl Sync for Parts {}
-// SAFETY: as above.
-unsafe impl Send for Parts {}
-
-impl Parts {
-    /// The part `start..start + len` (a method, so closures capture the whole `Parts`).
-    ///
-    /// # Safety
-    /// The range lies in the buffer and no other live slice overlaps it.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn part(&self, start: usize, len: usize) -> &mut [f32] {
-        // SAFETY: guaranteed by the caller.
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
-    }
-}
-
 /// `out[t · rows + r] = W[r] · x[t]` for all rows and the `n` prepared activations, rows split
 /// across the current [`crate::Team`]'s members (else rayon's current pool's threads), on the
 /// calling thread when the product is under [`SERIAL_WORK`] or there is one thread. `scatter`
@@ -56,14 +36,10 @@ pub fn par_matmul(w: Weights<'_>, act: &Activations, out: &mut [f32], scatter: &
         matmul(w, act, 0..rows, out);
         return;
     }
-    let tasks = rows.div_ceil(chunk);
     if n == 1 {
-        let o = Parts(out.as_mut_ptr());
-        crate::team::for_each_index(tasks, &|i| {
-            let (r0, r1) = (i * chunk, ((i + 1) * chunk).min(rows));
-            // SAFETY: task `i` alone writes rows `r0..r1` of `out`, which holds `rows` values.
-            let part = unsafe { o.part(r0, r1 - r0) };
-            matmul(w, act, r0..r1, part);
+        crate::team::for_each_chunk(out, chunk, &mut Vec::new(), &|_, i, part| {
+            let r0 = i * chunk;
+            matmul(w, act, r0..r0 + part.len(), part);
         });
         return;
     }
@@ -71,12 +47,9 @@ pub fn par_matmul(w: Weights<'_>, act: &Activations, out: &mut [f32], scatter: &
     if scatter.len() != n * rows {
         scatter.resize(n * rows, 0.0); // every value is written below
     }
-    let s = Parts(scatter.as_mut_ptr());
-    crate::team::for_each_index(tasks, &|i| {
-        let (r0, r1) = (i * chunk, ((i + 1) * chunk).min(rows));
-        // SAFETY: task `i` alone writes `scatter[n · r0..n · r1]`, inside its `n · rows` values.
-        let part = unsafe { s.part(n * r0, n * (r1 - r0)) };
-        matmul(w, act, r0..r1, part);
+    crate::team::for_each_chunk(scatter, chunk * n, &mut Vec::new(), &|_, i, part| {
+        let r0 = i * chunk;
+        matmul(w, act, r0..r0 + part.len() / n, part);
     });
     for (i, part) in scatter.chunks(chunk * n).enumerate() {
         let r0 = i * chunk;

@@ -9,7 +9,7 @@
 //! read probe 34–35 GB/s).
 //!
 //! [`Team::enter`] makes a team current on the calling thread; [`crate::par_matmul`] and
-//! [`for_each_task`] use the current team, and rayon's current pool where there is none.
+//! [`for_each_chunk`] use the current team, and rayon's current pool where there is none.
 
 use std::cell::{Cell, UnsafeCell};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
@@ -233,35 +233,10 @@ pub fn current_threads() -> usize {
     with_current(|t| t.map(Team::size)).unwrap_or_else(rayon::current_num_threads)
 }
 
-/// Calls `task(i)` for every `i` in `0..tasks`, dealt out dynamically to the current team's
-/// members (else across rayon's current pool, or in order on this thread).
-pub fn for_each_index(tasks: usize, task: &(dyn Fn(usize) + Sync)) {
-    with_current(|team| match team {
-        Some(team) if team.size() > 1 && tasks > 1 => {
-            let next = AtomicUsize::new(0);
-            team.run(&|_| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= tasks {
-                    break;
-                }
-                task(i);
-            });
-        }
-        _ => {
-            use rayon::prelude::*;
-            if rayon::current_num_threads() > 1 && tasks > 1 {
-                (0..tasks).into_par_iter().for_each(task);
-            } else {
-                (0..tasks).for_each(task);
-            }
-        }
-    })
-}
-
 /// Calls `task(member_scratch, i)` for every `i` in `0..tasks`, dealt out dynamically to the
 /// current team's members (else across rayon's current pool). `scratch` is the calling thread's
 /// scratch; helpers use their own, kept between calls.
-pub fn for_each_task(
+pub(crate) fn for_each_task(
     tasks: usize,
     scratch: &mut Vec<f32>,
     task: &(dyn Fn(&mut Vec<f32>, usize) + Sync),
@@ -309,6 +284,28 @@ pub fn for_each_task(
             }
         }
     })
+}
+
+/// A task of [`for_each_chunk`]: member scratch, piece index, piece.
+pub type ChunkTask<'a> = dyn Fn(&mut Vec<f32>, usize, &mut [f32]) + Sync + 'a;
+
+/// Calls `task(member_scratch, i, piece)` for every `chunk`-sized piece `i` of `out` (the last
+/// may be shorter), dealt out as [`for_each_task`] deals its tasks.
+pub fn for_each_chunk(out: &mut [f32], chunk: usize, scratch: &mut Vec<f32>, task: &ChunkTask<'_>) {
+    /// `out`, whose pieces the tasks write one each.
+    struct Pieces(*mut f32, usize);
+    // SAFETY: task `i` alone touches piece `i` (see below).
+    unsafe impl Sync for Pieces {}
+    let pieces = Pieces(out.as_mut_ptr(), out.len());
+    let chunk = chunk.max(1);
+    for_each_task(out.len().div_ceil(chunk), scratch, &|s, i| {
+        let p = &pieces;
+        let (a, b) = (i * chunk, ((i + 1) * chunk).min(p.1));
+        // SAFETY: the pieces `a..b` of distinct tasks are disjoint and inside `out`, which is
+        // borrowed mutably for the whole call.
+        let piece = unsafe { std::slice::from_raw_parts_mut(p.0.add(a), b - a) };
+        task(s, i, piece);
+    });
 }
 
 #[cfg(test)]

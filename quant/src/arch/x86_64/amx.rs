@@ -26,6 +26,7 @@ use super::avx512::{zmm_q4_0x16, zmm_q8_0x16};
 use crate::arch::check_packed;
 use crate::blocks::QK;
 use crate::layout::{group_bytes, group_bytes_q8, q4_offsets};
+use crate::packed::Line;
 
 kernel_set! {
     name: "amx",
@@ -84,11 +85,6 @@ fn request_tile_state() -> bool {
 fn request_tile_state() -> bool {
     false
 }
-
-/// 64-byte aligned storage: tile rows are cache lines.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Line([u8; 64]);
 
 thread_local! {
     /// The activations' quants block-major (block column, then token: 32 bytes each), so that
