@@ -53,6 +53,48 @@ def make_puzzle(rng: random.Random, level: int) -> tuple[str, str]:
     return f"Ball: {ball}. Swaps: {' '.join(swaps)}", pos
 
 
+def make_trace(rng: random.Random, level: int) -> tuple[str, list[str]]:
+    """The multi-token task of models/demo-trace (`train.py --task trace`): the same puzzle as
+    make_puzzle (same random draws), answered with where the ball is after every swap. Answer k
+    is swap k applied to answer k-1, so each depends on the one before; the last is
+    make_puzzle's answer."""
+    if level < 1:
+        raise ValueError(f"level {level} must be at least 1")
+    ball = rng.choice(CUPS)
+    swaps = [rng.choice(SWAPS) for _ in range(level)]
+    pos, trace = ball, []
+    for s in swaps:
+        if pos == s[0]:
+            pos = s[1]
+        elif pos == s[1]:
+            pos = s[0]
+        trace.append(pos)
+    return f"Ball: {ball}. Swaps: {' '.join(swaps)}", trace
+
+
+def make_rounds(rng: random.Random, level: int, rounds: int = 4) -> tuple[str, list[str]]:
+    """A multi-token variant tried for models/demo-trace (`train.py --task rounds`): the swap
+    list applied `rounds` times; answer k is where the ball is after round k, starting from
+    answer k-1. The first answer is make_puzzle's answer."""
+    ball = rng.choice(CUPS)
+    swaps = [rng.choice(SWAPS) for _ in range(level)]
+    pos, out = ball, []
+    for _ in range(rounds):
+        for s in swaps:
+            if pos == s[0]:
+                pos = s[1]
+            elif pos == s[1]:
+                pos = s[0]
+        out.append(pos)
+    return f"Ball: {ball}. Swaps: {' '.join(swaps)}", out
+
+
+def reply_text(answers: list[str]) -> str:
+    """A multi-token reply: answers separated by spaces, so the first is the digit token `i`
+    (as in the single-answer task) and every later one the single token ` i`."""
+    return " ".join(answers)
+
+
 def chat_prompt(puzzle: str) -> str:
     """The chat template applied to one user turn, with the generation prompt."""
     return (

@@ -49,11 +49,11 @@ class Batcher:
         ids, reply = self.encode_multi([(p, [a]) for p, a in items])
         return ids[:, : ids.shape[1] - 1], reply[:, 0]
 
-    def encode_multi(self, items: list[tuple[str, list[str]]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_multi(self, items: list[tuple[str, list[str]]], sep: str = "\n") -> tuple[torch.Tensor, torch.Tensor]:
         """-> (prompt + reply ids [B, T], reply ids [B, R]); the reply's first token is the
-        first answer, predicted at the last prompt position."""
+        first answer, predicted at the last prompt position. Answers are joined by `sep`."""
         prompts = self.tok.encode_batch([task.chat_prompt(p) for p, _ in items])
-        replies = self.tok.encode_batch(["\n".join(a) for _, a in items])
+        replies = self.tok.encode_batch([sep.join(a) for _, a in items])
         rows, reps = [], []
         for p, r in zip(prompts, replies):
             rows.append(p.ids + r.ids + [self.end_turn])
@@ -83,6 +83,28 @@ def write_tokenizer_files(tok, out: str, cfg: HuginnConfig) -> None:
         f.write("\n")
 
 
+MULTI = {"trace": task.make_trace, "rounds": task.make_rounds}
+
+
+@torch.no_grad()
+def quick_eval_multi(model, batcher, make, levels, steps_list, n, seed=12345):
+    """Multi-token tasks: per (level, r), (whole reply right, first answer right, last answer
+    right) rates, teacher-forced in one pass (equal to greedy decoding with a full cache: the
+    reply is all right exactly when every teacher-forced prediction is)."""
+    rng = random.Random(seed)
+    out = {}
+    model.eval()
+    for lv in levels:
+        rows, reply = batcher.encode_multi([make(rng, lv) for _ in range(n)], sep=" ")
+        R = reply.shape[1]
+        for r in steps_list:
+            pred = model(rows[:, :-1], r)[:, -R:].argmax(-1)
+            ok = pred == reply
+            out[(lv, r)] = (ok.all(1).float().mean().item(), ok[:, 0].float().mean().item(), ok[:, -2].float().mean().item())
+    model.train()
+    return out
+
+
 @torch.no_grad()
 def quick_eval(model, batcher, levels, steps_list, n, seed=12345):
     rng = random.Random(seed)
@@ -99,7 +121,10 @@ def quick_eval(model, batcher, levels, steps_list, n, seed=12345):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "..", "models", "demo", "hf"))
+    ap.add_argument("--out", default="", help="default: models/demo/hf (--task single), models/demo-trace/hf (others)")
+    ap.add_argument("--task", default="single", choices=["single", "trace", "rounds"],
+                    help="single: the answer (models/demo); trace: where the ball is after every swap "
+                    "(models/demo-trace); rounds: after each of 4 rounds of the swap list (a tried variant)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-embd", type=int, default=64)
     ap.add_argument("--n-heads", type=int, default=4)
@@ -125,6 +150,10 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile the core block (little gain here)")
     ap.add_argument("--bench", type=int, default=0, help="only time this many steps")
     args = ap.parse_args()
+    if not args.out:
+        sub = "demo" if args.task == "single" else "demo-trace"
+        args.out = os.path.join(os.path.dirname(__file__), "..", "..", "models", sub, "hf")
+    multi = MULTI.get(args.task)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -185,7 +214,10 @@ def main() -> None:
             g["lr"] = lr_at(step)
         # One level per step (prompts of a level share one length); curriculum 1..cur_max.
         level = rng.randint(1, cur_max)
-        rows, reply = batcher.encode_multi([(p, [a]) for p, a in (task.make_puzzle(rng, level) for _ in range(args.batch))])
+        if multi is None:
+            rows, reply = batcher.encode_multi([(p, [a]) for p, a in (task.make_puzzle(rng, level) for _ in range(args.batch))])
+        else:
+            rows, reply = batcher.encode_multi([multi(rng, level) for _ in range(args.batch)], sep=" ")
         R = reply.shape[1]
         ids = rows[:, :-1]
         ans = reply[:, 0]
@@ -200,7 +232,10 @@ def main() -> None:
         losses.append(loss.item())
         # Curriculum: admit the next level once the current hardest is answered well.
         if level == cur_max:
-            hit = (out[:, 0].argmax(-1) == ans).float().mean().item()
+            if multi is None:
+                hit = (out[:, 0].argmax(-1) == ans).float().mean().item()
+            else:  # the whole reply right
+                hit = (out.argmax(-1) == reply).all(1).float().mean().item()
             acc_ema = 0.9 * acc_ema + 0.1 * hit
         if cur_max < args.max_level and acc_ema > args.curriculum_threshold:
             cur_max += 1
@@ -218,8 +253,13 @@ def main() -> None:
         last = step + 1 == (args.stop_at or args.steps) or (args.time_budget > 0 and elapsed > args.time_budget)
         if (step + 1) % args.eval_every == 0 or last:
             eval_levels = [1, args.max_level // 2, args.max_level, args.max_level + 4]
-            acc = quick_eval(model, batcher, eval_levels, [1, 4, 8, 16, 32], 128)
-            rows = {f"L{lv}": " ".join(f"{acc[(lv, r)]:.2f}" for r in (1, 4, 8, 16, 32)) for lv in eval_levels}
+            if multi is None:
+                acc = quick_eval(model, batcher, eval_levels, [1, 4, 8, 16, 32], 128)
+                rows = {f"L{lv}": " ".join(f"{acc[(lv, r)]:.2f}" for r in (1, 4, 8, 16, 32)) for lv in eval_levels}
+            else:  # whole reply / first answer / last answer
+                full = quick_eval_multi(model, batcher, multi, eval_levels, [1, 4, 8, 16, 32], 128)
+                acc = {k: v[0] for k, v in full.items()}
+                rows = {f"L{lv}": " ".join(f"{full[(lv, r)][0]:.2f}/{full[(lv, r)][1]:.2f}/{full[(lv, r)][2]:.2f}" for r in (1, 4, 8, 16, 32)) for lv in eval_levels}
             print(f"  eval r=1,4,8,16,32: {rows}", flush=True)
             log.append({"step": step + 1, "minutes": elapsed / 60, "loss": sum(losses[-50:]) / 50,
                         "acc": {f"{k[0]}/{k[1]}": v for k, v in acc.items()}})
