@@ -17,6 +17,7 @@ use raven::Model;
 mod bench;
 mod demo;
 mod eval;
+mod eval_seq;
 mod generate;
 mod inspect;
 
@@ -127,6 +128,10 @@ enum Cmd {
     },
     /// Accuracy of the demo task by difficulty against iterations and exit policies.
     Eval(eval::EvalArgs),
+    /// The multi-token demo (models/demo-trace) decoded to the end of each reply by plain
+    /// decoding, adaptive exit, speculative decoding and the parallel sampler: accuracy by level
+    /// and wall time, side by side.
+    EvalSeq(eval_seq::EvalSeqArgs),
     /// Serve the model over HTTP: OpenAI-compatible /v1/chat/completions, /v1/completions,
     /// /v1/models and /health (the generation options below are the defaults requests override).
     Serve(ServeArgs),
@@ -480,6 +485,7 @@ fn run() -> Result<()> {
         Cmd::Logits(a) => cmd_logits(a),
         Cmd::Bench(a) => bench::run(&a),
         Cmd::Eval(a) => eval::run(&a),
+        Cmd::EvalSeq(a) => eval_seq::run(&a),
         Cmd::Synth {
             out,
             hf,
