@@ -29,17 +29,25 @@ use raven::{Model, Session, SessionParams};
 #[derive(Args)]
 pub struct EvalSeqArgs {
     /// The GGUF model.
-    #[arg(short = 'm', long = "model", default_value = "models/demo-trace/demo-trace-q8_0.gguf")]
+    #[arg(
+        short = 'm',
+        long = "model",
+        default_value = "models/demo-trace/demo-trace-q8_0.gguf"
+    )]
     model: PathBuf,
     /// The evaluation set (JSON lines with prompt_token_ids, answer_token_ids, answer_index,
     /// level).
     #[arg(long = "set", default_value = "models/demo-trace/eval_set.jsonl")]
     set: PathBuf,
     /// Plain decoding at these fixed iteration counts (the largest is the baseline).
-    #[arg(long, default_value = "4,8,16,32", value_delimiter = ',')]
+    #[arg(long, default_value = "1,2,4,8,16,32", value_delimiter = ',')]
     steps: Vec<usize>,
     /// Adaptive exit policies (CRIT[:τ]), at most --max-steps iterations.
-    #[arg(long, default_value = "latent-diff:0.03,kl:1e-3", value_delimiter = ',')]
+    #[arg(
+        long,
+        default_value = "latent-diff:0.03,latent-diff:0.01,kl:1e-3",
+        value_delimiter = ','
+    )]
     exit: Vec<String>,
     /// Self-speculative decoding settings DRAFT_STEPS:LOOKAHEAD (verified at --max-steps).
     #[arg(long, default_value = "4:8,8:8", value_delimiter = ',')]
@@ -48,7 +56,11 @@ pub struct EvalSeqArgs {
     /// step, most wavefront positions, latent-diff threshold, num_steps = the prompt's
     /// iterations and a position's most, default --max-steps; corrected mode if not named;
     /// ε = none: the fixed rule).
-    #[arg(long, default_value = "4:16:0.03,4:16:0.01,2:16:0.03,8:16:0.03", value_delimiter = ',')]
+    #[arg(
+        long,
+        default_value = "4:16:0.03,4:16:0.01,2:16:0.03,8:16:0.03,4:4:0.03,4:16:none,official:4:128:0.03,4:16:0.03:16,4:16:0.03:12,2:16:0.03:12,4:16:0.03:8",
+        value_delimiter = ','
+    )]
     parallel: Vec<String>,
     /// Momentum η of the parallel sampler's conditioning.
     #[arg(long, default_value_t = 0.1)]
@@ -101,7 +113,11 @@ fn read_set(path: &Path, per_level: Option<usize>) -> Result<Vec<Item>> {
         std::fs::read_to_string(path).with_context(|| format!("--set {}", path.display()))?;
     let mut out = Vec::new();
     let mut count: BTreeMap<usize, usize> = BTreeMap::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let j: serde_json::Value = serde_json::from_str(line)
             .with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
         let ids = |k: &str| -> Result<Vec<u32>> {
@@ -159,7 +175,11 @@ impl Method {
             Method::Spec(d, l) => format!("speculative draft {d}, lookahead {l}"),
             Method::Parallel(p, e, n) => format!(
                 "parallel{} r'={} W={} eps={} N={n}",
-                if p.mode == Mode::Official { " (official)" } else { "" },
+                if p.mode == Mode::Official {
+                    " (official)"
+                } else {
+                    ""
+                },
                 p.inner_steps,
                 p.wavefront,
                 e.map_or("none".to_string(), |e| e.to_string())
@@ -292,7 +312,11 @@ fn parse_methods(a: &EvalSeqArgs) -> Result<Vec<Method>> {
             [r, w, e, n] => (r, w, e, n.parse()?),
             _ => bail!("--parallel {s}: use [official:|corrected:]R':W:EPS[:N]"),
         };
-        let eps = if e == "none" { None } else { Some(e.parse::<f32>()?) };
+        let eps = if e == "none" {
+            None
+        } else {
+            Some(e.parse::<f32>()?)
+        };
         v.push(Method::Parallel(
             ParallelParams {
                 mode,

@@ -1015,3 +1015,76 @@ fn run_parallel_sampler_gives_the_official_tokens() {
         fails(&args, needles);
     }
 }
+
+/// The multi-token demo model (models/demo-trace) answers an easy puzzle with the ball's place
+/// after every swap, the same reply by plain decoding and by the parallel sampler, and
+/// `raven eval-seq` scores a few instances of its evaluation set with every kind of method.
+#[test]
+fn demo_trace_answers_with_every_swap() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let gguf = root.join("models/demo-trace/demo-trace-q8_0.gguf");
+    let base = [
+        "run",
+        "-m",
+        s(&gguf),
+        "--chat",
+        "-p",
+        "Ball: 2. Swaps: 12 13 34",
+        "--steps",
+        "32",
+        "--init-scale",
+        "0",
+        "-t",
+        "1",
+    ];
+    let plain = ok(&base);
+    assert_eq!(String::from_utf8_lossy(&plain.stdout).trim(), "1 3 4");
+    let par = ok(&[
+        &base[..],
+        &[
+            "--sampler",
+            "parallel",
+            "--parallel-mode",
+            "corrected",
+            "--inner-steps",
+            "4",
+            "--wavefront",
+            "8",
+        ],
+    ]
+    .concat());
+    assert_eq!(String::from_utf8_lossy(&par.stdout).trim(), "1 3 4");
+    let dir = TempDir::new("evalseq");
+    let json = dir.join("r.json");
+    ok(&[
+        "eval-seq",
+        "-m",
+        s(&gguf),
+        "--set",
+        s(&root.join("models/demo-trace/eval_set.jsonl")),
+        "--per-level",
+        "1",
+        "--steps",
+        "8",
+        "--max-steps",
+        "8",
+        "--exit",
+        "latent-diff:0.03",
+        "--speculative",
+        "2:4",
+        "--parallel",
+        "2:8:0.03",
+        "-t",
+        "1",
+        "--json",
+        s(&json),
+    ]);
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let m = j["methods"].as_array().unwrap();
+    assert_eq!(m.len(), 4);
+    // Level 1 is easy for every method.
+    for x in m {
+        assert_eq!(x["by_level"]["1"]["whole"], 100.0, "{x}");
+    }
+}
