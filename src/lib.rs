@@ -18,6 +18,7 @@ pub mod capi;
 pub mod checkpoint;
 pub mod config;
 pub mod convert;
+pub mod engine;
 pub mod error;
 pub mod exit;
 pub mod forward;

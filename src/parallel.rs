@@ -44,14 +44,13 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use crate::engine::{Engine, Init, Threads, TokenControl};
 use crate::error::{RavenError, Result};
 use crate::exit::{latent_diff, Criterion, ExitPolicy};
-use crate::forward::Workspace;
 use crate::kv::KvCache;
 use crate::model::Model;
 use crate::params::Param;
 use crate::rng::Rng;
-use crate::run::{run_chunk, Init, Threads, Timing, TokenControl};
 use crate::sample::sample;
 use crate::session::SessionParams;
 
@@ -473,8 +472,8 @@ pub fn generate(
             });
         }
     }
-    let mut cache = KvCache::new(&m.config, sp.cache, sp.cache_type, ctx, steps_cached)?;
-    let mut ws = Workspace::new();
+    let cache = KvCache::new(&m.config, sp.cache, sp.cache_type, ctx, steps_cached)?;
+    let mut engine = Engine::new(m, cache, threads);
     let (h, v) = (m.config.n_embd, m.config.n_vocab);
     let std = m.config.state_init_std * sp.init_scale * m.config.embed_scale;
     let mut draws = Draws {
@@ -506,33 +505,26 @@ pub fn generate(
         }
         None => draws.state(&mut s0),
     }
-    let prefill_ok = threads.run(|| {
-        let ctl = TokenControl {
-            policy: ExitPolicy::fixed(num_steps),
-            budget_ms: None,
-            start: Instant::now(),
-            cancel: obs.cancel,
-        };
-        let mut timing = Timing::default();
-        let init = Init::Warm(&s0);
-        run_chunk(
-            m,
+    let ctl = |policy: ExitPolicy| TokenControl {
+        policy,
+        budget_ms: None,
+        start: Instant::now(),
+        cancel: obs.cancel,
+    };
+    let prefill_ok = engine
+        .pass(
             prompt,
-            0,
             1,
-            init,
-            &ctl,
-            &mut timing,
-            &mut cache,
-            &mut ws,
+            Init::Warm(&s0),
+            None,
+            &ctl(ExitPolicy::fixed(num_steps)),
         )
-        .is_some()
-    });
+        .is_some();
     if !prefill_ok {
         return Err(RavenError::Cancelled);
     }
     let x_l = sample(
-        &m.emittable().restrict(&ws.logits[..v]),
+        &m.emittable().restrict(&engine.logits()[..v]),
         prompt,
         &sp.sampling,
         &mut draws.rng,
@@ -568,7 +560,7 @@ pub fn generate(
     let mut stopped = false;
     let mut user_stop = false;
     if official || (max_new > 0 && !stops.contains(&x_l)) {
-        keep_logits(&mut logits_rows, &ws.logits[..v]);
+        keep_logits(&mut logits_rows, &engine.logits()[..v]);
         emitted = 1;
         if !on_token(x_l) {
             user_stop = true;
@@ -617,7 +609,7 @@ pub fn generate(
         if cancelled() {
             return Err(RavenError::Cancelled);
         }
-        let c = cache.len();
+        let c = engine.len();
         let w = z.len() / h;
         debug_assert_eq!(cur.len(), c + w, "the sequence ends with the wavefront");
         let mut rec = StepRecord {
@@ -643,13 +635,31 @@ pub fn generate(
         }
         let first_step = step == 0;
         let mut cond = Vec::new();
-        let ok = threads.run(|| {
-            m.embed_prelude(&cur[c..c + w], c, &mut cache, &mut ws);
+        if beta > 0.0 {
+            for j in 0..w {
+                let a = coeff[j];
+                let zr = &mut z[j * h..(j + 1) * h];
+                let nr = &noise[j * h..(j + 1) * h];
+                if pp.noise_sqrt {
+                    let (ka, kn) = ((1.0 - a).max(0.0).sqrt(), a.sqrt());
+                    zr.iter_mut()
+                        .zip(nr)
+                        .for_each(|(x, y)| *x = *x * ka + kn * y);
+                } else {
+                    let ka = 1.0 - a;
+                    zr.iter_mut()
+                        .zip(nr)
+                        .for_each(|(x, y)| *x = *x * ka + a * y);
+                }
+            }
+        }
+        let mut condition = |e: &mut [f32]| {
             if eta > 0.0 {
                 if official && first_step {
                     // The official e_prev at step 0 is the prelude of positions 0..=L without
                     // the cache: at L (the only row used) the cached prelude, up to rounding.
-                    e_prev.clone_from(&ws.e);
+                    e_prev.clear();
+                    e_prev.extend_from_slice(e);
                     e_prev_start = c;
                 }
                 // e = (1−η)·P + η·e_prev for positions that have a previous conditioning.
@@ -661,69 +671,51 @@ pub fn generate(
                     match prev {
                         Some(i) => {
                             let q = &e_prev[i * h..(i + 1) * h];
-                            ws.e[row]
+                            e[row]
                                 .iter_mut()
                                 .zip(q)
                                 .for_each(|(p, q)| *p = *p * ema_keep + q * ema_new);
                         }
                         None if official => {
                             // Q4: a new position's conditioning is scaled by 1 − η.
-                            ws.e[row].iter_mut().for_each(|x| *x *= ema_keep);
+                            e[row].iter_mut().for_each(|x| *x *= ema_keep);
                         }
                         None => {}
                     }
                 }
-                e_prev.clone_from(&ws.e);
+                e_prev.clear();
+                e_prev.extend_from_slice(e);
                 e_prev_start = c;
             }
             if obs.trace {
-                cond = ws.e.clone();
+                cond = e.to_vec();
             }
-            if beta > 0.0 {
-                for j in 0..w {
-                    let a = coeff[j];
-                    let zr = &mut z[j * h..(j + 1) * h];
-                    let nr = &noise[j * h..(j + 1) * h];
-                    if pp.noise_sqrt {
-                        let (ka, kn) = ((1.0 - a).max(0.0).sqrt(), a.sqrt());
-                        zr.iter_mut()
-                            .zip(nr)
-                            .for_each(|(x, y)| *x = *x * ka + kn * y);
-                    } else {
-                        let ka = 1.0 - a;
-                        zr.iter_mut()
-                            .zip(nr)
-                            .for_each(|(x, y)| *x = *x * ka + a * y);
-                    }
-                }
-            }
-            ws.s.clear();
-            ws.s.extend_from_slice(&z);
-            for i in 0..r {
-                if cancelled() {
-                    return false;
-                }
-                m.core_step(i, &mut cache, &mut ws);
-            }
-            m.coda_head(w, &mut cache, &mut ws);
-            true
-        });
+        };
+        let ok = engine
+            .pass(
+                &cur[c..c + w],
+                w,
+                Init::Warm(&z),
+                Some(&mut condition),
+                &ctl(ExitPolicy::fixed(r)),
+            )
+            .is_some();
         if !ok {
             return Err(RavenError::Cancelled);
         }
-        cache.set_len(c + w);
         for n in &mut n_iter[c..c + w] {
             *n += r as u32;
         }
         counters.core_passes += r;
         counters.tokens_forward += r * w;
-        z.clone_from(&ws.s);
+        z.clear();
+        z.extend_from_slice(engine.state());
         // Drafts: row j predicts position c + j + 1; the rows used start at the last frozen
         // token (F − 1 − c = 0: the wavefront starts there).
         let off = (frozen - 1).saturating_sub(c);
         drafts.clear();
         for j in off..w {
-            let row = &ws.logits[j * v..(j + 1) * v];
+            let row = &engine.logits()[j * v..(j + 1) * v];
             drafts.push(sample(
                 &m.emittable().restrict(row),
                 &cur[..frozen],
@@ -869,8 +861,8 @@ pub fn generate(
             z.extend_from_slice(&add);
         }
         counters.cache_clears += c + w - new_len;
-        cache.truncate(new_len);
-        new_len = cache.len();
+        engine.truncate(new_len);
+        new_len = engine.len();
         // Report the newly frozen tokens.
         for &(p, row) in &newly {
             let t = cur[p];
@@ -883,7 +875,7 @@ pub fn generate(
                     break;
                 }
             }
-            keep_logits(&mut logits_rows, &ws.logits[row * v..(row + 1) * v]);
+            keep_logits(&mut logits_rows, &engine.logits()[row * v..(row + 1) * v]);
             emitted += 1;
             if !on_token(t) {
                 user_stop = true;
@@ -897,7 +889,7 @@ pub fn generate(
         rec.newly_frozen = [f_before, frozen];
         rec.kv_committed = [c, new_len];
         if obs.trace {
-            rec.states = ws.s.clone();
+            rec.states = engine.state().to_vec();
             rec.conditioning = cond;
         }
         if official {

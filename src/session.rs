@@ -6,14 +6,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::engine::{Engine, Init, Threads, TokenControl};
 use crate::error::{RavenError, Result};
 use crate::exit::{Criterion, ExitPolicy};
-use crate::forward::Workspace;
 use crate::kv::{validate_kv_type, CacheStrategy, KvCache};
 use crate::model::Model;
 use crate::params::Param;
 use crate::rng::Rng;
-use crate::run::{run_chunk, run_token, Init, Threads, Timing, TokenControl};
 use crate::sample::{sample, SamplingParams};
 use raven_quant::KvType;
 
@@ -177,16 +176,12 @@ pub enum Next {
 
 /// A generation session.
 pub struct Session {
-    model: Arc<Model>,
+    engine: Engine,
     params: SessionParams,
-    cache: KvCache,
-    ws: Workspace,
     rng: Rng,
-    threads: Arc<Threads>,
     history: Vec<u32>,
     logits: Vec<f32>,
     warm: Option<Vec<f32>>,
-    timing: Timing,
     scratch: Vec<(f32, u32)>,
     cancel: Option<Arc<AtomicBool>>,
     spec: SpecStats,
@@ -222,15 +217,11 @@ impl Session {
         let cache = KvCache::new(&model.config, params.cache, params.cache_type, ctx, steps)?;
         Ok(Session {
             rng: Rng::new(params.seed),
-            model,
+            engine: Engine::new(model, cache, threads),
             params,
-            cache,
-            ws: Workspace::new(),
-            threads,
             history: Vec::new(),
             logits: Vec::new(),
             warm: None,
-            timing: Timing::default(),
             scratch: Vec::new(),
             cancel: None,
             spec: SpecStats::default(),
@@ -239,7 +230,7 @@ impl Session {
 
     /// The model.
     pub fn model(&self) -> &Arc<Model> {
-        &self.model
+        self.engine.model()
     }
     /// The parameters.
     pub fn params(&self) -> &SessionParams {
@@ -258,15 +249,15 @@ impl Session {
     }
     /// The session's thread pool.
     pub fn threads(&self) -> &Arc<Threads> {
-        &self.threads
+        self.engine.threads()
     }
     /// Bytes of the KV cache (allocated once at creation).
     pub fn kv_bytes(&self) -> u64 {
-        self.cache.bytes()
+        self.engine.cache().bytes()
     }
     /// Context length.
     pub fn ctx(&self) -> usize {
-        self.cache.ctx()
+        self.engine.ctx()
     }
     /// Tokens in the context.
     pub fn len(&self) -> usize {
@@ -286,7 +277,7 @@ impl Session {
     }
     /// Forgets the context (the cache stays allocated); the generator is reseeded.
     pub fn reset(&mut self) {
-        self.cache.truncate(0);
+        self.engine.truncate(0);
         self.history.clear();
         self.logits.clear();
         self.warm = None;
@@ -298,14 +289,15 @@ impl Session {
     /// position `n` reading that much cache. Replaces the context.
     #[doc(hidden)]
     pub fn fill_synthetic_context(&mut self, n: usize) -> Result<()> {
-        if n >= self.cache.ctx() {
+        if n >= self.engine.ctx() {
             return Err(RavenError::ContextOverflow {
                 needed: n + 1,
-                context: self.cache.ctx(),
+                context: self.engine.ctx(),
             });
         }
         self.reset();
-        self.cache.fill_synthetic(n, self.params.seed);
+        let seed = self.params.seed;
+        self.engine.cache_mut().fill_synthetic(n, seed);
         self.history = vec![0; n];
         Ok(())
     }
@@ -320,17 +312,17 @@ impl Session {
     /// anything is fed, so a bad prompt leaves the session as it was.
     fn check_prompt(&self, tokens: &[u32]) -> Result<()> {
         for &t in tokens {
-            self.model.check_token(t)?;
+            self.engine.model().check_token(t)?;
         }
         self.check_room(tokens.len())
     }
 
     fn check_room(&self, n: usize) -> Result<()> {
         let needed = self.history.len() + n;
-        if needed > self.cache.ctx() {
+        if needed > self.engine.ctx() {
             return Err(RavenError::ContextOverflow {
                 needed,
-                context: self.cache.ctx(),
+                context: self.engine.ctx(),
             });
         }
         Ok(())
@@ -348,37 +340,23 @@ impl Session {
         } else {
             self.params.prefill_steps
         };
-        let start = self.history.len();
-        let m = self.model.clone();
-        let threads = self.threads.clone();
-        let cancel = self.cancel.clone();
-        let init_scale = self.params.init_scale;
-        let (cache, ws, rng) = (&mut self.cache, &mut self.ws, &mut self.rng);
-        let ok = threads.run(|| {
-            let ctl = TokenControl {
-                policy: ExitPolicy::fixed(steps),
-                budget_ms: None,
-                start: Instant::now(),
-                cancel: cancel.as_deref(),
-            };
-            let init = Init::Random(init_scale, rng);
-            // A multi-position pass: its iterations say nothing about one token's, so they stay
-            // out of the latency budget's estimate.
-            let mut timing = Timing::default();
-            run_chunk(&m, tokens, start, 1, init, &ctl, &mut timing, cache, ws).is_some()
-        });
-        if !ok {
-            self.cache.truncate(start);
+        let ctl = TokenControl {
+            policy: ExitPolicy::fixed(steps),
+            budget_ms: None,
+            start: Instant::now(),
+            cancel: self.cancel.as_deref(),
+        };
+        let init = Init::Random(self.params.init_scale, &mut self.rng);
+        if self.engine.pass(tokens, 1, init, None, &ctl).is_none() {
             return Err(RavenError::Cancelled);
         }
-        self.cache.set_len(start + tokens.len());
         self.history.extend_from_slice(tokens);
         self.logits.clear();
-        self.logits.extend_from_slice(&self.ws.logits);
+        self.logits.extend_from_slice(self.engine.logits());
         if self.params.warm_start {
-            let h = self.model.config.n_embd;
-            let n = self.ws.n;
-            self.warm = Some(self.ws.latent[(n - 1) * h..n * h].to_vec());
+            let h = self.engine.model().config.n_embd;
+            let n = self.engine.rows();
+            self.warm = Some(self.engine.latents()[(n - 1) * h..n * h].to_vec());
         }
         Ok(())
     }
@@ -386,48 +364,33 @@ impl Session {
     /// Feeds one token: recurrence with the exit policy and the latency budget, then coda and
     /// head. Leaves its next-token logits.
     pub fn step(&mut self, token: u32) -> Result<TokenStats> {
-        self.model.check_token(token)?;
+        self.engine.model().check_token(token)?;
         self.check_room(1)?;
         let t0 = Instant::now();
-        let pos = self.history.len();
-        let m = self.model.clone();
-        let threads = self.threads.clone();
-        let cancel = self.cancel.clone();
         let ctl = TokenControl {
             policy: self.params.exit,
             budget_ms: self.params.budget_ms,
             start: t0,
-            cancel: cancel.as_deref(),
+            cancel: self.cancel.as_deref(),
         };
         let warm = if self.params.warm_start {
             self.warm.take()
         } else {
             None
         };
-        let init_scale = self.params.init_scale;
-        let (cache, ws, rng, timing) = (
-            &mut self.cache,
-            &mut self.ws,
-            &mut self.rng,
-            &mut self.timing,
-        );
-        let res = threads.run(|| {
-            let init = match &warm {
-                Some(w) => Init::Warm(w),
-                None => Init::Random(init_scale, rng),
-            };
-            run_token(&m, token, pos, init, &ctl, timing, cache, ws)
-        });
-        let Some(r) = res else {
-            self.cache.truncate(pos);
+        let init = match &warm {
+            Some(w) => Init::Warm(w),
+            None => Init::Random(self.params.init_scale, &mut self.rng),
+        };
+        let Some(r) = self.engine.step(token, init, &ctl) else {
             self.warm = warm;
             return Err(RavenError::Cancelled);
         };
         self.history.push(token);
         self.logits.clear();
-        self.logits.extend_from_slice(&self.ws.logits);
+        self.logits.extend_from_slice(self.engine.logits());
         if self.params.warm_start {
-            self.warm = Some(self.ws.latent.clone());
+            self.warm = Some(self.engine.latents().to_vec());
         }
         Ok(TokenStats {
             token,
@@ -443,7 +406,7 @@ impl Session {
     /// ([`crate::model::Emittable`]).
     pub fn sample(&mut self) -> u32 {
         sample(
-            &self.model.emittable().restrict(&self.logits),
+            &self.engine.model().emittable().restrict(&self.logits),
             &self.history,
             &self.params.sampling,
             &mut self.rng,
@@ -457,14 +420,15 @@ impl Session {
         if self.params.ignore_eos {
             Vec::new()
         } else {
-            self.model.stop_tokens()
+            self.engine.model().stop_tokens()
         }
     }
 
     /// True when `t` ends a generation: the model's end-of-sequence ids, plus `<|end_text|>` and
     /// `<|end_turn|>` when the vocabulary has them (`extra_stops`).
     pub fn is_stop(&self, t: u32, extra_stops: &[u32]) -> bool {
-        (!self.params.ignore_eos && self.model.vocab.eos.contains(&t)) || extra_stops.contains(&t)
+        (!self.params.ignore_eos && self.engine.model().vocab.eos.contains(&t))
+            || extra_stops.contains(&t)
     }
 
     /// Feeds a prompt (appended to the context), leaving the next-token logits. Without an exit
@@ -501,7 +465,7 @@ impl Session {
         if self.is_stop(next, extra_stops) {
             return Ok(Next::Stop(next));
         }
-        if self.history.len() >= self.cache.ctx() {
+        if self.history.len() >= self.engine.ctx() {
             return Ok(Next::ContextFull);
         }
         let stats = self.step(next)?;
@@ -527,7 +491,7 @@ impl Session {
                 Next::ContextFull => {
                     return Err(RavenError::ContextOverflow {
                         needed: self.history.len() + 1,
-                        context: self.cache.ctx(),
+                        context: self.engine.ctx(),
                     })
                 }
             };
@@ -594,7 +558,7 @@ impl Session {
         self.prefill(prompt)?;
         let mut all = Vec::new();
         let mut next = self.sample();
-        let m = self.model.clone();
+        let m = self.engine.model().clone();
         let v = m.config.n_vocab;
         let mut round_ms = 0.0;
         let mut want = lookahead;
@@ -620,65 +584,49 @@ impl Session {
             let t0 = Instant::now();
             let l = self.history.len();
             let k = want.min(max_new - all.len());
-            if l + k > self.cache.ctx() {
+            if l + k > self.engine.ctx() {
                 return Err(RavenError::ContextOverflow {
                     needed: l + k,
-                    context: self.cache.ctx(),
+                    context: self.engine.ctx(),
                 });
             }
             let init_scale = self.params.init_scale;
-            let threads = self.threads.clone();
-            let (cache, ws, rng, timing) = (
-                &mut self.cache,
-                &mut self.ws,
-                &mut self.rng,
-                &mut self.timing,
-            );
-            let (drafts, preds) = threads.run(|| {
-                // Draft k tokens one at a time with few iterations.
-                let ctl = TokenControl {
-                    policy: ExitPolicy::fixed(draft_steps),
-                    budget_ms: None,
-                    start: t0,
-                    cancel: None,
-                };
-                let mut drafts = Vec::with_capacity(k);
-                let mut tok = next;
-                cache.set_draft_view(Some((l, full - draft_steps)));
-                for j in 0..k {
-                    run_token(
-                        &m,
-                        tok,
-                        l + j,
-                        Init::Random(init_scale, rng),
-                        &ctl,
-                        timing,
-                        cache,
-                        ws,
-                    );
-                    tok = m.emittable().argmax(&ws.logits);
-                    drafts.push(tok);
-                }
-                cache.set_draft_view(None);
-                cache.truncate(l);
-                // Verify [next, d1 .. d(k-1)] in one pass with the full iterations.
-                let mut batch = Vec::with_capacity(k);
-                batch.push(next);
-                batch.extend_from_slice(&drafts[..k - 1]);
-                let ctl = TokenControl {
-                    policy: ExitPolicy::fixed(full),
-                    ..ctl
-                };
-                let init = Init::Random(init_scale, rng);
-                let mut batch_timing = Timing::default();
-                run_chunk(&m, &batch, l, k, init, &ctl, &mut batch_timing, cache, ws);
-                let preds: Vec<u32> = ws
-                    .logits
-                    .chunks_exact(v)
-                    .map(|r| m.emittable().argmax(r))
-                    .collect();
-                (drafts, preds)
-            });
+            // Draft k tokens one at a time with few iterations.
+            let ctl = TokenControl {
+                policy: ExitPolicy::fixed(draft_steps),
+                budget_ms: None,
+                start: t0,
+                cancel: None,
+            };
+            let mut drafts = Vec::with_capacity(k);
+            let mut tok = next;
+            self.engine
+                .cache_mut()
+                .set_draft_view(Some((l, full - draft_steps)));
+            for _ in 0..k {
+                let init = Init::Random(init_scale, &mut self.rng);
+                self.engine.step(tok, init, &ctl);
+                tok = m.emittable().argmax(self.engine.logits());
+                drafts.push(tok);
+            }
+            self.engine.cache_mut().set_draft_view(None);
+            self.engine.truncate(l);
+            // Verify [next, d1 .. d(k-1)] in one pass with the full iterations.
+            let mut batch = Vec::with_capacity(k);
+            batch.push(next);
+            batch.extend_from_slice(&drafts[..k - 1]);
+            let ctl = TokenControl {
+                policy: ExitPolicy::fixed(full),
+                ..ctl
+            };
+            let init = Init::Random(init_scale, &mut self.rng);
+            self.engine.pass(&batch, k, init, None, &ctl);
+            let preds: Vec<u32> = self
+                .engine
+                .logits()
+                .chunks_exact(v)
+                .map(|r| m.emittable().argmax(r))
+                .collect();
             // Row j of the verification predicts the token after batch[j]; drafts[j] is the
             // draft's guess for it. Keep next and the drafts the full model agrees with.
             let matched = preds
@@ -691,13 +639,12 @@ impl Session {
             self.spec.rounds += 1;
             self.spec.drafted += k;
             self.spec.accepted += matched;
-            self.cache.truncate(l + committed);
-            self.cache.set_len(l + committed);
+            self.engine.truncate(l + committed);
             self.history.push(next);
             self.history.extend_from_slice(&drafts[..committed - 1]);
             self.logits.clear();
             self.logits
-                .extend_from_slice(&self.ws.logits[(committed - 1) * v..committed * v]);
+                .extend_from_slice(&self.engine.logits()[(committed - 1) * v..committed * v]);
             next = if matched == k {
                 drafts[k - 1]
             } else {
