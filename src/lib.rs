@@ -1,41 +1,23 @@
-//! Raven runs recurrent-depth latent-reasoning language models (Huginn, Geiping et al. 2025) on
-//! CPUs.
+//! Raven runs recurrent-depth latent-reasoning language models (Huginn-0125, Ouro, the
+//! retrofitted-recurrence Llama / TinyLlama / OLMo-2 models) on CPUs.
 //!
-//! - [`checkpoint::Checkpoint`] reads a Hugging Face Huginn checkpoint; [`convert::convert`]
-//!   turns it into a GGUF file.
-//! - [`model::Model`] is a loaded GGUF model: hyperparameters ([`config::Config`]) and weight
-//!   views into the memory map. It is immutable and shared by sessions.
-//! - [`forward`] is the fast forward pass over a [`kv::KvCache`] and a [`forward::Workspace`];
-//!   [`reference`] is the slow, readable oracle of SPEC §1.
-//! - [`exit`] holds the per-token exit criteria, [`run`] the drivers (`raven logits`),
-//!   [`session::Session`] generation over a shared model (sampling in [`sample`]);
-//!   [`textgen`] turns it into text with chat templates and stop strings.
-//! - [`parallel`] is the parallel (diffusion-forcing) sampler of arXiv 2510.14961: a wavefront
-//!   of positions advancing together, one batched pass per sampler step.
+//! This crate is the facade over the jobs, each its own crate:
+//! - `raven-core` ([`model`], [`engine`], [`session`], [`parallel`], [`run`], …): loading a GGUF
+//!   model and running it: the engine's batched pass and per-token step, sessions, sampling,
+//!   exit criteria, the parallel sampler, text generation.
+//! - `raven-convert` ([`checkpoint`], [`convert`], [`synth`]): Hugging Face checkpoints to
+//!   GGUF, and synthetic checkpoints of the real shapes.
+//! - `raven-capi` ([`capi`]): the C ABI of `include/raven.h`; this crate builds it as
+//!   `libraven` (static and shared).
+//! - Below them: `raven-quant` (formats and kernels), `raven-gguf`, `raven-text` (tokenizer,
+//!   chat templates).
 #![deny(missing_docs)]
 
-pub mod capi;
-pub mod checkpoint;
-pub mod config;
-pub mod convert;
-pub mod engine;
-pub mod error;
-pub mod exit;
-pub mod forward;
-pub mod kv;
-pub mod model;
-pub mod parallel;
-pub mod params;
-pub mod reference;
-pub mod rng;
-pub mod run;
-pub mod sample;
-pub mod schema;
-pub mod session;
-pub mod synth;
-pub mod textgen;
+pub use raven_capi as capi;
+pub use raven_convert::{checkpoint, convert, synth};
+pub use raven_core::{
+    config, engine, error, exit, kv, model, parallel, params, reference, rng, run, sample, schema,
+    session, textgen,
+};
 
-pub use error::{RavenError, Result};
-pub use model::Model;
-pub use params::Param;
-pub use session::{Session, SessionParams};
+pub use raven_core::{Engine, Model, Param, RavenError, Result, Session, SessionParams};

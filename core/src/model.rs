@@ -357,7 +357,7 @@ impl Model {
     }
 
     /// The matrix view of a weight.
-    pub fn matrix(&self, w: &Weight) -> Matrix<'_> {
+    pub(crate) fn matrix(&self, w: &Weight) -> Matrix<'_> {
         Matrix::new(w.ty, w.rows, w.cols, self.bytes(w))
             .expect("weight shapes were validated at load")
     }

@@ -125,12 +125,12 @@ impl Criterion {
     }
 
     /// True for the official gate read-out: every step computed, the gate picks the output.
-    pub fn computes_all_steps(self) -> bool {
+    pub(crate) fn computes_all_steps(self) -> bool {
         matches!(self, Criterion::Gate { full: true, .. })
     }
 
     /// True when checking needs the coda and head (the next-token distribution).
-    pub fn needs_logits(self) -> bool {
+    pub(crate) fn needs_logits(self) -> bool {
         matches!(
             self,
             Criterion::Kl(_)
@@ -211,7 +211,7 @@ fn log_softmax(logits: &[f32], out: &mut Vec<f32>) {
 
 /// The running state of one token's criterion (SPEC §2: previous values start from the initial
 /// state, a uniform distribution, entropy 100, argmax −1).
-pub struct ExitState {
+pub(crate) struct ExitState {
     criterion: Criterion,
     prev_lp: Vec<f32>,
     cur_lp: Vec<f32>,

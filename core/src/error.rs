@@ -89,7 +89,8 @@ pub enum RavenError {
 }
 
 impl RavenError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    /// A file that could not be read or written.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         RavenError::Io {
             path: path.into(),
             source,

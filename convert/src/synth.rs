@@ -10,20 +10,20 @@ use rayon::prelude::*;
 use raven_gguf::{GgufWriter, Value};
 use raven_quant::GgmlType;
 
-use crate::config::{Config, Family};
 use crate::convert::OutType;
-use crate::error::{RavenError, Result};
-use crate::rng::Rng;
-use crate::schema::Role;
+use raven_core::config::{Config, Family};
+use raven_core::error::{RavenError, Result};
+use raven_core::rng::Rng;
+use raven_core::schema::Role;
 
 /// The demo model's tokenizer (`models/demo/hf/tokenizer.json`).
-const DEMO_TOKENIZER: &str = include_str!("../models/demo/hf/tokenizer.json");
+const DEMO_TOKENIZER: &str = include_str!("../../models/demo/hf/tokenizer.json");
 
 /// Huginn-0125's shape: h=5280, 55 heads, F=17920, V=65536, 2/4/2 blocks, r̄=32, context 4096.
 pub fn huginn_0125() -> Config {
     let h = 5280usize;
     Config {
-        family: crate::config::Family::Huginn,
+        family: raven_core::config::Family::Huginn,
         n_embd: h,
         n_heads: 55,
         n_kv_heads: 55,
@@ -83,7 +83,7 @@ pub fn recurrent_llama_3_2() -> Config {
         n_heads: 32,
         n_kv_heads: 8,
         d_head: 64,
-        rope_scaling: Some(crate::config::Llama3Scaling {
+        rope_scaling: Some(raven_core::config::Llama3Scaling {
             factor: 32.0,
             low_freq_factor: 1.0,
             high_freq_factor: 4.0,
@@ -240,7 +240,7 @@ pub fn write_random(c: &Config, ty: OutType, seed: u64, out: &Path) -> Result<u6
     };
     // (name, dims in ggml order, type, std of the values; 0 = a norm of ones), from the
     // family's schema: the names and shapes `raven convert` writes.
-    let plan: Vec<(String, Vec<u64>, GgmlType, f32)> = crate::schema::entries(c)
+    let plan: Vec<(String, Vec<u64>, GgmlType, f32)> = raven_core::schema::entries(c)
         .into_iter()
         .map(|e| {
             let (mut t, std) = match e.role {

@@ -405,7 +405,7 @@ impl KvCache {
     /// Where the values of the key/value head starting at column `col0` of a row lie relative
     /// to a position's offset (from [`KvCache::visible_offsets`]): attention reads that head at
     /// `offset + head_col(col0) ..` for `d` values.
-    pub fn head_col(&self, col0: usize) -> usize {
+    pub(crate) fn head_col(&self, col0: usize) -> usize {
         (col0 / self.w) * self.ctx * self.w + col0 % self.w
     }
 

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
-use crate::config::{Config, Family};
-use crate::error::{RavenError, Result};
+use raven_core::config::{Config, Family};
+use raven_core::error::{RavenError, Result};
 
 /// One tensor of a checkpoint: where it lives and what it is.
 #[derive(Clone, Debug)]
@@ -265,7 +265,7 @@ impl Checkpoint {
 
     /// The tensors the model needs, HF name → expected shape.
     pub fn expected_tensors(c: &Config) -> Vec<(String, Vec<usize>)> {
-        crate::schema::hf_tensors(c)
+        raven_core::schema::hf_tensors(c)
     }
 
     fn validate(&self) -> Result<()> {

@@ -320,7 +320,7 @@ impl Config {
     /// Reads a Hugging Face `config.json`: Huginn-0125 and the retrofitted models
     /// (`model_type` "huginn_raven"), Ouro ("ouro"). A retrofitted model is told from Huginn by
     /// its Llama-style keys (`rope_theta`, `rope_scaling`, fewer KV heads, `embed_scale` 1); its
-    /// OLMo-2 variant only by its tensors (q/k norms), see [`crate::checkpoint::Checkpoint`].
+    /// OLMo-2 variant only by its tensors (q/k norms), see `raven_convert::checkpoint::Checkpoint`.
     pub fn from_hf_json(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|e| RavenError::io(path, e))?;
         let j: Json = serde_json::from_str(&text).map_err(|e| RavenError::Json {

@@ -24,14 +24,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, TryLockError};
 use std::time::Instant;
 
-use crate::error::RavenError;
-use crate::exit::{Criterion, ExitPolicy};
-use crate::kv::CacheStrategy;
-use crate::model::Model;
-use crate::parallel::{self, Mode, Observe, ParallelParams};
-use crate::run::Threads;
-use crate::sample::SamplingParams;
-use crate::session::{Next, Session, SessionParams, TokenStats};
+use raven_core::error::RavenError;
+use raven_core::exit::{Criterion, ExitPolicy};
+use raven_core::kv::CacheStrategy;
+use raven_core::model::Model;
+use raven_core::parallel::{self, Mode, Observe, ParallelParams};
+use raven_core::run::Threads;
+use raven_core::sample::SamplingParams;
+use raven_core::session::{Next, Session, SessionParams, TokenStats};
 use raven_quant::KvType;
 
 // ---------------------------------------------------------------------------------------------
@@ -429,7 +429,7 @@ impl From<RavenError> for Error {
         Error {
             status,
             // A parameter is named as its field of raven_session_params (never a CLI flag).
-            msg: e.message_for(crate::Param::c),
+            msg: e.message_for(raven_core::Param::c),
         }
     }
 }
@@ -1142,7 +1142,7 @@ fn default_session() -> raven_session_params {
         max_sampler_steps: pd.max_sampler_steps as i32,
         kv_type: KV_TYPES
             .iter()
-            .find(|(_, t)| *t == crate::session::DEFAULT_CACHE_TYPE)
+            .find(|(_, t)| *t == raven_core::session::DEFAULT_CACHE_TYPE)
             .expect("KV_TYPES lists every KvType")
             .0,
     }
@@ -1393,7 +1393,7 @@ pub unsafe extern "C" fn raven_session_new(
                 sp.exit.max_steps,
                 sp.exit.criterion,
                 if sp.threads == 0 {
-                    crate::run::default_threads()
+                    raven_core::run::default_threads()
                 } else {
                     sp.threads
                 }

@@ -1,6 +1,6 @@
 //! The GGUF tensor schema of each family (docs/gguf.md): every GGUF tensor Raven writes, its shape,
 //! and the Hugging Face tensors (or parts of them) it is made of. `raven convert` writes from it,
-//! [`crate::checkpoint::Checkpoint`] checks a checkpoint against it, and the model loader reads
+//! `raven_convert::checkpoint::Checkpoint` checks a checkpoint against it, and the model loader reads
 //! the same names.
 
 use crate::config::{BlockKind, Config, Family};

@@ -9,9 +9,9 @@ use raven_gguf::{Array, GgufWriter, Value};
 use raven_quant::GgmlType;
 
 use crate::checkpoint::{read_json_opt, Checkpoint, CkptTensor};
-use crate::config::Family;
-use crate::error::{RavenError, Result};
-use crate::schema::Role;
+use raven_core::config::Family;
+use raven_core::error::{RavenError, Result};
+use raven_core::schema::Role;
 
 /// The weight type a conversion targets (`--type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,7 +105,7 @@ pub struct ConvertReport {
 }
 
 fn plan(ck: &Checkpoint, out: OutType, notes: &mut Vec<String>) -> Vec<Plan> {
-    crate::schema::entries(&ck.config)
+    raven_core::schema::entries(&ck.config)
         .into_iter()
         .map(|e| {
             let parts: Vec<(CkptTensor, std::ops::Range<usize>)> = e
