@@ -130,15 +130,17 @@ pub fn logits(
         out.criterion_values.resize(at + n - 1, Vec::new());
         out.criterion_values.push(r.values);
     };
-    if first > 0 {
-        let init = Init::Random(o.init_scale, &mut rng);
-        let r = engine.pass(&tokens[..first], first, init, None, &ctl(policy));
-        row(&mut out, &engine, 0, r.expect("nothing cancels here"));
-    }
-    for (pos, &tok) in tokens.iter().enumerate().skip(first) {
-        let init = Init::Random(o.init_scale, &mut rng);
-        let r = engine.step(tok, init, &ctl(policy));
-        row(&mut out, &engine, pos, r.expect("nothing cancels here"));
-    }
+    engine.entered(|engine| {
+        if first > 0 {
+            let init = Init::Random(o.init_scale, &mut rng);
+            let r = engine.pass(&tokens[..first], first, init, None, &ctl(policy));
+            row(&mut out, engine, 0, r.expect("nothing cancels here"));
+        }
+        for (pos, &tok) in tokens.iter().enumerate().skip(first) {
+            let init = Init::Random(o.init_scale, &mut rng);
+            let r = engine.step(tok, init, &ctl(policy));
+            row(&mut out, engine, pos, r.expect("nothing cancels here"));
+        }
+    });
     Ok(out)
 }

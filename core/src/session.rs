@@ -591,42 +591,43 @@ impl Session {
                 });
             }
             let init_scale = self.params.init_scale;
-            // Draft k tokens one at a time with few iterations.
-            let ctl = TokenControl {
-                policy: ExitPolicy::fixed(draft_steps),
-                budget_ms: None,
-                start: t0,
-                cancel: None,
-            };
-            let mut drafts = Vec::with_capacity(k);
-            let mut tok = next;
-            self.engine
-                .cache_mut()
-                .set_draft_view(Some((l, full - draft_steps)));
-            for _ in 0..k {
-                let init = Init::Random(init_scale, &mut self.rng);
-                self.engine.step(tok, init, &ctl);
-                tok = m.emittable().argmax(self.engine.logits());
-                drafts.push(tok);
-            }
-            self.engine.cache_mut().set_draft_view(None);
-            self.engine.truncate(l);
-            // Verify [next, d1 .. d(k-1)] in one pass with the full iterations.
-            let mut batch = Vec::with_capacity(k);
-            batch.push(next);
-            batch.extend_from_slice(&drafts[..k - 1]);
-            let ctl = TokenControl {
-                policy: ExitPolicy::fixed(full),
-                ..ctl
-            };
-            let init = Init::Random(init_scale, &mut self.rng);
-            self.engine.pass(&batch, k, init, None, &ctl);
-            let preds: Vec<u32> = self
-                .engine
-                .logits()
-                .chunks_exact(v)
-                .map(|r| m.emittable().argmax(r))
-                .collect();
+            let rng = &mut self.rng;
+            let (drafts, preds) = self.engine.entered(|engine| {
+                // Draft k tokens one at a time with few iterations.
+                let ctl = TokenControl {
+                    policy: ExitPolicy::fixed(draft_steps),
+                    budget_ms: None,
+                    start: t0,
+                    cancel: None,
+                };
+                let mut drafts = Vec::with_capacity(k);
+                let mut tok = next;
+                engine
+                    .cache_mut()
+                    .set_draft_view(Some((l, full - draft_steps)));
+                for _ in 0..k {
+                    engine.step(tok, Init::Random(init_scale, rng), &ctl);
+                    tok = m.emittable().argmax(engine.logits());
+                    drafts.push(tok);
+                }
+                engine.cache_mut().set_draft_view(None);
+                engine.truncate(l);
+                // Verify [next, d1 .. d(k-1)] in one pass with the full iterations.
+                let mut batch = Vec::with_capacity(k);
+                batch.push(next);
+                batch.extend_from_slice(&drafts[..k - 1]);
+                let ctl = TokenControl {
+                    policy: ExitPolicy::fixed(full),
+                    ..ctl
+                };
+                engine.pass(&batch, k, Init::Random(init_scale, rng), None, &ctl);
+                let preds: Vec<u32> = engine
+                    .logits()
+                    .chunks_exact(v)
+                    .map(|r| m.emittable().argmax(r))
+                    .collect();
+                (drafts, preds)
+            });
             // Row j of the verification predicts the token after batch[j]; drafts[j] is the
             // draft's guess for it. Keep next and the drafts the full model agrees with.
             let matched = preds
