@@ -43,7 +43,7 @@ fn main() -> raven::Result<()> {
         Init::Random(0.0, &mut rng),
         None,
         &ctl(ExitPolicy::fixed(32)),
-    );
+    )?;
     let next = model.emittable().argmax(engine.logits());
     let out = engine.step(
         next,
@@ -53,6 +53,6 @@ fn main() -> raven::Result<()> {
             ..ExitPolicy::fixed(32)
         }),
     );
-    println!("{next}: {:?} iterations", out.map(|o| o.steps));
+    println!("{next}: {} iterations", out?.steps);
     Ok(())
 }

@@ -371,3 +371,93 @@ fn full_cache_prompt_pass_equals_token_by_token() {
         .fold(0f32, f32::max);
     assert_eq!(worst, 0.0, "largest logit difference");
 }
+
+/// The engine checks a pass before computing or writing anything: an unknown token, a pass past
+/// the context, logit rows outside the tokens, an initial state of the wrong size, more
+/// iterations than the cache holds, a criterion the model lacks (Huginn has no exit gate) are
+/// errors naming what is wrong, and the cache keeps its positions.
+#[test]
+fn engine_refuses_bad_passes_and_keeps_the_cache() {
+    use raven::engine::{Engine, Init, TokenControl};
+    use raven::run::Threads;
+    let m = model();
+    let cache = KvCache::new(&m.config, CacheStrategy::Full, KvType::F32, 8, 4).unwrap();
+    let mut e = Engine::new(m.clone(), cache, Arc::new(Threads::new(1).unwrap()));
+    let ctl = |policy| TokenControl {
+        policy,
+        budget_ms: None,
+        start: std::time::Instant::now(),
+        cancel: None,
+    };
+    let mut rng = raven::rng::Rng::new(0);
+    let r = e.pass(
+        &[1, 2, 3],
+        1,
+        Init::Random(0.0, &mut rng),
+        None,
+        &ctl(ExitPolicy::fixed(4)),
+    );
+    assert_eq!(r.unwrap().steps, 4);
+    assert_eq!(e.len(), 3);
+    let h = m.config.n_embd;
+    let v = m.config.n_vocab as u32;
+    let gate = ExitPolicy {
+        criterion: Criterion::parse("gate").unwrap(),
+        ..ExitPolicy::fixed(4)
+    };
+    let bad: Vec<(Result<raven::engine::TokenOutcome, RavenError>, &str)> = vec![
+        (
+            e.pass(
+                &[v],
+                1,
+                Init::Random(0.0, &mut rng),
+                None,
+                &ctl(ExitPolicy::fixed(4)),
+            ),
+            "token",
+        ),
+        (
+            e.pass(
+                &[1; 6],
+                1,
+                Init::Random(0.0, &mut rng),
+                None,
+                &ctl(ExitPolicy::fixed(4)),
+            ),
+            "context",
+        ),
+        (
+            e.pass(
+                &[1, 2],
+                3,
+                Init::Random(0.0, &mut rng),
+                None,
+                &ctl(ExitPolicy::fixed(4)),
+            ),
+            "logit_rows",
+        ),
+        (
+            e.pass(
+                &[1, 2],
+                1,
+                Init::Warm(&vec![0.0; h]),
+                None,
+                &ctl(ExitPolicy::fixed(4)),
+            ),
+            "initial state",
+        ),
+        (
+            e.step(1, Init::Random(0.0, &mut rng), &ctl(ExitPolicy::fixed(5))),
+            "cache holds 4",
+        ),
+        (e.step(1, Init::Random(0.0, &mut rng), &ctl(gate)), "gate"),
+    ];
+    for (r, what) in bad {
+        let msg = r
+            .err()
+            .unwrap_or_else(|| panic!("{what}: accepted"))
+            .to_string();
+        assert!(msg.contains(what), "{what}: {msg}");
+        assert_eq!(e.len(), 3, "{what}: the cache changed");
+    }
+}

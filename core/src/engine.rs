@@ -19,7 +19,7 @@ use std::time::Instant;
 use crate::error::{RavenError, Result};
 use crate::exit::{Criterion, ExitPolicy, ExitState};
 use crate::forward::Workspace;
-use crate::kv::KvCache;
+use crate::kv::{CacheStrategy, KvCache};
 use crate::model::Model;
 use crate::params::Param;
 use crate::rng::Rng;
@@ -219,7 +219,8 @@ impl<M: Deref<Target = Model>, T: Deref<Target = Threads>> Engine<M, T> {
     /// `tokens` at the next positions in one pass: prelude, the recurrence under `ctl` (all
     /// positions stop together: criteria on the distribution read the last position, latent
     /// criteria average over them), coda and head for the last `logit_rows` positions.
-    /// `condition` changes the prelude's output first. `None` when cancelled, the cache as it
+    /// `condition` changes the prelude's output first. An error when an argument does not fit
+    /// (nothing is written then); [`RavenError::Cancelled`] when cancelled, the cache as it
     /// was.
     pub fn pass(
         &mut self,
@@ -228,7 +229,7 @@ impl<M: Deref<Target = Model>, T: Deref<Target = Threads>> Engine<M, T> {
         init: Init<'_>,
         condition: Option<&mut Condition<'_>>,
         ctl: &TokenControl<'_>,
-    ) -> Option<TokenOutcome> {
+    ) -> Result<TokenOutcome> {
         // A multi-position pass says nothing about one token's cost: the budget's estimates
         // stay out of it.
         let mut timing = Timing::default();
@@ -236,14 +237,14 @@ impl<M: Deref<Target = Model>, T: Deref<Target = Threads>> Engine<M, T> {
     }
 
     /// One token at the next position under `ctl` (exit policy, latency budget), its logits
-    /// left in [`Engine::logits`]; its cost updates the budget's estimates. `None` when
-    /// cancelled, the cache as it was.
+    /// left in [`Engine::logits`]; its cost updates the budget's estimates. Errors as
+    /// [`Engine::pass`].
     pub fn step(
         &mut self,
         token: u32,
         init: Init<'_>,
         ctl: &TokenControl<'_>,
-    ) -> Option<TokenOutcome> {
+    ) -> Result<TokenOutcome> {
         let mut timing = self.timing;
         let r = self.run(&[token], 1, init, None, ctl, &mut timing);
         self.timing = timing;
@@ -259,8 +260,9 @@ impl<M: Deref<Target = Model>, T: Deref<Target = Threads>> Engine<M, T> {
         condition: Option<&mut Condition<'_>>,
         ctl: &TokenControl<'_>,
         timing: &mut Timing,
-    ) -> Option<TokenOutcome> {
+    ) -> Result<TokenOutcome> {
         let start = self.cache.len();
+        self.check(tokens, logit_rows, &init, ctl)?;
         let Engine {
             model,
             cache,
@@ -277,7 +279,70 @@ impl<M: Deref<Target = Model>, T: Deref<Target = Threads>> Engine<M, T> {
         if r.is_none() {
             cache.truncate(start);
         }
-        r
+        r.ok_or(RavenError::Cancelled)
+    }
+
+    /// What a pass needs, checked before anything is computed or written: tokens in the
+    /// vocabulary and room for them, logit rows among them, an initial state of their size, a
+    /// policy the model and the cache can run.
+    fn check(
+        &self,
+        tokens: &[u32],
+        logit_rows: usize,
+        init: &Init<'_>,
+        ctl: &TokenControl<'_>,
+    ) -> Result<()> {
+        let c = &self.model.config;
+        if tokens.is_empty() {
+            return Err(RavenError::param(Param::Tokens, "no tokens given"));
+        }
+        for &t in tokens {
+            self.model.check_token(t)?;
+        }
+        let needed = self.cache.len() + tokens.len();
+        if needed > self.cache.ctx() {
+            return Err(RavenError::ContextOverflow {
+                needed,
+                context: self.cache.ctx(),
+            });
+        }
+        if logit_rows == 0 || logit_rows > tokens.len() {
+            return Err(RavenError::arg(
+                "logit_rows",
+                format!(
+                    "{logit_rows} must be between 1 and the {} tokens",
+                    tokens.len()
+                ),
+            ));
+        }
+        if let Init::Warm(w) = init {
+            if w.len() != tokens.len() * c.n_embd {
+                return Err(RavenError::arg(
+                    "init",
+                    format!(
+                        "the initial state has {} values, {} tokens need {}",
+                        w.len(),
+                        tokens.len(),
+                        tokens.len() * c.n_embd
+                    ),
+                ));
+            }
+        }
+        ctl.policy.validate()?;
+        ctl.policy.criterion.for_model(c)?;
+        if !matches!(self.cache.strategy(), CacheStrategy::Compress(_))
+            && ctl.policy.max_steps > self.cache.max_steps()
+        {
+            return Err(RavenError::param(
+                Param::MaxSteps,
+                format!(
+                    "{} iterations, but the cache holds {}",
+                    ctl.policy.max_steps,
+                    self.cache.max_steps()
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -304,7 +369,7 @@ fn run_chunk(
     policy.criterion = policy
         .criterion
         .for_model(&m.config)
-        .expect("exit criteria are checked against the model before a run");
+        .expect("Engine::check checked the criterion against the model");
     m.embed_prelude(tokens, start, cache, ws);
     if let Some(f) = condition {
         f(&mut ws.e);

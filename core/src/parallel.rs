@@ -511,18 +511,13 @@ pub fn generate(
         start: Instant::now(),
         cancel: obs.cancel,
     };
-    let prefill_ok = engine
-        .pass(
-            prompt,
-            1,
-            Init::Warm(&s0),
-            None,
-            &ctl(ExitPolicy::fixed(num_steps)),
-        )
-        .is_some();
-    if !prefill_ok {
-        return Err(RavenError::Cancelled);
-    }
+    engine.pass(
+        prompt,
+        1,
+        Init::Warm(&s0),
+        None,
+        &ctl(ExitPolicy::fixed(num_steps)),
+    )?;
     let x_l = sample(
         &m.emittable().restrict(&engine.logits()[..v]),
         prompt,
@@ -691,18 +686,13 @@ pub fn generate(
                 cond = e.to_vec();
             }
         };
-        let ok = engine
-            .pass(
-                &cur[c..c + w],
-                w,
-                Init::Warm(&z),
-                Some(&mut condition),
-                &ctl(ExitPolicy::fixed(r)),
-            )
-            .is_some();
-        if !ok {
-            return Err(RavenError::Cancelled);
-        }
+        engine.pass(
+            &cur[c..c + w],
+            w,
+            Init::Warm(&z),
+            Some(&mut condition),
+            &ctl(ExitPolicy::fixed(r)),
+        )?;
         for n in &mut n_iter[c..c + w] {
             *n += r as u32;
         }

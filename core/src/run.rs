@@ -133,14 +133,15 @@ pub fn logits(
     engine.entered(|engine| {
         if first > 0 {
             let init = Init::Random(o.init_scale, &mut rng);
-            let r = engine.pass(&tokens[..first], first, init, None, &ctl(policy));
-            row(&mut out, engine, 0, r.expect("nothing cancels here"));
+            let r = engine.pass(&tokens[..first], first, init, None, &ctl(policy))?;
+            row(&mut out, engine, 0, r);
         }
         for (pos, &tok) in tokens.iter().enumerate().skip(first) {
             let init = Init::Random(o.init_scale, &mut rng);
-            let r = engine.step(tok, init, &ctl(policy));
-            row(&mut out, engine, pos, r.expect("nothing cancels here"));
+            let r = engine.step(tok, init, &ctl(policy))?;
+            row(&mut out, engine, pos, r);
         }
-    });
+        Ok::<(), RavenError>(())
+    })?;
     Ok(out)
 }

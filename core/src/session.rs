@@ -347,9 +347,7 @@ impl Session {
             cancel: self.cancel.as_deref(),
         };
         let init = Init::Random(self.params.init_scale, &mut self.rng);
-        if self.engine.pass(tokens, 1, init, None, &ctl).is_none() {
-            return Err(RavenError::Cancelled);
-        }
+        self.engine.pass(tokens, 1, init, None, &ctl)?;
         self.history.extend_from_slice(tokens);
         self.logits.clear();
         self.logits.extend_from_slice(self.engine.logits());
@@ -382,9 +380,12 @@ impl Session {
             Some(w) => Init::Warm(w),
             None => Init::Random(self.params.init_scale, &mut self.rng),
         };
-        let Some(r) = self.engine.step(token, init, &ctl) else {
-            self.warm = warm;
-            return Err(RavenError::Cancelled);
+        let r = match self.engine.step(token, init, &ctl) {
+            Ok(r) => r,
+            Err(e) => {
+                self.warm = warm;
+                return Err(e);
+            }
         };
         self.history.push(token);
         self.logits.clear();
@@ -606,7 +607,11 @@ impl Session {
                     .cache_mut()
                     .set_draft_view(Some((l, full - draft_steps)));
                 for _ in 0..k {
-                    engine.step(tok, Init::Random(init_scale, rng), &ctl);
+                    if let Err(e) = engine.step(tok, Init::Random(init_scale, rng), &ctl) {
+                        engine.cache_mut().set_draft_view(None);
+                        engine.truncate(l);
+                        return Err(e);
+                    }
                     tok = m.emittable().argmax(engine.logits());
                     drafts.push(tok);
                 }
@@ -620,14 +625,14 @@ impl Session {
                     policy: ExitPolicy::fixed(full),
                     ..ctl
                 };
-                engine.pass(&batch, k, Init::Random(init_scale, rng), None, &ctl);
+                engine.pass(&batch, k, Init::Random(init_scale, rng), None, &ctl)?;
                 let preds: Vec<u32> = engine
                     .logits()
                     .chunks_exact(v)
                     .map(|r| m.emittable().argmax(r))
                     .collect();
-                (drafts, preds)
-            });
+                Ok((drafts, preds))
+            })?;
             // Row j of the verification predicts the token after batch[j]; drafts[j] is the
             // draft's guess for it. Keep next and the drafts the full model agrees with.
             let matched = preds
