@@ -57,12 +57,12 @@ thread_local! {
     pub(crate) static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
 }
 
-pub(crate) fn set_last_error(msg: &str) {
+fn set_last_error(msg: &str) {
     let c = CString::new(msg.replace('\0', " ")).unwrap_or_default();
     let _ = LAST_ERROR.try_with(|e| *e.borrow_mut() = c);
 }
 
-pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> &str {
+fn panic_message(p: &(dyn std::any::Any + Send)) -> &str {
     if let Some(s) = p.downcast_ref::<&str>() {
         s
     } else if let Some(s) = p.downcast_ref::<String>() {

@@ -4,11 +4,11 @@
 use super::*;
 
 /// Where generated tokens go: the caller's callback, with each token's text piece.
-pub(crate) struct Sink<'t> {
-    pub(crate) callback: raven_token_callback,
-    pub(crate) user_data: *mut c_void,
-    pub(crate) decoder: Option<raven_text::StreamDecoder<'t>>,
-    pub(crate) piece: Vec<u8>,
+struct Sink<'t> {
+    callback: raven_token_callback,
+    user_data: *mut c_void,
+    decoder: Option<raven_text::StreamDecoder<'t>>,
+    piece: Vec<u8>,
 }
 
 impl<'t> Sink<'t> {
@@ -122,7 +122,7 @@ pub(crate) unsafe fn generate(
 ///
 /// # Safety
 /// As for `raven_session_generate`.
-pub(crate) unsafe fn generate_plain(
+unsafe fn generate_plain(
     session: &mut Session,
     cancel: &AtomicBool,
     prompt: &[u32],
@@ -184,7 +184,7 @@ pub(crate) unsafe fn generate_plain(
 ///
 /// # Safety
 /// As for `raven_session_generate`.
-pub(crate) unsafe fn generate_parallel(
+unsafe fn generate_parallel(
     p: &mut ParallelSession,
     cancel: &AtomicBool,
     prompt: &[u32],

@@ -23,7 +23,7 @@ pub extern "C" fn raven_status_string(status: raven_status) -> *const c_char {
     )
 }
 
-pub(crate) fn status_name(status: raven_status) -> &'static str {
+fn status_name(status: raven_status) -> &'static str {
     match status {
         RAVEN_OK => "RAVEN_OK\0",
         RAVEN_ERR_INVALID_ARGUMENT => "RAVEN_ERR_INVALID_ARGUMENT\0",

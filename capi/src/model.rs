@@ -89,7 +89,7 @@ pub unsafe extern "C" fn raven_model_load(
     })
 }
 
-pub(crate) fn path_from_c(p: &CStr) -> R<PathBuf> {
+fn path_from_c(p: &CStr) -> R<PathBuf> {
     #[cfg(unix)]
     {
         use std::os::unix::ffi::OsStrExt;
@@ -103,10 +103,7 @@ pub(crate) fn path_from_c(p: &CStr) -> R<PathBuf> {
     }
 }
 
-pub(crate) fn read_with_progress(
-    path: &std::path::Path,
-    mut report: impl FnMut(f32) -> R<()>,
-) -> R<Vec<u8>> {
+fn read_with_progress(path: &std::path::Path, mut report: impl FnMut(f32) -> R<()>) -> R<Vec<u8>> {
     let io = |e| {
         Error::from(RavenError::Io {
             path: path.to_path_buf(),
@@ -163,7 +160,7 @@ pub unsafe extern "C" fn raven_model_free(model: *mut raven_model) {
 ///
 /// # Safety
 /// `model` is NULL or a live model.
-pub(crate) unsafe fn query<T>(
+unsafe fn query<T>(
     name: &str,
     model: *const raven_model,
     fail: T,

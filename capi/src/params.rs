@@ -14,7 +14,7 @@ pub extern "C" fn raven_sampling_default_params() -> raven_sampling_params {
     )
 }
 
-pub(crate) fn default_sampling() -> raven_sampling_params {
+fn default_sampling() -> raven_sampling_params {
     let s = SamplingParams::default();
     raven_sampling_params {
         temperature: s.temperature,
@@ -96,7 +96,7 @@ pub(crate) fn sampling_from_c(s: &raven_sampling_params) -> R<SamplingParams> {
     Ok(p)
 }
 
-pub(crate) fn criterion_from_c(kind: raven_exit_criterion, thr: f32) -> R<Criterion> {
+fn criterion_from_c(kind: raven_exit_criterion, thr: f32) -> R<Criterion> {
     if !(thr.is_finite() && thr >= 0.0) {
         return Err(invalid(format!(
             "exit_threshold = {thr} must be a positive number, or 0 for the criterion's default"

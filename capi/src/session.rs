@@ -196,7 +196,7 @@ pub unsafe extern "C" fn raven_session_cancel(session: *const raven_session) {
 ///
 /// # Safety
 /// `session` is NULL or a live session.
-pub(crate) unsafe fn with_session(
+unsafe fn with_session(
     name: &str,
     session: *const raven_session,
     f: impl FnOnce(&mut Inner, &AtomicBool) -> R<()>,
