@@ -456,7 +456,8 @@ pub(crate) struct Kernels {
     pub packed_pays: bool,
     /// The fewest tokens [`crate::matmul`] hands these kernels at once when a product has
     /// that many (more when they fit its ~128 KiB tile): 4 for the register-tiled kernels,
-    /// more for AMX, whose tiles hold 16 tokens.
+    /// more for those that walk several tiles of tokens over a group of rows while it is in
+    /// cache (AVX-512 VNNI's tiles of 8, AMX's of 16).
     pub token_tile: usize,
 }
 

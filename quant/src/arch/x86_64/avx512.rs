@@ -17,7 +17,7 @@ kernel_set! {
     mm_q4_0x16: wrap(zmm_q4_0x16),
     mm_q8_0x16: wrap(zmm_q8_0x16),
     packed_pays: true,
-    token_tile: 4,
+    token_tile: 16,
     detect: std::is_x86_feature_detected!("avx2")
         && std::is_x86_feature_detected!("fma")
         && std::is_x86_feature_detected!("f16c")
@@ -80,7 +80,8 @@ unsafe fn act_ptrs<const NT: usize>(
 }
 
 /// `S` groups of 16 interleaved Q4_0 rows (walked side by side, see `stream_groups!`) against
-/// `NT` tokens: lane `r` of `acc[j][t]` is row `r` of group `gs[j]`.
+/// `NT` tokens: lane `r` of `acc[j][t]` is row `r` of group `gs[j]`. Decoding's kernel (one or
+/// two tokens); more go to [`group_wide`].
 ///
 /// # Safety
 /// The CPU must support AVX-512F, AVX-512BW and AVX-512 VNNI (and AVX, F16C), as the
@@ -147,6 +148,87 @@ unsafe fn group<const NT: usize, const S: usize>(
     }
 }
 
+/// One group of 16 interleaved Q4_0 rows against `NT` tokens (up to 8), the token loop
+/// innermost: each weight vector meets `NT` independent accumulators in a row, so `vpdpbusd`'s
+/// latency hides behind the other tokens and the multiply pipes issue every cycle. Both
+/// nibbles are shifted into place once per block (shared by the tokens), and each token keeps
+/// one integer chain per block.
+///
+/// # Safety
+/// As [`group`] with `S = 1`.
+#[inline(always)]
+unsafe fn group_wide<const NT: usize>(g: *const u8, act: &Q8View<'_>, t0: usize) -> [__m512; NT] {
+    // SAFETY: as `group`: the CPU features, one group of `group_bytes(nb)` bytes at `g`, and
+    // tokens `t0..t0 + NT` in `act`.
+    unsafe {
+        let nb = act.nb;
+        let mask = _mm512_set1_epi8(0x0f);
+        let (qa, da, sa) = act_ptrs::<NT>(act, t0);
+        let mut acc = [_mm512_setzero_ps(); NT];
+        for b in 0..nb {
+            let (qo, so) = q4_offsets(nb, b);
+            let q = g.add(qo);
+            prefetch_lines::<5>(q.wrapping_add(PREFETCH));
+            let c: [__m512i; 4] =
+                core::array::from_fn(|k| _mm512_loadu_si512(q.add(64 * k) as *const _));
+            let w: [__m512i; 8] = core::array::from_fn(|k| {
+                if k < 4 {
+                    _mm512_and_si512(c[k], mask)
+                } else {
+                    _mm512_and_si512(_mm512_srli_epi16(c[k - 4], 4), mask)
+                }
+            });
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(g.add(so) as *const __m256i));
+            let mut s: [__m512i; NT] =
+                core::array::from_fn(|t| _mm512_set1_epi32(-8 * *sa[t].add(b)));
+            for k in 0..8 {
+                for t in 0..NT {
+                    let a = _mm512_set1_epi32(qa[t].add(b * QK / 4 + k).read_unaligned());
+                    s[t] = _mm512_dpbusd_epi32(s[t], w[k], a);
+                }
+            }
+            for t in 0..NT {
+                let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*da[t].add(b)));
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[t]), scale, acc[t]);
+            }
+        }
+        acc
+    }
+}
+
+/// Every token of `act` against one Q4_0 group at `g`, in tiles of up to 8 ([`group_wide`]):
+/// token `t`'s 16 values go to `o + t · ldo`.
+///
+/// # Safety
+/// As [`group_wide`] for every tile, and `o + t · ldo + 0..16` writable for every token `t`.
+#[inline(always)]
+unsafe fn wide_tiles(g: *const u8, act: &Q8View<'_>, o: *mut f32, ldo: usize) {
+    let mut t = 0;
+    while t < act.n {
+        let nt = (act.n - t).min(8);
+        macro_rules! tile {
+            ($($n:literal)*) => {
+                match nt {
+                    $($n => {
+                        // SAFETY: tokens `t..t + $n` are in `act` (`nt ≤ act.n − t`); the
+                        // CPU features, the group at `g` and the output rows as the caller
+                        // guarantees.
+                        unsafe {
+                            let acc = group_wide::<$n>(g, act, t);
+                            for (k, v) in acc.iter().enumerate() {
+                                _mm512_storeu_ps(o.add((t + k) * ldo), *v);
+                            }
+                        }
+                    })*
+                    _ => unreachable!("tiles hold 1 to 8 tokens"),
+                }
+            };
+        }
+        tile!(1 2 3 4 5 6 7 8);
+        t += nt;
+    }
+}
+
 /// `S` groups of 16 interleaved Q8_0 rows against `NT` tokens: weights offset to unsigned
 /// (`w + 128`) for `vpdpbusd`, and `128 · Σ a` subtracted, exactly per lane.
 ///
@@ -210,9 +292,12 @@ unsafe fn group_q8<const NT: usize, const S: usize>(
 
 /// The drivers of the packed kernels: groups in streams (`stream_groups!`, when `$streams`),
 /// against every tile of tokens (up to 2 per tile when streaming, so the accumulators stay in
-/// registers).
+/// registers). With `$wide` (Q4_0), three or more tokens go to [`wide_tiles`] one group at a
+/// time: on an AMD Zen 5 core it multiplied 8 tokens at 395 GMAC/s where `group`'s tiles of 4
+/// reached 300–340 (`examples/mm_probe.rs`, 5280 × 5280), and a 2-thread product of the
+/// full-size shapes took 15–20% less time (`examples/mm2_probe.rs`).
 macro_rules! zmm_packed {
-    ($name:ident, $group:ident, $group_bytes:ident, $streams:expr) => {
+    ($name:ident, $group:ident, $group_bytes:ident, $streams:expr, $wide:expr) => {
         /// # Safety
         /// Needs AVX-512 F/BW/VL/VNNI (and F16C); slice lengths are checked here.
         #[inline(always)]
@@ -234,24 +319,28 @@ macro_rules! zmm_packed {
                 // per token at `(t + k) · ldo + 16 · gi[j]` in `out`.
                 unsafe {
                     let gp: [*const u8; S] = core::array::from_fn(|j| w.as_ptr().add(gi[j] * gb));
-                    tile_tokens!(act.n, if S > 1 { 2 } else { 4 }, |t, NT| {
-                        let acc = $group::<NT, S>(gp, &act, t);
-                        for (j, accj) in acc.iter().enumerate() {
-                            for (k, a) in accj.iter().enumerate() {
-                                _mm512_storeu_ps(o.add((t + k) * ldo + 16 * gi[j]), *a);
+                    if $wide && S == 1 && act.n >= 3 {
+                        wide_tiles(gp[0], &act, o.add(16 * gi[0]), ldo);
+                    } else {
+                        tile_tokens!(act.n, if S > 1 { 2 } else { 4 }, |t, NT| {
+                            let acc = $group::<NT, S>(gp, &act, t);
+                            for (j, accj) in acc.iter().enumerate() {
+                                for (k, a) in accj.iter().enumerate() {
+                                    _mm512_storeu_ps(o.add((t + k) * ldo + 16 * gi[j]), *a);
+                                }
                             }
-                        }
-                    });
+                        });
+                    }
                 }
             });
         }
     };
 }
 
-zmm_packed!(zmm_q4_0x16, group, group_bytes, true);
+zmm_packed!(zmm_q4_0x16, group, group_bytes, true, true);
 // Q8_0 streams at 85–90% of the bandwidth one group at a time; three streams lost ~10%,
 // prefetching 4 KiB ahead 5–15 points (on an earlier host; on the AMX host 2 KiB gained, see
 // `PREFETCH_NEAR`), and Q4_0's pair layout (scales after each pair of
 // columns) 5 points on average, −13 to +1 over 9 runs (`benches/roofline.rs` and an A/B in
 // one process, side by side).
-zmm_packed!(zmm_q8_0x16, group_q8, group_bytes_q8, false);
+zmm_packed!(zmm_q8_0x16, group_q8, group_bytes_q8, false, false);
