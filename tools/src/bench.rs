@@ -75,6 +75,14 @@ pub struct BenchArgs {
     /// Skip the memory-bandwidth probe.
     #[arg(long = "no-probe")]
     no_probe: bool,
+    /// Instead of the prompt and decode rows: time one core iteration over W positions in one
+    /// pass (what a parallel-sampler step with W positions in flight runs per inner iteration)
+    /// against a single-position decode iteration, alternated (comma-separated list of W).
+    #[arg(long = "wavefront", value_delimiter = ',')]
+    wavefront: Vec<usize>,
+    /// Rounds of the --wavefront measurement (medians are reported).
+    #[arg(long = "rounds", default_value_t = 7)]
+    rounds: usize,
 }
 
 /// The memory-read probe: sums a 512 MiB buffer from every thread of the pool.
@@ -190,6 +198,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     } else {
         a.context.clone()
     };
+    if !a.wavefront.is_empty() {
+        return wavefront(a, &model, &cache_name, cache, &types);
+    }
     let v = model.config.n_vocab as u32;
     let prompt: Vec<u32> = (0..a.n_prompt as u32)
         .map(|i| (i * 7919 + 13) % v)
@@ -484,6 +495,137 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         println!(
             "\nbudget check ({} threads, {} steps, exit {}): unconstrained median {med:.2} ms/token; with --budget-ms {b:.2}: {pct:.1}% of tokens within budget + 10%, {it:.2} iterations/token",
             r.threads, r.steps, r.exit
+        );
+    }
+    Ok(())
+}
+
+/// `--wavefront`: per thread count and steps, `rounds` rounds of one single-position decode
+/// step and one pass of W positions for every W, each at `steps` fixed iterations after the
+/// prompt (and truncated back to it), timing their core iterations (adapter + core blocks, as
+/// the engine reports them). Medians over rounds; the ratio is the median of the rounds' own
+/// ratios, so a drift of the host's bandwidth between rounds cancels.
+fn wavefront(
+    a: &BenchArgs,
+    model: &Arc<raven::Model>,
+    cache_name: &str,
+    cache: CacheStrategy,
+    types: &[KvType],
+) -> Result<()> {
+    use raven::engine::{Init, TokenControl};
+    use raven::kv::KvCache;
+    if a.wavefront.contains(&0) || a.rounds == 0 {
+        bail!("--wavefront sizes and --rounds must be at least 1");
+    }
+    let c = &model.config;
+    let v = c.n_vocab as u32;
+    let wmax = a.wavefront.iter().copied().max().unwrap_or(1);
+    let ctx = a.n_prompt + wmax.max(1);
+    if ctx > c.context {
+        bail!(
+            "-p {} with --wavefront {wmax}: {ctx} positions, more than the model's context of {}",
+            a.n_prompt,
+            c.context
+        );
+    }
+    let prompt: Vec<u32> = (0..a.n_prompt as u32)
+        .map(|i| (i * 7919 + 13) % v)
+        .collect();
+    let ty = types[0];
+    let mut out = Vec::new();
+    for &t in &a.threads {
+        let threads = Arc::new(Threads::new(t)?);
+        for &steps in &a.steps {
+            let kv = KvCache::new(c, cache, ty, ctx, steps)?;
+            let mut e = raven::Engine::new(model.clone(), kv, threads.clone());
+            let mut rng = raven::rng::Rng::new(0);
+            let ctl = || TokenControl {
+                policy: ExitPolicy::fixed(steps),
+                budget_ms: None,
+                start: Instant::now(),
+                cancel: None,
+            };
+            e.pass(&prompt, 1, Init::Random(0.0, &mut rng), None, &ctl())?;
+            let base = e.len();
+            // Per round: the single-position iteration, then every W's iteration (ms).
+            let mut single = Vec::new();
+            let mut per_w: Vec<Vec<f64>> = vec![Vec::new(); a.wavefront.len()];
+            let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); a.wavefront.len()];
+            for round in 0..a.rounds + 1 {
+                let tok = prompt[round % prompt.len()];
+                let o = e.step(tok, Init::Random(0.0, &mut rng), &ctl())?;
+                e.truncate(base);
+                let one = o.core_ms / o.steps.max(1) as f64;
+                let mut row = Vec::new();
+                for &w in &a.wavefront {
+                    let toks: Vec<u32> =
+                        (0..w).map(|i| prompt[(round + i) % prompt.len()]).collect();
+                    let o = e.pass(&toks, 1, Init::Random(0.0, &mut rng), None, &ctl())?;
+                    e.truncate(base);
+                    row.push(o.core_ms / o.steps.max(1) as f64);
+                }
+                // The first round warms the caches and the pool: not counted.
+                if round == 0 {
+                    continue;
+                }
+                single.push(one);
+                for (i, ms) in row.into_iter().enumerate() {
+                    per_w[i].push(ms);
+                    ratios[i].push(ms / one);
+                }
+            }
+            let one = median(&mut single);
+            for (i, &w) in a.wavefront.iter().enumerate() {
+                let ms = median(&mut per_w[i]);
+                let (lo, hi) = (
+                    ratios[i].iter().copied().fold(f64::INFINITY, f64::min),
+                    ratios[i].iter().copied().fold(0.0, f64::max),
+                );
+                out.push((
+                    threads.count(),
+                    steps,
+                    w,
+                    ms,
+                    one,
+                    median(&mut ratios[i]),
+                    lo,
+                    hi,
+                ));
+            }
+        }
+    }
+    if a.output == "json" {
+        let arr: Vec<serde_json::Value> = out
+            .iter()
+            .map(|&(t, steps, w, ms, one, r, lo, hi)| {
+                serde_json::json!({
+                    "model": a.model.display().to_string(), "isa": raven_quant::isa(),
+                    "threads": t, "steps": steps, "cache": cache_name, "cache_type": ty.name(),
+                    "context": a.n_prompt, "wavefront": w, "rounds": a.rounds,
+                    "ms_per_core_iteration": ms, "single_position_ms_per_core_iteration": one,
+                    "ratio_median": r, "ratio_min": lo, "ratio_max": hi,
+                    "ms_per_position": ms / w as f64,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&arr)?);
+        return Ok(());
+    }
+    println!(
+        "model {} ({}), kernels {}, cache {cache_name} ({}), after a {}-token prompt; one core iteration over W positions in one pass against a single-position decode iteration, {} alternated rounds (medians; ratio: median of the rounds' ratios, min-max)",
+        a.model.display(),
+        model.name(),
+        raven_quant::isa(),
+        ty.name(),
+        a.n_prompt,
+        a.rounds
+    );
+    println!("\n| threads | steps | W | ms per core iteration | single-position ms | × single (min-max) | ms per position |");
+    println!("|---|---|---|---|---|---|---|");
+    for &(t, steps, w, ms, one, r, lo, hi) in &out {
+        println!(
+            "| {t} | {steps} | {w} | {ms:.2} | {one:.2} | {r:.2} ({lo:.2}-{hi:.2}) | {:.2} |",
+            ms / w as f64
         );
     }
     Ok(())

@@ -1088,3 +1088,53 @@ fn demo_trace_answers_with_every_swap() {
         assert_eq!(x["by_level"]["1"]["whole"], 100.0, "{x}");
     }
 }
+
+/// `raven bench --wavefront`: one row per size with its core-iteration time, the
+/// single-position time and their ratio; bad sizes and rounds are refused naming the flags.
+#[test]
+fn bench_wavefront_times_each_size_against_one_position() {
+    let m = s(model());
+    let o = ok(&[
+        "bench",
+        "-m",
+        m,
+        "-p",
+        "4",
+        "--steps",
+        "2",
+        "-t",
+        "1",
+        "--wavefront",
+        "1,3",
+        "--rounds",
+        "2",
+        "-o",
+        "json",
+    ]);
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(rows.len(), 2);
+    for (r, w) in rows.iter().zip([1, 3]) {
+        assert_eq!(r["wavefront"], w);
+        assert_eq!(r["steps"], 2);
+        assert_eq!(r["rounds"], 2);
+        let ms = r["ms_per_core_iteration"].as_f64().unwrap();
+        let one = r["single_position_ms_per_core_iteration"].as_f64().unwrap();
+        let ratio = r["ratio_median"].as_f64().unwrap();
+        assert!(
+            ms > 0.0 && one > 0.0 && ratio.is_finite() && ratio > 0.0,
+            "{r}"
+        );
+        assert!(
+            r["ratio_min"].as_f64().unwrap() <= ratio && ratio <= r["ratio_max"].as_f64().unwrap()
+        );
+    }
+    fails(&["bench", "-m", m, "--wavefront", "0"], &["--wavefront"]);
+    fails(
+        &["bench", "-m", m, "--wavefront", "2", "--rounds", "0"],
+        &["--rounds"],
+    );
+    fails(
+        &["bench", "-m", m, "-p", "100000", "--wavefront", "2"],
+        &["context"],
+    );
+}
