@@ -42,6 +42,14 @@ const PREFETCH: usize = 4096;
 /// 1, 2 and 4 KiB within noise of each other).
 const PREFETCH_NEAR: usize = 2048;
 
+/// The same for [`group_wide`]: two threads multiplying a few tokens each read at 25–40 GB/s
+/// while computing, so more must be in flight than decoding's 4 KiB. Full-size Huginn-0125,
+/// Q4_0, 2 threads, AMD Zen 5 (`raven bench --wavefront`, two runs per distance): one core
+/// iteration over 4 positions took 1.31–1.33× a single-position iteration with 4 KiB,
+/// 1.13–1.16× with 8 KiB, 1.10× with 16 KiB, 1.11–1.12× with 24 KiB (2 KiB: 1.60–1.63×);
+/// over 8 positions 1.74–1.76×, 1.64–1.66×, 1.62–1.63×, 1.62–1.64×.
+const PREFETCH_WIDE: usize = 16384;
+
 /// Prefetches `N` consecutive 64-byte lines from `p` into L1 (a hint: never faults).
 ///
 /// # Safety
@@ -168,7 +176,7 @@ unsafe fn group_wide<const NT: usize>(g: *const u8, act: &Q8View<'_>, t0: usize)
         for b in 0..nb {
             let (qo, so) = q4_offsets(nb, b);
             let q = g.add(qo);
-            prefetch_lines::<5>(q.wrapping_add(PREFETCH));
+            prefetch_lines::<5>(q.wrapping_add(PREFETCH_WIDE));
             let c: [__m512i; 4] =
                 core::array::from_fn(|k| _mm512_loadu_si512(q.add(64 * k) as *const _));
             let w: [__m512i; 8] = core::array::from_fn(|k| {
