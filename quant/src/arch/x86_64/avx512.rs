@@ -302,7 +302,7 @@ unsafe fn group_q8<const NT: usize, const S: usize>(
 /// against every tile of tokens (up to 2 per tile when streaming, so the accumulators stay in
 /// registers). With `$wide` (Q4_0), three or more tokens go to [`wide_tiles`] one group at a
 /// time: on an AMD Zen 5 core it multiplied 8 tokens at 395 GMAC/s where `group`'s tiles of 4
-/// reached 300–340 (`examples/mm_probe.rs`, 5280 × 5280), and a 2-thread product of the
+/// reached 360 (`examples/mm_probe.rs`, 5280 × 5280), and a 2-thread product of the
 /// full-size shapes took 15–20% less time (`examples/mm2_probe.rs`).
 macro_rules! zmm_packed {
     ($name:ident, $group:ident, $group_bytes:ident, $streams:expr, $wide:expr) => {
