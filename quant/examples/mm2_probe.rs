@@ -2,6 +2,7 @@
 //! copies of the matrix so that the weights stream from memory:
 //! `cargo run --release -p raven-quant --example mm2_probe -- ROWS COLS TOKENS THREADS`,
 //! printing ms per product, multiply-adds per second and the weights' read rate.
+mod common;
 use raven_quant::*;
 use std::time::Instant;
 fn main() {
@@ -11,17 +12,7 @@ fn main() {
         .collect();
     let (rows, cols, n, threads) = (args[0], args[1], args[2], args[3]);
     let bb = 18;
-    let mut data = vec![0u8; rows * cols / 32 * bb];
-    let mut s = 1u64;
-    for (i, b) in data.iter_mut().enumerate() {
-        s = s
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        *b = (s >> 33) as u8;
-        if i % bb == 1 {
-            *b = 0x2c;
-        }
-    }
+    let data = common::random_blocks(rows, cols, bb);
     let copies = 4;
     let ws: Vec<Vec<u8>> = (0..copies).map(|_| data.clone()).collect();
     let ps: Vec<PackedMatrix> = ws

@@ -1,6 +1,7 @@
 //! One product timed in isolation, on the chosen kernel set (`RAVEN_ISA` picks another):
 //! `cargo run --release -p raven-quant --example mm_probe -- ROWS COLS TOKENS 4|8` (Q4_0 or
 //! Q8_0 weights, random, repacked), printing ms and multiply-adds per second (`REPS`: repeats).
+mod common;
 
 use raven_quant::*;
 use std::time::Instant;
@@ -20,17 +21,7 @@ fn main() {
         },
     );
     let bb = if ty == GgmlType::Q4_0 { 18 } else { 34 };
-    let mut data = vec![0u8; rows * cols / 32 * bb];
-    let mut s = 1u64;
-    for (i, b) in data.iter_mut().enumerate() {
-        s = s
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        *b = (s >> 33) as u8;
-        if i % bb == 1 {
-            *b = 0x2c;
-        }
-    }
+    let data = common::random_blocks(rows, cols, bb);
     let w = Matrix::new(ty, rows, cols, &data).unwrap();
     let p = repack(&w).unwrap();
     let x: Vec<f32> = (0..n * cols)

@@ -1,5 +1,6 @@
 //! Parallel products back to back at one shape, on pools of 1 and 2 threads (as decoding runs
 //! them): `cargo run --release -p raven-quant --example par_probe -- ROWS COLS REPS`.
+mod common;
 use raven_quant::*;
 use std::time::Instant;
 fn main() {
@@ -8,17 +9,7 @@ fn main() {
         .map(|a| a.parse().unwrap())
         .collect();
     let (rows, cols, reps) = (args[0], args[1], args[2]);
-    let mut data = vec![0u8; rows * cols / 32 * 18];
-    let mut s = 1u64;
-    for (i, b) in data.iter_mut().enumerate() {
-        s = s
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        *b = (s >> 33) as u8;
-        if i % 18 == 1 {
-            *b = 0x2c;
-        }
-    }
+    let data = common::random_blocks(rows, cols, 18);
     // Copies enough to stream from memory, not cache.
     let copies = (1usize << 30) / data.len() + 1;
     let ws: Vec<Vec<u8>> = (0..copies).map(|_| data.clone()).collect();
