@@ -500,7 +500,21 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// `--wavefront`: per thread count and steps, `rounds` rounds of one single-position decode
+/// One `--wavefront` row: milliseconds per core iteration over `w` positions and over one
+/// (medians), the median of the rounds' ratios and their range.
+struct WaveRow {
+    threads: usize,
+    steps: usize,
+    ty: KvType,
+    w: usize,
+    ms: f64,
+    one: f64,
+    ratio: f64,
+    lo: f64,
+    hi: f64,
+}
+
+/// `--wavefront`: per thread count, steps and cache type, `rounds` rounds of one single-position decode
 /// step and one pass of W positions for every W, each at `steps` fixed iterations after the
 /// prompt (and truncated back to it), timing their core iterations (adapter + core blocks, as
 /// the engine reports them). Medians over rounds; the ratio is the median of the rounds' own
@@ -517,6 +531,17 @@ fn wavefront(
     if a.wavefront.contains(&0) || a.rounds == 0 {
         bail!("--wavefront sizes and --rounds must be at least 1");
     }
+    // What the prompt/decode rows measure has no meaning here: refused rather than ignored.
+    let others = [
+        ("--context", !a.context.is_empty()),
+        ("--exit", a.exit.iter().any(|e| e != "none")),
+        ("--prompt-one-by-one", a.one_by_one),
+        ("--budget-check", a.budget_check),
+        ("--draft-steps", a.draft_steps.is_some()),
+    ];
+    if let Some((flag, _)) = others.iter().find(|(_, set)| *set) {
+        bail!("--wavefront times fixed iterations right after the prompt: {flag} does not apply");
+    }
     let c = &model.config;
     let v = c.n_vocab as u32;
     let wmax = a.wavefront.iter().copied().max().unwrap_or(1);
@@ -531,11 +556,14 @@ fn wavefront(
     let prompt: Vec<u32> = (0..a.n_prompt as u32)
         .map(|i| (i * 7919 + 13) % v)
         .collect();
-    let ty = types[0];
     let mut out = Vec::new();
     for &t in &a.threads {
         let threads = Arc::new(Threads::new(t)?);
-        for &steps in &a.steps {
+        for (&steps, &ty) in a
+            .steps
+            .iter()
+            .flat_map(|s| types.iter().map(move |t| (s, t)))
+        {
             let kv = KvCache::new(c, cache, ty, ctx, steps)?;
             let mut e = raven::Engine::new(model.clone(), kv, threads.clone());
             let mut rng = raven::rng::Rng::new(0);
@@ -581,30 +609,31 @@ fn wavefront(
                     ratios[i].iter().copied().fold(f64::INFINITY, f64::min),
                     ratios[i].iter().copied().fold(0.0, f64::max),
                 );
-                out.push((
-                    threads.count(),
+                out.push(WaveRow {
+                    threads: threads.count(),
                     steps,
+                    ty,
                     w,
                     ms,
                     one,
-                    median(&mut ratios[i]),
+                    ratio: median(&mut ratios[i]),
                     lo,
                     hi,
-                ));
+                });
             }
         }
     }
     if a.output == "json" {
         let arr: Vec<serde_json::Value> = out
             .iter()
-            .map(|&(t, steps, w, ms, one, r, lo, hi)| {
+            .map(|r| {
                 serde_json::json!({
                     "model": a.model.display().to_string(), "isa": raven_quant::isa(),
-                    "threads": t, "steps": steps, "cache": cache_name, "cache_type": ty.name(),
-                    "context": a.n_prompt, "wavefront": w, "rounds": a.rounds,
-                    "ms_per_core_iteration": ms, "single_position_ms_per_core_iteration": one,
-                    "ratio_median": r, "ratio_min": lo, "ratio_max": hi,
-                    "ms_per_position": ms / w as f64,
+                    "threads": r.threads, "steps": r.steps, "cache": cache_name,
+                    "cache_type": r.ty.name(), "context": a.n_prompt, "wavefront": r.w,
+                    "rounds": a.rounds, "ms_per_core_iteration": r.ms,
+                    "single_position_ms_per_core_iteration": r.one, "ratio_median": r.ratio,
+                    "ratio_min": r.lo, "ratio_max": r.hi, "ms_per_position": r.ms / r.w as f64,
                 })
             })
             .collect();
@@ -612,20 +641,28 @@ fn wavefront(
         return Ok(());
     }
     println!(
-        "model {} ({}), kernels {}, cache {cache_name} ({}), after a {}-token prompt; one core iteration over W positions in one pass against a single-position decode iteration, {} alternated rounds (medians; ratio: median of the rounds' ratios, min-max)",
+        "model {} ({}), kernels {}, cache {cache_name}, after a {}-token prompt; one core iteration over W positions in one pass against a single-position decode iteration, {} alternated rounds (medians; ratio: median of the rounds' ratios, min-max)",
         a.model.display(),
         model.name(),
         raven_quant::isa(),
-        ty.name(),
         a.n_prompt,
         a.rounds
     );
-    println!("\n| threads | steps | W | ms per core iteration | single-position ms | × single (min-max) | ms per position |");
-    println!("|---|---|---|---|---|---|---|");
-    for &(t, steps, w, ms, one, r, lo, hi) in &out {
+    println!("\n| threads | steps | cache type | W | ms per core iteration | single-position ms | × single (min-max) | ms per position |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for r in &out {
         println!(
-            "| {t} | {steps} | {w} | {ms:.2} | {one:.2} | {r:.2} ({lo:.2}-{hi:.2}) | {:.2} |",
-            ms / w as f64
+            "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} ({:.2}-{:.2}) | {:.2} |",
+            r.threads,
+            r.steps,
+            r.ty.name(),
+            r.w,
+            r.ms,
+            r.one,
+            r.ratio,
+            r.lo,
+            r.hi,
+            r.ms / r.w as f64
         );
     }
     Ok(())

@@ -1137,4 +1137,8 @@ fn bench_wavefront_times_each_size_against_one_position() {
         &["bench", "-m", m, "-p", "100000", "--wavefront", "2"],
         &["context"],
     );
+    fails(
+        &["bench", "-m", m, "--wavefront", "2", "--context", "16"],
+        &["--wavefront", "--context"],
+    );
 }
