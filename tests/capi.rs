@@ -175,6 +175,10 @@ fn run(env: &CEnv, exe: &Path, args: &[String]) {
             // reports as "possibly lost" although they stay reachable until exit.
             "--errors-for-leak-kinds=definite",
             "--show-possibly-lost=no",
+            // Valgrind runs one thread at a time; its default lock lets a computing thread
+            // take it back at once, so a canceller woken from a sleep, or a team's helper,
+            // could wait minutes (cancel.c took 1 to over 12 minutes instead of 11 s).
+            "--fair-sched=yes",
         ])
         .arg(exe);
         c
