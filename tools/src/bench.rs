@@ -198,13 +198,13 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     } else {
         a.context.clone()
     };
-    if !a.wavefront.is_empty() {
-        return wavefront(a, &model, &cache_name, cache, &types);
-    }
     let v = model.config.n_vocab as u32;
     let prompt: Vec<u32> = (0..a.n_prompt as u32)
         .map(|i| (i * 7919 + 13) % v)
         .collect();
+    if !a.wavefront.is_empty() {
+        return wavefront(a, &model, &cache_name, cache, &types, &prompt);
+    }
     let core_bytes = model.core_iteration_bytes();
     // Loading (mapping, repacking) may peak above what stays resident; the probes below reset
     // the peak-RSS mark, so keep this one.
@@ -525,6 +525,7 @@ fn wavefront(
     cache_name: &str,
     cache: CacheStrategy,
     types: &[KvType],
+    prompt: &[u32],
 ) -> Result<()> {
     use raven::engine::{Init, TokenControl};
     use raven::kv::KvCache;
@@ -543,9 +544,8 @@ fn wavefront(
         bail!("--wavefront times fixed iterations right after the prompt: {flag} does not apply");
     }
     let c = &model.config;
-    let v = c.n_vocab as u32;
     let wmax = a.wavefront.iter().copied().max().unwrap_or(1);
-    let ctx = a.n_prompt + wmax.max(1);
+    let ctx = a.n_prompt + wmax;
     if ctx > c.context {
         bail!(
             "-p {} with --wavefront {wmax}: {ctx} positions, more than the model's context of {}",
@@ -553,9 +553,6 @@ fn wavefront(
             c.context
         );
     }
-    let prompt: Vec<u32> = (0..a.n_prompt as u32)
-        .map(|i| (i * 7919 + 13) % v)
-        .collect();
     let mut out = Vec::new();
     for &t in &a.threads {
         let threads = Arc::new(Threads::new(t)?);
@@ -573,7 +570,7 @@ fn wavefront(
                 start: Instant::now(),
                 cancel: None,
             };
-            e.pass(&prompt, 1, Init::Random(0.0, &mut rng), None, &ctl())?;
+            e.pass(prompt, 1, Init::Random(0.0, &mut rng), None, &ctl())?;
             let base = e.len();
             // Per round: the single-position iteration, then every W's iteration (ms).
             let mut single = Vec::new();
