@@ -202,6 +202,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let prompt: Vec<u32> = (0..a.n_prompt as u32)
         .map(|i| (i * 7919 + 13) % v)
         .collect();
+    raven_quant::set_streams(!a.one_stream);
     if !a.wavefront.is_empty() {
         return wavefront(a, &model, &cache_name, cache, &types, &prompt);
     }
@@ -209,7 +210,6 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     // Loading (mapping, repacking) may peak above what stays resident; the probes below reset
     // the peak-RSS mark, so keep this one.
     let load_peak = crate::generate::peak_rss();
-    raven_quant::set_streams(!a.one_stream);
     let mut rows = Vec::new();
     for &t in &a.threads {
         let threads = Arc::new(Threads::new(t)?);
